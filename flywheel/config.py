@@ -1,0 +1,115 @@
+"""Typed structured configs for the whole product, registered with Hydra's ConfigStore.
+
+The YAML tree in `configs/` fills these schemas; an override naming an unknown key or a value of
+the wrong type fails when the config is composed (see `flywheel.compose`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from db.config import DBConfig
+from envs.config import BackendConfig, EnvConfig
+from policies.config import PolicyConfig
+from policies.idm.configuration_idm import IDMConfig
+from policies.world_model.configuration_world_model import WorldModelConfig
+from workers.config import BrokerConfig
+
+
+@dataclass
+class StageConfig:
+    """One stage of a multi-stage training recipe: a data mixture, a step budget and a learning rate."""
+
+    name: str = "stage"
+    mixture: dict[str, float] = field(default_factory=lambda: {"all": 1.0})
+    steps: int = 100
+    lr: float = 3e-4
+
+
+@dataclass
+class TrainConfig:
+    """How the world model and the IDM are trained (per stage for the world model)."""
+
+    device: str = "cpu"  # cpu | cuda | auto
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (AMP)
+    batch_size: int = 8
+    num_workers: int = 0
+    seed: int = 0
+    wm_stages: list[StageConfig] = field(
+        default_factory=lambda: [
+            StageConfig(name="play", mixture={"play": 1.0}, steps=100, lr=1e-3),
+            StageConfig(name="tasks", mixture={"expert": 0.8, "play": 0.2}, steps=200, lr=5e-4),
+            StageConfig(name="robot", mixture={"rollouts": 0.7, "expert": 0.3}, steps=100, lr=2e-4),
+        ]
+    )
+    idm_steps: int = 400
+    idm_lr: float = 1e-3
+    finetune_steps: int = 100
+    grad_clip: float = 1.0
+    log_every: int = 20
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"train.precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"train.batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class FlywheelConfig:
+    """The self-improvement loop: bootstrap data, iterations, retraining cadence, promotion gate."""
+
+    iterations: int = 3
+    bootstrap_expert_episodes: int = 40
+    bootstrap_play_episodes: int = 20
+    episodes_per_iteration: int = 16
+    retrain_every: int = 16  # K: retrain after this many new episodes
+    eval_split_subset: int = 8  # episodes per split in the CI regression suite
+    promotion_alpha: float = 0.1  # significance level of the paired test
+    n_workers: int = 2
+    beat_interval_s: float | None = None  # Celery beat schedule for long-running deployments
+
+
+@dataclass
+class Config:
+    """The whole product's configuration. `data_dir` holds everything a run writes."""
+
+    data_dir: str = "./flywheel-data"
+    preset_name: str = "demo"
+    seed: int = 0
+    env: EnvConfig = field(default_factory=EnvConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    world_model: WorldModelConfig = field(default_factory=WorldModelConfig)
+    idm: IDMConfig = field(default_factory=IDMConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    db: DBConfig = field(default_factory=DBConfig)
+    flywheel: FlywheelConfig = field(default_factory=FlywheelConfig)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser().resolve()
+
+
+GROUPS: dict[str, type] = {
+    "env": EnvConfig,
+    "backend": BackendConfig,
+    "policy": PolicyConfig,
+    "world_model": WorldModelConfig,
+    "idm": IDMConfig,
+    "train": TrainConfig,
+    "broker": BrokerConfig,
+    "db": DBConfig,
+    "flywheel": FlywheelConfig,
+}
+
+
+def register_configs() -> None:
+    """Register the schemas so every YAML in `configs/<group>/` is validated against its dataclass."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="schema", node=Config)
+    for group, node in GROUPS.items():
+        cs.store(group=group, name="schema", node=node)
