@@ -20,13 +20,14 @@ def config_dir() -> Path:
     return path
 
 
-def _one_line(exc: Exception) -> str:
-    msg = str(exc).strip().splitlines()
-    head = msg[0] if msg else type(exc).__name__
-    for line in msg[1:]:
-        if line.strip().startswith(("full_key:", "Key '", "Could not")):
-            head += f" ({line.strip()})"
-            break
+def _one_line(exc: BaseException) -> str:
+    """The first line of the error, plus the first line of its cause (omegaconf says what was wrong)."""
+    head = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and str(cause).strip():
+        reason = str(cause).strip().splitlines()[0]
+        if reason not in head:
+            head = f"{head}: {reason}"
     return head
 
 
