@@ -1,0 +1,178 @@
+"""Datasets read from the experience store: world-model clips and IDM windows, with filters and mixtures.
+
+Episodes come from SQL (`ExperienceStore.episodes`) and their arrays from the artifact store
+(sha256-verified). A stage of the training recipe names a mixture such as `{"expert": 0.8, "play": 0.2}`;
+each name is a filter (`MIXTURE_SOURCES`), and `MixtureDataset` samples clips from them by weight.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, IterableDataset
+
+from flywheel.errors import FlywheelError
+
+# mixture component name -> episode filters
+MIXTURE_SOURCES: dict[str, dict[str, Any]] = {
+    "all": {},
+    "play": {"source": "play"},
+    "expert": {"source": "expert"},
+    "rollouts": {"source": "rollout"},
+    "successes": {"success": True},
+    "failures": {"success": False},
+}
+
+
+@dataclass
+class EpisodeFilter:
+    """Which stored episodes to read (None means any)."""
+
+    task: str | None = None
+    success: bool | None = None
+    backend: str | None = None
+    source: str | None = None
+    split: str | None = None
+    world_model_version: int | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int | None = None
+
+    def query(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None or k == "limit"}
+
+
+@dataclass
+class LoadedEpisode:
+    """One episode's metadata and arrays: frames uint8 (T+1, H, W, 3), proprio (T+1, P), actions (T, A)."""
+
+    id: int
+    caption: str
+    success: bool
+    frames: np.ndarray
+    proprio: np.ndarray
+    actions: np.ndarray
+    source: str
+    task_family: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"frames": self.frames, "proprio": self.proprio, "actions": self.actions,
+                "success": self.success, "caption": self.caption, "id": self.id}
+
+
+def load_episodes(store: Any, flt: EpisodeFilter | None = None) -> list[LoadedEpisode]:
+    """Read episodes matching `flt` with their arrays. Episodes without arrays are skipped."""
+    flt = flt or EpisodeFilter()
+    out = []
+    for row in store.episodes(**flt.query()):
+        if row.artifact_uri is None:
+            continue
+        arr = store.load_arrays(row.id)
+        missing = {"frames", "proprio", "actions"} - set(arr)
+        if missing:
+            raise FlywheelError(f"episode {row.id} arrays lack {sorted(missing)}")
+        out.append(LoadedEpisode(
+            id=row.id, caption=row.caption or row.instruction, success=bool(row.success),
+            frames=arr["frames"], proprio=arr["proprio"], actions=arr["actions"],
+            source=row.source, task_family=row.task_family,
+        ))
+    return out
+
+
+def frames_to_video(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (T, H, W, 3) -> float (T, 3, H, W) in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+class ClipDataset(Dataset):
+    """World-model clips: `num_frames` consecutive frames (start frame first) with the actions between
+    them, the caption, and a success label for clips that end on the episode's last frame (NaN otherwise:
+    the success head only learns from frames whose outcome is known)."""
+
+    def __init__(self, episodes: Sequence[LoadedEpisode], num_frames: int, stride: int = 1):
+        if num_frames < 2:
+            raise FlywheelError(f"num_frames must be >= 2, got {num_frames}")
+        self.episodes = list(episodes)
+        self.num_frames = num_frames
+        self.index: list[tuple[int, int]] = []  # (episode, start)
+        for e, ep in enumerate(self.episodes):
+            n = len(ep.frames)
+            if n < num_frames:
+                continue
+            starts = list(range(0, n - num_frames + 1, stride))
+            if starts[-1] != n - num_frames:
+                starts.append(n - num_frames)  # always include the clip that ends on the outcome
+            self.index += [(e, s) for s in starts]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        e, s = self.index[i]
+        ep = self.episodes[e]
+        t = self.num_frames
+        ends_episode = s + t == len(ep.frames)
+        return {
+            "video": frames_to_video(ep.frames[s : s + t]),  # (T, 3, H, W)
+            "actions": torch.from_numpy(np.ascontiguousarray(ep.actions[s : s + t - 1], dtype=np.float32)),
+            "caption": ep.caption,
+            "success": torch.tensor(float(ep.success) if ends_episode else math.nan),
+        }
+
+
+def collate_clips(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack clip dicts into a batch: video (B, T, 3, H, W), actions (B, T-1, A), caption list, success (B,)."""
+    return {
+        "video": torch.stack([it["video"] for it in items]),
+        "actions": torch.stack([it["actions"] for it in items]),
+        "caption": [it["caption"] for it in items],
+        "success": torch.stack([it["success"] for it in items]),
+    }
+
+
+class MixtureDataset(IterableDataset):
+    """An endless stream of items drawn from named datasets with the given weights (seeded).
+
+    Components that are empty are dropped and the remaining weights renormalised; an all-empty
+    mixture is an error naming the components."""
+
+    def __init__(self, components: dict[str, Dataset], weights: dict[str, float], seed: int = 0):
+        unknown = set(weights) - set(components)
+        if unknown:
+            raise FlywheelError(f"mixture names {sorted(unknown)} have no dataset")
+        live = {k: w for k, w in weights.items() if w > 0 and len(components[k]) > 0}
+        if not live:
+            raise FlywheelError(f"mixture {weights} has no data: every component is empty")
+        self.components = components
+        self.names = list(live)
+        total = sum(live.values())
+        self.probs = np.array([live[k] / total for k in self.names])
+        self.seed = seed
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        rng = np.random.default_rng(self.seed)
+        while True:
+            name = self.names[rng.choice(len(self.names), p=self.probs)]
+            ds = self.components[name]
+            yield ds[int(rng.integers(len(ds)))]
+
+
+def mixture_from_store(
+    store: Any, mixture: dict[str, float], make_dataset: Any, seed: int = 0, cache: dict | None = None
+) -> MixtureDataset:
+    """Build a MixtureDataset whose components are `make_dataset(load_episodes(store, filter))` for each
+    mixture name in `MIXTURE_SOURCES`. `cache` (name -> dataset) avoids reading the same episodes twice."""
+    cache = {} if cache is None else cache
+    comps = {}
+    for name in mixture:
+        if name not in MIXTURE_SOURCES:
+            raise FlywheelError(f"unknown mixture component {name!r}; known: {', '.join(MIXTURE_SOURCES)}")
+        if name not in cache:
+            cache[name] = make_dataset(load_episodes(store, EpisodeFilter(limit=None, **MIXTURE_SOURCES[name])))
+        comps[name] = cache[name]
+    return MixtureDataset(comps, mixture, seed=seed)

@@ -1,0 +1,99 @@
+"""Caption upsampling: the short instruction plus the scene -> the detailed caption the world model
+is trained on. Train-time captions come from the same upsampler, so train and test match.
+
+`SceneCaptionUpsampler` (default) is grounded on `scene_description()` and needs no model.
+`OpenAICaptionUpsampler` asks a vision-language model behind an OpenAI-compatible chat endpoint.
+"""
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+from policies.errors import PolicyError
+
+
+def _side(x: float) -> str:
+    return "left" if x > 0.05 else "right" if x < -0.05 else "centre"
+
+
+def _depth(y: float) -> str:
+    return "near" if y < 0.40 else "far" if y > 0.55 else "middle"
+
+
+def _describe_object(obj: dict[str, Any]) -> str:
+    colour = obj.get("colour") or obj.get("color") or ""
+    shape = obj.get("shape") or obj.get("name", "object")
+    words = f"{colour} {shape}".strip()
+    pos = obj.get("position") or obj.get("pos")
+    if pos is not None and len(pos) >= 2:
+        # robot frame: x forward (depth), y left; fall back gracefully on other conventions
+        words += f" at the {_depth(float(pos[0]))} {_side(float(pos[1]))} of the table"
+    return words
+
+
+class SceneCaptionUpsampler:
+    """Deterministic, grounded captions: robot view, the instruction, the objects and their relations."""
+
+    name = "scene"
+
+    def upsample(self, instruction: str, scene: dict[str, Any] | None) -> str:
+        scene = scene or {}
+        objects = [o for o in scene.get("objects", []) if o.get("visible", True)]
+        parts = [f"Egocentric view from a humanoid robot's head camera at a table. The robot's task: {instruction.strip().rstrip('.')}."]
+        if objects:
+            parts.append("On the table: " + "; ".join(_describe_object(o) for o in objects) + ".")
+        relations = scene.get("relations") or []
+        rel_txt = [r if isinstance(r, str) else " ".join(str(x) for x in r) for r in relations[:6]]
+        if rel_txt:
+            parts.append("Relations: " + "; ".join(rel_txt) + ".")
+        parts.append("The robot's arms move smoothly and complete the task.")
+        return " ".join(parts)
+
+
+class OpenAICaptionUpsampler:
+    """Calls an OpenAI-compatible `/v1/chat/completions` endpoint (e.g. a local VLM server).
+
+    Falls back to nothing: an unreachable or malformed endpoint raises PolicyError with the URL."""
+
+    name = "openai"
+
+    def __init__(self, url: str, model: str = "default", timeout_s: float = 10.0, api_key: str | None = None):
+        if not url or not url.startswith(("http://", "https://")):
+            raise PolicyError(f"policy.upsampler_url must be an http(s) URL, got {url!r}")
+        self.url = url.rstrip("/") + ("" if url.rstrip("/").endswith("/chat/completions") else "/v1/chat/completions")
+        self.model, self.timeout_s, self.api_key = model, timeout_s, api_key
+        self._grounded = SceneCaptionUpsampler()
+
+    def upsample(self, instruction: str, scene: dict[str, Any] | None) -> str:
+        prompt = (
+            "Rewrite the robot instruction as one detailed caption of the egocentric video that would show it "
+            "being done, naming objects, colours and positions. Reply with the caption only.\n"
+            f"Instruction: {instruction}\nScene: {self._grounded.upsample(instruction, scene)}"
+        )
+        body = json.dumps({"model": self.model, "messages": [{"role": "user", "content": prompt}],
+                           "temperature": 0}).encode()
+        req = urllib.request.Request(self.url, data=body, headers={"Content-Type": "application/json"})
+        if self.api_key:
+            req.add_header("Authorization", f"Bearer {self.api_key}")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                payload = json.loads(resp.read().decode())
+            text = payload["choices"][0]["message"]["content"]
+        except (urllib.error.URLError, TimeoutError, OSError) as exc:
+            raise PolicyError(f"caption upsampler at {self.url} is unreachable: {exc}") from None
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise PolicyError(f"caption upsampler at {self.url} returned a malformed reply") from None
+        if not isinstance(text, str) or not text.strip():
+            raise PolicyError(f"caption upsampler at {self.url} returned an empty caption")
+        return " ".join(text.split())
+
+
+def make_upsampler(name: str = "scene", url: str | None = None) -> SceneCaptionUpsampler | OpenAICaptionUpsampler:
+    """`scene` (default, no model) or `openai` (needs `url`)."""
+    if name == "scene":
+        return SceneCaptionUpsampler()
+    if name == "openai":
+        return OpenAICaptionUpsampler(url or "")
+    raise PolicyError(f"unknown caption upsampler {name!r}; use 'scene' or 'openai'")

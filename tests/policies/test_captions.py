@@ -1,0 +1,77 @@
+"""Caption upsampling: grounded captions name the scene; the VLM upsampler talks to a local fake server."""
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from policies.captions import OpenAICaptionUpsampler, SceneCaptionUpsampler, make_upsampler
+from policies.errors import PolicyError
+
+SCENE = {
+    "objects": [
+        {"name": "cube_red", "shape": "cube", "colour": "red", "position": [0.45, 0.2, 0.8]},
+        {"name": "bowl", "shape": "bowl", "colour": "white", "position": [0.5, -0.2, 0.8]},
+        {"name": "parked", "shape": "mug", "colour": "blue", "position": [9, 9, 0], "visible": False},
+    ],
+    "relations": ["red cube left of bowl"],
+}
+
+
+def test_scene_caption_is_grounded_and_deterministic():
+    up = SceneCaptionUpsampler()
+    cap = up.upsample("put the red cube in the bowl", SCENE)
+    assert cap == up.upsample("put the red cube in the bowl", SCENE)
+    assert "put the red cube in the bowl" in cap and "red cube" in cap and "white bowl" in cap
+    assert "left" in cap and "mug" not in cap  # hidden objects are not described
+    assert "red cube left of bowl" in cap
+
+
+class _Fake(BaseHTTPRequestHandler):
+    reply: object = None
+
+    def do_POST(self):  # noqa: N802
+        n = int(self.headers["Content-Length"])
+        body = json.loads(self.rfile.read(n))
+        assert body["messages"][0]["role"] == "user"
+        data = json.dumps(type(self).reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *a):
+        pass
+
+
+@pytest.fixture
+def fake_server():
+    srv = HTTPServer(("127.0.0.1", 0), _Fake)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_openai_upsampler_against_local_server(fake_server):
+    _Fake.reply = {"choices": [{"message": {"content": "  A robot   places the red cube\ninto the white bowl. "}}]}
+    up = OpenAICaptionUpsampler(f"http://127.0.0.1:{fake_server.server_port}")
+    assert up.upsample("put the red cube in the bowl", SCENE) == "A robot places the red cube into the white bowl."
+
+
+def test_openai_upsampler_malformed_reply(fake_server):
+    _Fake.reply = {"nope": 1}
+    up = OpenAICaptionUpsampler(f"http://127.0.0.1:{fake_server.server_port}")
+    with pytest.raises(PolicyError, match="malformed"):
+        up.upsample("pick the cube", SCENE)
+
+
+def test_openai_upsampler_unreachable_and_bad_url():
+    with pytest.raises(PolicyError, match="unreachable"):
+        OpenAICaptionUpsampler("http://127.0.0.1:1", timeout_s=1).upsample("x", {})
+    with pytest.raises(PolicyError, match="http"):
+        make_upsampler("openai", "ftp://x")
+    with pytest.raises(PolicyError, match="unknown caption upsampler"):
+        make_upsampler("gpt")
