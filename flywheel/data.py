@@ -125,16 +125,6 @@ class ClipDataset(Dataset):
         }
 
 
-def collate_clips(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack clip dicts into a batch: video (B, T, 3, H, W), actions (B, T-1, A), caption list, success (B,)."""
-    return {
-        "video": torch.stack([it["video"] for it in items]),
-        "actions": torch.stack([it["actions"] for it in items]),
-        "caption": [it["caption"] for it in items],
-        "success": torch.stack([it["success"] for it in items]),
-    }
-
-
 class MixtureDataset(IterableDataset):
     """An endless stream of items drawn from named datasets with the given weights (seeded).
 

@@ -56,6 +56,7 @@ class Policy(ABC):
 POLICY_REGISTRY: dict[str, str] = {
     "random": "policies.simple:RandomPolicy",
     "scripted_expert": "policies.simple:ScriptedExpertPolicy",
+    "play": "policies.simple:PlayPolicyAdapter",
     "imagine_then_act": "policies.imagine_then_act:ImagineThenActPolicy",
 }
 

@@ -1,0 +1,180 @@
+"""The flywheel: bootstrap, then iterate (collect rollouts with the champion -> retrain -> evaluate
+challenger against champion on the same states -> promote only what is better beyond noise).
+
+State lives in the experience store (episodes, versions, aliases, evaluations) plus a small progress file
+`data_dir/flywheel/state.json`; every dispatch uses an idempotency key derived from the iteration, so a
+restarted run continues where it stopped without duplicating episodes or versions.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from flywheel.errors import FlywheelError
+from flywheel.evaluation.regression import SuiteItem, regression_suite, success_by_suite
+from flywheel.evaluation.stats import paired_promotion_test
+
+log = logging.getLogger("flywheel.loop")
+
+
+class EpisodeRunner(Protocol):
+    """Runs episode specs (TaskSpec dicts) to completion; returns one result dict per spec, in order,
+    with at least `episode_id` and `success` (None for a run that died). Same `key` -> same runs."""
+
+    def __call__(self, specs: list[dict[str, Any]], key: str) -> list[dict[str, Any]]: ...
+
+
+@dataclass
+class FlywheelState:
+    """Progress of one data directory's flywheel (what is done; the store holds everything else)."""
+
+    bootstrapped: bool = False
+    iterations_done: int = 0
+    rollouts_since_retrain: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    suite_cache: dict[str, dict[str, bool]] = field(default_factory=dict)  # "wm:idm" -> outcomes by key
+
+    @classmethod
+    def load(cls, path: Path) -> FlywheelState:
+        if not path.is_file():
+            return cls()
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (ValueError, TypeError) as exc:
+            raise FlywheelError(f"flywheel state file {path} is unreadable ({exc}); move it away to start over") from None
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=1))
+        os.replace(tmp, path)  # atomic: a crash leaves the old or the new state, never half
+
+
+class Flywheel:
+    """One flywheel over one store. `trainer` builds model versions (see `flywheel.training.pipeline`)."""
+
+    def __init__(self, cfg: Any, store: Any, registry: Any, run_episodes: EpisodeRunner, trainer: Any,
+                 progress: Callable[[str], None] = print):
+        self.cfg, self.store, self.registry = cfg, store, registry
+        self.run_episodes, self.trainer, self.say = run_episodes, trainer, progress
+        self.fcfg = cfg.flywheel
+        self.state_path = Path(cfg.data_path) / "flywheel" / "state.json"
+        self.state = FlywheelState.load(self.state_path)
+
+    # -- the job ---------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        t0 = time.monotonic()
+        if not self.state.bootstrapped:
+            self.bootstrap()
+        for it in range(self.state.iterations_done + 1, self.fcfg.iterations + 1):
+            self.iterate(it)
+        return {"history": self.state.history, "wall_s": time.monotonic() - t0}
+
+    def champions(self) -> tuple[Any, Any]:
+        wm, idm = self.registry.alias("world_model"), self.registry.alias("idm")
+        if wm is None or idm is None:
+            raise FlywheelError("no champion world model / IDM registered; run the bootstrap first")
+        return wm, idm
+
+    def bootstrap(self) -> None:
+        """Expert demonstrations and play data, the first models (multi-stage recipe), champions, baseline eval."""
+        f = self.fcfg
+        self.say(f"bootstrap: collecting {f.bootstrap_expert_episodes} expert and {f.bootstrap_play_episodes} play episodes")
+        expert = [{"policy": "scripted_expert", "seed": 10_000 + i, "source": "expert"}
+                  for i in range(f.bootstrap_expert_episodes)]
+        play = [{"policy": "play", "seed": 20_000 + i, "source": "play"} for i in range(f.bootstrap_play_episodes)]
+        results = self.run_episodes(expert + play, key="bootstrap:data")
+        ok = sum(1 for r in results[: len(expert)] if r.get("success"))
+        self.say(f"bootstrap: expert success {ok}/{len(expert)}")
+        if self.registry.alias("world_model") is None or self.registry.alias("idm") is None:
+            self.say("bootstrap: training the first world model (multi-stage) and IDM")
+            wm = self.trainer.train_world_model(parent=None, phase="bootstrap")
+            idm = self.trainer.train_idm(parent=None, phase="bootstrap")
+            self.registry.promote("world_model", wm.id, "bootstrap: first world model")
+            self.registry.promote("idm", idm.id, "bootstrap: first IDM")
+        wm, idm = self.champions()
+        suite = self.suite()
+        outcomes = self.evaluate(wm, idm, suite)
+        self.state.history.append({
+            "iteration": 0, "champion": [wm.version, idm.version], "promoted": True, "reason": "bootstrap",
+            "champion_success": success_by_suite(outcomes, suite),
+        })
+        self.state.bootstrapped = True
+        self.state.save(self.state_path)
+
+    def iterate(self, it: int) -> None:
+        """Collect rollouts with the champion; every K new episodes retrain, evaluate, maybe promote."""
+        f = self.fcfg
+        wm, idm = self.champions()
+        self.say(f"iteration {it}: {f.episodes_per_iteration} rollouts with champion wm v{wm.version}, idm v{idm.version}")
+        specs = [{"policy": "imagine_then_act", "seed": 1_000_000 * it + i,
+                  "models": {"world_model": wm.version, "idm": idm.version}} for i in range(f.episodes_per_iteration)]
+        results = self.run_episodes(specs, key=f"iter{it}:rollouts")
+        rate = sum(bool(r.get("success")) for r in results) / max(1, len(results))
+        self.say(f"iteration {it}: rollout success {rate:.2f}")
+        self.state.rollouts_since_retrain += len(results)
+        record: dict[str, Any] = {"iteration": it, "rollout_success": rate, "champion": [wm.version, idm.version]}
+        if self.state.rollouts_since_retrain >= f.retrain_every:
+            record.update(self.retrain_and_gate(it, wm, idm))
+            self.state.rollouts_since_retrain = 0
+        else:
+            record.update(promoted=False, reason=f"fewer than {f.retrain_every} new episodes since the last retrain")
+        wm, idm = self.champions()
+        suite = self.suite()
+        record["champion"] = [wm.version, idm.version]
+        record["champion_success"] = success_by_suite(self.evaluate(wm, idm, suite), suite)
+        self.state.history.append(record)
+        self.state.iterations_done = it
+        self.state.save(self.state_path)
+
+    def retrain_and_gate(self, it: int, wm: Any, idm: Any) -> dict[str, Any]:
+        self.say(f"iteration {it}: fine-tuning challengers from the champions on the accumulated rollouts")
+        c_wm = self.trainer.train_world_model(parent=wm, phase=f"iter{it}")
+        c_idm = self.trainer.train_idm(parent=idm, phase=f"iter{it}")
+        self.registry.promote("world_model", c_wm.id, f"iteration {it} challenger", alias="challenger")
+        self.registry.promote("idm", c_idm.id, f"iteration {it} challenger", alias="challenger")
+        suite = self.suite(failures=True)
+        champ = self.evaluate(wm, idm, suite)
+        chall = self.evaluate(c_wm, c_idm, suite)
+        keys = [it_.key for it_ in suite if it_.key in champ and it_.key in chall]
+        test = paired_promotion_test([chall[k] for k in keys], [champ[k] for k in keys], alpha=self.fcfg.promotion_alpha)
+        self.say(f"iteration {it}: {test.reason()}")
+        for model, outcomes in (((c_wm, c_idm), chall), ((wm, idm), champ)):
+            for suite_name, r in success_by_suite(outcomes, suite).items():
+                self.store.record_evaluation(suite_name, model[0].id, "success_rate", r["rate"], r["n"],
+                                             ci_low=r["ci_low"], ci_high=r["ci_high"],
+                                             details={"idm_version_id": model[1].id, "iteration": it})
+        if test.better:
+            self.registry.promote("world_model", c_wm.id, f"iteration {it}: {test.reason()}")
+            self.registry.promote("idm", c_idm.id, f"iteration {it}: {test.reason()}")
+        return {"challenger": [c_wm.version, c_idm.version], "promoted": test.better, "reason": test.reason(),
+                "p_value": test.p_value, "challenger_success": success_by_suite(chall, suite)}
+
+    # -- evaluation ------------------------------------------------------------------------------
+    def suite(self, failures: bool = False) -> list[SuiteItem]:
+        fail_ids: list[int] = []
+        if failures:
+            rows = self.store.episodes(source="rollout", success=False, limit=self.fcfg.eval_split_subset)
+            fail_ids = [r.id for r in rows if r.initial_state_uri]
+        return regression_suite(self.fcfg.eval_split_subset, fail_ids)
+
+    def evaluate(self, wm: Any, idm: Any, suite: list[SuiteItem]) -> dict[str, bool]:
+        """Run (or reuse) the imagine-then-act outcomes of (wm, idm) on every suite item."""
+        cache_key = f"{wm.version}:{idm.version}"
+        cached = self.state.suite_cache.setdefault(cache_key, {})
+        todo = [it for it in suite if it.key not in cached]
+        if todo:
+            self.say(f"evaluating wm v{wm.version} + idm v{idm.version} on {len(todo)} suite episodes")
+            specs = [{**it.spec, "policy": "imagine_then_act", "seed": 7,
+                      "models": {"world_model": wm.version, "idm": idm.version}, "tags": ["eval", it.suite]}
+                     for it in todo]
+            results = self.run_episodes(specs, key=f"eval:{cache_key}:{len(cached)}")
+            for it, r in zip(todo, results):
+                cached[it.key] = bool(r.get("success"))
+            self.state.save(self.state_path)
+        return {it.key: cached[it.key] for it in suite if it.key in cached}

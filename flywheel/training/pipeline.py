@@ -1,0 +1,116 @@
+"""Training from the experience store into the model registry: the world model's multi-stage recipe,
+the IDM on all stored episodes, and fine-tuning challengers from champions.
+
+Each call is keyed by a `phase` ("bootstrap", "iter3"): if a version of that kind was already registered
+for the phase (a restarted run), it is returned instead of training again, so no version is duplicated.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from flywheel.data import ClipDataset, EpisodeFilter, MixtureDataset, load_episodes
+from flywheel.errors import FlywheelError
+from flywheel.registry import ModelRegistry, RegisteredModel
+
+# Fine-tuning mixture: the robot's own recent rollouts, anchored by expert and play data.
+FINETUNE_MIXTURE = {"rollouts": 0.6, "expert": 0.3, "play": 0.1}
+
+
+class StoreTrainer:
+    """Builds world-model and IDM versions from the episodes in `store`."""
+
+    def __init__(self, cfg: Any, store: Any, registry: ModelRegistry, progress: bool = True,
+                 say: Callable[[str], None] = print):
+        self.cfg, self.store, self.registry, self.progress, self.say = cfg, store, registry, progress, say
+        self.work = Path(cfg.data_path) / "training"
+        self._episodes: dict[str, list] = {}
+
+    # -- data ------------------------------------------------------------------------------------
+    def episodes(self, name: str) -> list:
+        """Episodes of a mixture component (cached per trainer: one read per phase)."""
+        from flywheel.data import MIXTURE_SOURCES
+
+        if name not in MIXTURE_SOURCES:
+            raise FlywheelError(f"unknown mixture component {name!r}; known: {', '.join(MIXTURE_SOURCES)}")
+        if name not in self._episodes:
+            self._episodes[name] = load_episodes(self.store, EpisodeFilter(limit=None, **MIXTURE_SOURCES[name]))
+        return self._episodes[name]
+
+    def snapshot(self) -> dict[str, Any]:
+        c = self.store.counts()
+        newest = self.store.episodes(limit=1)
+        return {"episodes": c.get("episodes", 0), "max_episode_id": newest[0].id if newest else 0}
+
+    def _existing(self, kind: str, phase: str) -> RegisteredModel | None:
+        for row in self.store.list_models(kind):
+            if (row.data_snapshot or {}).get("phase") == phase:
+                return self.registry.materialise(row)
+        return None
+
+    def _register(self, kind: str, model_dir: Path, cfg_obj: Any, parent: RegisteredModel | None, phase: str,
+                  run_id: int, extra: dict[str, Any]) -> RegisteredModel:
+        snap = {**self.snapshot(), "phase": phase, **extra}
+        reg = self.registry.register(kind, model_dir, dataclasses.asdict(cfg_obj),
+                                     parent_id=parent.id if parent else None, data_snapshot=snap,
+                                     training_run_id=run_id)
+        self.say(f"registered {kind} v{reg.version} (parent {parent.version if parent else None}, phase {phase})")
+        return reg
+
+    # -- world model -----------------------------------------------------------------------------
+    def train_world_model(self, parent: RegisteredModel | None, phase: str) -> RegisteredModel:
+        from flywheel.training.world_model import Stage, train_world_model
+        from policies.world_model import WorldModel
+
+        if (done := self._existing("world_model", phase)) is not None:
+            return done
+        wcfg, tcfg = self.cfg.world_model, self.cfg.train
+        model = WorldModel.from_pretrained(parent.path) if parent else WorldModel(wcfg)
+        clip = lambda eps: ClipDataset(eps, num_frames=wcfg.num_frames, stride=2)  # noqa: E731
+        if parent is None:
+            recipe = [(s.name, s.mixture, s.steps, s.lr) for s in tcfg.wm_stages]
+        else:
+            recipe = [("finetune", FINETUNE_MIXTURE, tcfg.finetune_steps, tcfg.wm_stages[-1].lr)]
+        stages = []
+        for name, mixture, steps, lr in recipe:
+            comps = {k: clip(self.episodes(k)) for k in mixture}
+            stages.append(Stage(name, MixtureDataset(comps, mixture, seed=tcfg.seed), steps, lr))
+        run_id = self.store.start_training_run("world_model", {"recipe": [list(r) for r in recipe]},
+                                               self.snapshot())
+        out = self.work / f"world_model-{phase}"
+        try:
+            res = train_world_model(model, stages, tcfg, out, progress=self.progress)
+        except Exception as exc:
+            self.store.finish_training_run(run_id, "failed", error=str(exc)[:500])
+            raise
+        self.store.finish_training_run(run_id, "succeeded", {"final_loss": res.final_loss, "steps": res.steps,
+                                                             "clips_per_s": res.clips_per_s})
+        return self._register("world_model", Path(res.model_dir), model.cfg, parent, phase, run_id,
+                              {"recipe": [list(r[:2]) for r in recipe]})
+
+    # -- IDM -------------------------------------------------------------------------------------
+    def train_idm(self, parent: RegisteredModel | None, phase: str) -> RegisteredModel:
+        from flywheel.training.idm import MODEL_DIR, WindowDataset, train_idm
+        from policies.idm import InverseDynamicsModel
+
+        if (done := self._existing("idm", phase)) is not None:
+            return done
+        icfg, tcfg = self.cfg.idm, self.cfg.train
+        model = InverseDynamicsModel.from_pretrained(parent.path) if parent else InverseDynamicsModel(icfg)
+        eps = [e.as_dict() for e in self.episodes("all")]  # unfiltered: play, expert, successes, failures
+        if not eps:
+            raise FlywheelError("no episodes with arrays in the store to train the IDM on")
+        ds = WindowDataset(eps, icfg.window)
+        steps = tcfg.idm_steps if parent is None else tcfg.finetune_steps
+        run_id = self.store.start_training_run("idm", {"steps": steps, "lr": tcfg.idm_lr}, self.snapshot())
+        out = self.work / f"idm-{phase}"
+        try:
+            res = train_idm(model, ds, tcfg, out, steps=steps, lr=tcfg.idm_lr, progress=self.progress)
+        except Exception as exc:
+            self.store.finish_training_run(run_id, "failed", error=str(exc)[:500])
+            raise
+        self.store.finish_training_run(run_id, "succeeded", {"final_loss": res.losses[-1] if res.losses else None,
+                                                             "steps": res.step})
+        return self._register("idm", out / MODEL_DIR, model.config, parent, phase, run_id, {"windows": len(ds)})

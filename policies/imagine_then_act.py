@@ -1,0 +1,125 @@
+"""Imagine-then-act: imagine N futures with the world model, extract each one's actions with the IDM,
+score and reject, execute the best candidate's first H actions, replan from the next observation.
+
+The models and the feasibility checker are injected (model code never imports SQL, Celery or MuJoCo):
+the worker builds them from the registry, tests pass tiny ones. Nothing non-finite or outside the
+joint limits is ever returned: such candidates are rejected, and if none is acceptable the policy
+asks the runner to hold still and records why.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from policies.base import Policy, PolicyOutput
+from policies.captions import make_upsampler
+from policies.errors import PolicyError
+
+# Default score weights: chosen by measurement (bench/bench_scores.py reports each score's AUROC).
+DEFAULT_WEIGHTS = {"success": 1.0, "feasibility": 0.5, "idm_spread": -0.5}
+# Violations that make a candidate unexecutable whatever its score.
+HARD_VIOLATIONS = ("nonfinite", "joint_limit", "self_collision")
+
+
+@dataclass
+class Candidate:
+    """One imagined future and what the planner made of it."""
+
+    index: int
+    actions: np.ndarray  # (T-1, A)
+    scores: dict[str, float]
+    rejected_reason: str | None = None
+    chosen: bool = False
+
+    def record(self) -> dict[str, Any]:
+        return {"index": self.index, "scores": self.scores, "chosen": self.chosen,
+                "rejected_reason": self.rejected_reason}
+
+
+def frame_to_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, 3) -> float (3, H, W) in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
+
+
+class ImagineThenActPolicy(Policy):
+    """Best-of-N imagine-then-act with closed-loop replanning.
+
+    `feasibility(actions (T, A), q0 (A,)) -> report` with `.score` and `.violations` (kind per violation).
+    `cfg` is the product config (uses `cfg.policy`); `action_low/high` bound the native action space.
+    """
+
+    name = "imagine_then_act"
+
+    def __init__(self, cfg: Any, world_model: Any = None, idm: Any = None,
+                 feasibility: Callable[[np.ndarray, np.ndarray], Any] | None = None,
+                 action_low: np.ndarray | None = None, action_high: np.ndarray | None = None, seed: int = 0):
+        if world_model is None or idm is None:
+            raise PolicyError("imagine_then_act needs a world model and an IDM (none registered yet?)")
+        self.pcfg = cfg.policy
+        self.wm, self.idm, self.feasibility = world_model, idm, feasibility
+        self.low, self.high = action_low, action_high
+        self.weights = dict(self.pcfg.score_weights or DEFAULT_WEIGHTS)
+        self.upsampler = make_upsampler(self.pcfg.caption_upsampler, self.pcfg.upsampler_url)
+        self.seed = seed
+        self.caption = ""
+        self.plan_step = 0
+
+    def reset(self, task: dict[str, Any], instruction: str, scene: dict[str, Any] | None = None) -> None:
+        self.caption = self.upsampler.upsample(instruction, scene)
+        self.plan_step = 0
+
+    # -- planning -----------------------------------------------------------------------------------
+    def act(self, obs: dict[str, np.ndarray]) -> PolicyOutput:
+        p = self.pcfg
+        frame = frame_to_tensor(obs["rgb"])
+        proprio = np.asarray(obs["proprio"], np.float32)
+        seed = self.seed * 100_003 + self.plan_step
+        videos = self.wm.imagine(frame, self.caption, n=p.n_candidates, steps=p.sampling_steps,
+                                 guidance=p.guidance, seed=seed, num_frames=p.imagine_frames)  # (N, T, 3, H, W)
+        success = self.wm.success_probs(videos, self.caption).numpy() if getattr(self.wm, "success_head", 1) is not None \
+            else np.full(len(videos), np.nan)
+        cands = [self._score(i, v, proprio, float(success[i]), seed) for i, v in enumerate(videos)]
+        self.plan_step += 1
+        ok = [c for c in cands if c.rejected_reason is None]
+        info = {"caption": self.caption, "videos": (videos.clamp(0, 1) * 255).round().to(torch.uint8)
+                .permute(0, 1, 3, 4, 2).numpy()}  # (N, T, H, W, 3) uint8
+        if not ok:
+            info["candidates"] = [c.record() for c in cands]
+            reasons = sorted({c.rejected_reason or "" for c in cands})
+            return PolicyOutput(actions=np.zeros((0, len(proprio) // 2), np.float32), hold=True,
+                                failure_reason="no acceptable candidate: " + "; ".join(reasons), info=info)
+        best = max(ok, key=lambda c: c.scores["combined"])
+        best.chosen = True
+        info["candidates"] = [c.record() for c in cands]
+        return PolicyOutput(actions=best.actions[: p.horizon].astype(np.float32), info=info)
+
+    def _score(self, index: int, video: torch.Tensor, proprio: np.ndarray, success: float, seed: int) -> Candidate:
+        ext = self.idm.extract(video, torch.from_numpy(proprio), seed=seed + index)
+        actions = ext.actions.numpy().astype(np.float64)
+        spread = float(ext.spread.mean()) if ext.spread.numel() else 0.0
+        scores = {"success": success, "idm_spread": spread}
+        reason = None
+        if not np.isfinite(actions).all():
+            reason = "non-finite actions"
+        elif self.low is not None and ((actions < self.low - 1e-6) | (actions > self.high + 1e-6)).any():
+            reason = "joint limit violated"
+        if self.feasibility is not None and reason is None:
+            rep = self.feasibility(actions[: self.pcfg.horizon], proprio[: actions.shape[1]])
+            scores["feasibility"] = float(rep.score)
+            hard = sorted({v.kind for v in rep.violations if v.kind in HARD_VIOLATIONS})
+            if hard:
+                reason = "infeasible: " + ", ".join(hard)
+            elif rep.score < self.pcfg.min_feasibility:
+                reason = f"feasibility {rep.score:.2f} below {self.pcfg.min_feasibility}"
+        if reason is None and np.isfinite(success) and success < self.pcfg.min_success_prob:
+            reason = f"success probability {success:.2f} below {self.pcfg.min_success_prob}"
+        scores["combined"] = float(sum(w * scores.get(k, 0.0) for k, w in self.weights.items()
+                                       if np.isfinite(scores.get(k, 0.0))))
+        return Candidate(index=index, actions=actions, scores=scores, rejected_reason=reason)
+
+    def logs(self) -> dict[str, Any]:
+        return {"caption": self.caption, "plan_steps": self.plan_step}
