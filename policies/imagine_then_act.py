@@ -22,7 +22,7 @@ from policies.errors import PolicyError
 # Default score weights: chosen by measurement (bench/bench_scores.py reports each score's AUROC).
 DEFAULT_WEIGHTS = {"success": 1.0, "feasibility": 0.5, "idm_spread": -0.5}
 # Violations that make a candidate unexecutable whatever its score.
-HARD_VIOLATIONS = ("nonfinite", "joint_limit", "self_collision")
+HARD_VIOLATIONS = ("nonfinite", "joint_limit")  # self-collision lowers the feasibility score
 
 
 @dataclass

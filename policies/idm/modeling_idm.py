@@ -1,0 +1,322 @@
+"""Inverse dynamics model: two frames W steps apart (+ proprio at the first) -> the W actions between.
+
+A vision backbone encodes both frames (shared weights); their features and the normalised proprio
+form the conditioning vector of a flow-matching MLP head that denoises the (W, A) action chunk.
+At test time `extract` slides the window over a whole video and averages K noise draws and the
+overlapping windows (see `processor_idm`).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from policies.errors import CheckpointError, PolicyError
+from policies.idm.configuration_idm import IDMConfig
+from policies.idm.processor_idm import average_windows, num_windows, pad_video, window_proprio
+from policies.world_model.checkpoint import load_checkpoint, save_checkpoint
+
+CHECKPOINT_FORMAT = "flywheel-idm/1"  # inside config.json; the file layout is the shared checkpoint format
+
+
+@dataclass
+class Extraction:
+    """Actions extracted from a video: actions (T-1, A) float32 and spread (T-1,) across noise draws."""
+
+    actions: Tensor
+    spread: Tensor
+
+
+# ----------------------------------------------------------------------------------------- backbones
+class SmallCNN(nn.Module):
+    """Tiny conv encoder trained from scratch: (B, 3, H, W) in [0, 1] -> (B, feature_dim)."""
+
+    def __init__(self, cfg: IDMConfig) -> None:
+        super().__init__()
+        c = cfg.cnn_channels
+        chans = [3, c, 2 * c, 4 * c, 4 * c]
+        layers: list[nn.Module] = []
+        for i in range(4):
+            layers += [
+                nn.Conv2d(chans[i], chans[i + 1], 3, stride=2, padding=1),
+                nn.GroupNorm(8 if chans[i + 1] % 8 == 0 else 1, chans[i + 1]),
+                nn.SiLU(),
+            ]
+        self.net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(4))  # keeps a 4x4 layout: where things are
+        self.proj = nn.Linear(4 * c * 16, cfg.feature_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.net(x * 2.0 - 1.0)  # (B, 4c, 4, 4)
+        return self.proj(h.flatten(1))  # (B, feature_dim)
+
+
+class DepthAnythingBackbone(nn.Module):
+    """The DINOv2 encoder of a transformers Depth Anything checkpoint: (B, 3, H, W) -> (B, feature_dim).
+
+    Built from the local directory `cfg.backbone_path` (never downloaded) or, when loading an IDM
+    checkpoint, from the Depth Anything config saved with it (weights then come from the checkpoint).
+    Features: the CLS token and the mean patch token of the last stage, projected.
+    """
+
+    MEAN = (0.485, 0.456, 0.406)
+    STD = (0.229, 0.224, 0.225)
+
+    def __init__(self, cfg: IDMConfig, hf_config: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        from transformers import AutoConfig, AutoModelForDepthEstimation
+
+        if hf_config is not None:
+            model = AutoModelForDepthEstimation.from_config(AutoConfig.for_model(**hf_config))
+        else:
+            path = cfg.backbone_path
+            if not path or not (Path(path) / "config.json").is_file():
+                raise PolicyError(
+                    f"idm.backbone=depth_anything needs idm.backbone_path, a local directory with a "
+                    f"transformers Depth Anything checkpoint (config.json + weights); got {path!r}"
+                )
+            try:
+                model = AutoModelForDepthEstimation.from_pretrained(path, local_files_only=True)
+            except (OSError, ValueError) as e:
+                raise PolicyError(f"cannot load Depth Anything from {path}: {e}") from e
+        self.hf_config = model.config.to_dict()
+        self.encoder = model.backbone  # the depth neck/head are not used
+        self.patch = int(model.config.patch_size)
+        self.side = max(self.patch, round(cfg.image_size / self.patch) * self.patch)
+        hidden = int(model.config.backbone_config.hidden_size)
+        self.proj = nn.Linear(2 * hidden, cfg.feature_dim)
+        self.register_buffer("mean", torch.tensor(self.MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self.STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.side or x.shape[-2] != self.side:
+            x = F.interpolate(x, size=(self.side, self.side), mode="bilinear", align_corners=False)
+        fm = self.encoder((x - self.mean) / self.std).feature_maps[-1]
+        if fm.dim() == 4:  # (B, C, h, w) when the backbone reshapes its tokens
+            pooled = torch.cat([fm.mean(dim=(2, 3)), fm.amax(dim=(2, 3))], dim=-1)
+        else:  # (B, 1 + N, C)
+            pooled = torch.cat([fm[:, 0], fm[:, 1:].mean(dim=1)], dim=-1)
+        return self.proj(pooled)  # (B, feature_dim)
+
+
+def make_backbone(cfg: IDMConfig, hf_config: dict[str, Any] | None = None) -> nn.Module:
+    """Backbone registry: every backbone maps (B, 3, H, W) in [0, 1] to (B, cfg.feature_dim)."""
+    if cfg.backbone == "small_cnn":
+        return SmallCNN(cfg)
+    if cfg.backbone == "depth_anything":
+        return DepthAnythingBackbone(cfg, hf_config)
+    raise PolicyError(f"unknown idm.backbone {cfg.backbone!r}")
+
+
+# -------------------------------------------------------------------------------------- flow head
+def timestep_embedding(sigma: Tensor, dim: int) -> Tensor:
+    """Sinusoidal embedding of the flow time sigma in [0, 1]: (B,) -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(1000.0) * torch.arange(half, device=sigma.device) / half)
+    args = sigma[:, None].float() * 1000.0 * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class _Block(nn.Module):
+    """Transformer block over the W action tokens, conditioned by adaptive LayerNorm (shift/scale/gate)."""
+
+    def __init__(self, d: int, heads: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d, elementwise_affine=False)
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(d, elementwise_affine=False)
+        self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(approximate="tanh"), nn.Linear(2 * d, d))
+        self.ada = nn.Linear(d, 6 * d)
+        nn.init.zeros_(self.ada.weight)
+        nn.init.zeros_(self.ada.bias)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        sh1, sc1, g1, sh2, sc2, g2 = self.ada(F.silu(c))[:, None].chunk(6, dim=-1)  # each (B, 1, d)
+        h = self.norm1(x) * (1 + sc1) + sh1
+        x = x + g1 * self.attn(h, h, h, need_weights=False)[0]
+        return x + g2 * self.mlp(self.norm2(x) * (1 + sc2) + sh2)
+
+
+class FlowHead(nn.Module):
+    """Velocity field v(x_sigma, sigma, cond): a small transformer over the W action steps.
+
+    x (B, W*A) flattened chunk, sigma (B,), cond (B, d) -> (B, W*A). One token per step keeps the
+    width per token (hidden_dim) well above A, so the head can carry x through to v.
+    """
+
+    def __init__(self, cfg: IDMConfig) -> None:
+        super().__init__()
+        d, self.w, self.a = cfg.hidden_dim, cfg.window, cfg.action_dim
+        self.inp = nn.Linear(cfg.action_dim, d)
+        self.pos = nn.Parameter(torch.randn(1, cfg.window, d) * 0.02)
+        self.time = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
+        self.blocks = nn.ModuleList(_Block(d, cfg.head_heads) for _ in range(cfg.head_layers))
+        self.norm = nn.LayerNorm(d, elementwise_affine=False)
+        self.ada = nn.Linear(d, 2 * d)
+        self.out = nn.Linear(d, cfg.action_dim)
+        for lin in (self.ada, self.out):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, x: Tensor, sigma: Tensor, cond: Tensor) -> Tensor:
+        b = x.shape[0]
+        c = cond + self.time(timestep_embedding(sigma, cond.shape[-1]))  # (B, d)
+        h = self.inp(x.reshape(b, self.w, self.a)) + self.pos  # (B, W, d)
+        for block in self.blocks:
+            h = block(h, c)
+        shift, scale = self.ada(F.silu(c))[:, None].chunk(2, dim=-1)
+        return self.out(self.norm(h) * (1 + scale) + shift).reshape(b, -1)  # (B, W*A)
+
+
+# ------------------------------------------------------------------------------------------ model
+class InverseDynamicsModel(nn.Module):
+    """IDM with `forward(batch) -> (loss, logs)` for training and `extract(video, proprio0)` for inference.
+
+    batch: frame0, frame1 float (B, 3, H, W) in [0, 1] (W steps apart), proprio (B, P) at frame0,
+    actions (B, W, A) in native units. Normalisation stats live in buffers (saved with the weights);
+    fit them from data with `fit_normalization` before training.
+    """
+
+    def __init__(self, config: IDMConfig | None = None, backbone_hf_config: dict[str, Any] | None = None):
+        super().__init__()
+        self.config = cfg = config or IDMConfig()
+        self.backbone = make_backbone(cfg, backbone_hf_config)
+        if cfg.freeze_backbone and cfg.backbone != "small_cnn":
+            for p in self.backbone.encoder.parameters():
+                p.requires_grad_(False)
+        d = cfg.hidden_dim
+        self.cond = nn.Sequential(
+            nn.Linear(2 * cfg.feature_dim + cfg.proprio_dim, d), nn.SiLU(), nn.Linear(d, d)
+        )
+        self.head = FlowHead(cfg)
+        self.register_buffer("action_mean", torch.zeros(cfg.action_dim))
+        self.register_buffer("action_std", torch.ones(cfg.action_dim))
+        self.register_buffer("proprio_mean", torch.zeros(cfg.proprio_dim))
+        self.register_buffer("proprio_std", torch.ones(cfg.proprio_dim))
+        self.register_buffer("stats_fitted", torch.zeros((), dtype=torch.bool))
+
+    # -- normalisation
+    @torch.no_grad()
+    def fit_normalization(self, actions: Tensor, proprio: Tensor, min_std: float = 1e-3) -> None:
+        """Set the stats from data: actions (N, A), proprio (N, P) in native units."""
+        self.action_mean.copy_(actions.float().mean(0))
+        self.action_std.copy_(actions.float().std(0).clamp_min(min_std))
+        self.proprio_mean.copy_(proprio.float().mean(0))
+        self.proprio_std.copy_(proprio.float().std(0).clamp_min(min_std))
+        self.stats_fitted.fill_(True)
+
+    def _norm_proprio(self, p: Tensor) -> Tensor:
+        return (p - self.proprio_mean) / self.proprio_std
+
+    # -- pieces
+    def encode_frames(self, frames: Tensor) -> Tensor:
+        """(B, 3, H, W) float in [0, 1] -> (B, feature_dim); resized to image_size when needed."""
+        s = self.config.image_size
+        if self.config.backbone == "small_cnn" and frames.shape[-2:] != (s, s):
+            frames = F.interpolate(frames, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+        return self.backbone(frames)
+
+    def condition(self, f0: Tensor, f1: Tensor, proprio: Tensor) -> Tensor:
+        """Features of both frames (B, F) + proprio (B, P) -> conditioning vector (B, hidden_dim)."""
+        return self.cond(torch.cat([f0, f1, self._norm_proprio(proprio)], dim=-1))
+
+    @property
+    def device(self) -> torch.device:
+        return self.action_mean.device
+
+    # -- training
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        """Flow-matching loss: x_s = (1 - s) x0 + s eps, target velocity eps - x0 (diffusers convention)."""
+        cfg = self.config
+        actions = batch["actions"]  # (B, W, A)
+        b = actions.shape[0]
+        feats = self.encode_frames(torch.cat([batch["frame0"], batch["frame1"]], dim=0))  # (2B, F)
+        cond = self.condition(feats[:b], feats[b:], batch["proprio"])  # (B, d)
+        x0 = ((actions - self.action_mean) / self.action_std).reshape(b, -1)  # (B, W*A)
+        eps = torch.randn_like(x0)
+        sigma = torch.rand(b, device=x0.device)
+        xs = (1 - sigma[:, None]) * x0 + sigma[:, None] * eps
+        v = self.head(xs, sigma, cond)
+        loss = F.mse_loss(v.float(), (eps - x0).float())
+        # one-step estimate of x0, a readable training signal in native units
+        x0_hat = (xs - sigma[:, None] * v).reshape(b, cfg.window, cfg.action_dim) * self.action_std
+        mae = (x0_hat.detach() + self.action_mean - actions).abs().mean()
+        return loss, {"loss": float(loss.detach()), "action_mae": float(mae)}
+
+    # -- sampling
+    @torch.no_grad()
+    def sample(self, cond: Tensor, noise: Tensor) -> Tensor:
+        """Euler-integrate the flow from noise (B, W*A) to actions (B, W, A) in native units."""
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+        sched.set_timesteps(self.config.flow_steps, device=cond.device)
+        x = noise
+        for t in sched.timesteps:
+            sigma = (t / sched.config.num_train_timesteps).expand(x.shape[0]).to(x.dtype)
+            x = sched.step(self.head(x, sigma, cond), t, x).prev_sample
+        x = x.reshape(x.shape[0], self.config.window, self.config.action_dim)
+        return x * self.action_std + self.action_mean
+
+    @torch.no_grad()
+    def extract(
+        self, video: Tensor, proprio0: Tensor, seed: int = 0, noise_samples: int | None = None
+    ) -> Extraction:
+        """Actions between consecutive frames of a whole video.
+
+        video (T, 3, H, W) float in [0, 1], proprio0 (P,) at frame 0 -> Extraction(actions (T-1, A),
+        spread (T-1,)). Windows start at 0..T-1-W (video padded with its last frame when T-1 < W);
+        all windows x K noise draws go through the head as one batch (chunked by `max_batch`).
+        `proprio_passes` > 1 re-runs the head with later windows' proprio estimated from the previous
+        pass's actions (see `window_proprio`). Deterministic for a seed.
+        """
+        cfg = self.config
+        if video.dim() != 4 or video.shape[1] != 3 or video.shape[0] < 2:
+            raise PolicyError(f"extract needs video (T>=2, 3, H, W), got {tuple(video.shape)}")
+        if proprio0.shape != (cfg.proprio_dim,):
+            raise PolicyError(f"extract needs proprio0 ({cfg.proprio_dim},), got {tuple(proprio0.shape)}")
+        k = noise_samples or cfg.noise_samples
+        n_actions = video.shape[0] - 1
+        video = pad_video(video.to(self.device, torch.float32), cfg.window)
+        n_pad = video.shape[0] - 1
+        n = num_windows(n_pad, cfg.window)
+        feats = torch.cat([self.encode_frames(c) for c in video.split(cfg.max_batch)])  # (T', F)
+        f0, f1 = feats[:n], feats[cfg.window : cfg.window + n]  # (N, F) each
+        gen = torch.Generator().manual_seed(seed)
+        noise = torch.randn(n * k, cfg.window * cfg.action_dim, generator=gen).to(self.device)
+        proprio0 = proprio0.to(self.device, torch.float32)
+        est: Tensor | None = None
+        for _ in range(cfg.proprio_passes):
+            proprio = window_proprio(proprio0, est, n, cfg.action_dim, cfg.control_dt)  # (N, P)
+            cond = self.condition(f0, f1, proprio).repeat_interleave(k, dim=0)  # (N*K, d)
+            preds = torch.cat(
+                [self.sample(c, z) for c, z in zip(cond.split(cfg.max_batch), noise.split(cfg.max_batch))]
+            ).reshape(n, k, cfg.window, cfg.action_dim)  # (N, K, W, A)
+            est, spread = average_windows(preds, n_pad)  # (T'-1, A), (T'-1,)
+        return Extraction(actions=est[:n_actions].float().cpu(), spread=spread[:n_actions].float().cpu())
+
+    # -- checkpoints
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write model.safetensors + config.json + manifest.json (sha256 and size of both)."""
+        hf = getattr(self.backbone, "hf_config", None)
+        meta = {"format": CHECKPOINT_FORMAT, "config": asdict(self.config), "backbone_hf_config": hf}
+        save_checkpoint(directory, self.state_dict(), json.loads(json.dumps(meta, default=str)))
+        return Path(directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str = "cpu") -> InverseDynamicsModel:
+        """Load a checkpoint written by `save_pretrained`; missing/corrupt/truncated -> CheckpointError."""
+        tensors, meta = load_checkpoint(directory)
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{directory} is not an IDM checkpoint (format {meta.get('format')!r})")
+        try:
+            model = cls(IDMConfig(**meta["config"]), backbone_hf_config=meta.get("backbone_hf_config"))
+            model.load_state_dict(tensors, strict=True)
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise CheckpointError(f"IDM checkpoint {directory} does not fit its config: {e}") from e
+        return model.to(map_location).eval()

@@ -1,0 +1,189 @@
+"""The inverse dynamics model: shapes, learning, test-time averaging, proprio estimates, checkpoints."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from policies.errors import CheckpointError, PolicyError
+from policies.idm import IDMConfig, InverseDynamicsModel, average_windows
+from policies.idm.processor_idm import num_windows, pad_video, window_proprio
+
+torch.set_num_threads(1)
+
+
+def tiny(**kw) -> IDMConfig:
+    base = {"cnn_channels": 8, "feature_dim": 32, "hidden_dim": 64, "head_layers": 2, "noise_samples": 4}
+    return IDMConfig(**{**base, **kw})
+
+
+def batch(b: int = 4, w: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "frame0": torch.rand(b, 3, 64, 64, generator=g),
+        "frame1": torch.rand(b, 3, 64, 64, generator=g),
+        "proprio": torch.randn(b, 32, generator=g),
+        "actions": torch.randn(b, w, 16, generator=g),
+    }
+
+
+# ----------------------------------------------------------------------------------------- shapes
+def test_forward_and_extract_shapes():
+    torch.manual_seed(0)
+    model = InverseDynamicsModel(tiny())
+    loss, logs = model(batch())
+    assert loss.dim() == 0 and torch.isfinite(loss) and set(logs) == {"loss", "action_mae"}
+    model.eval()
+    for t in (16, 9, 5, 2):  # 5 and 2 frames: fewer than W actions, padded with the last frame
+        ext = model.extract(torch.rand(t, 3, 64, 64), torch.zeros(32))
+        assert ext.actions.shape == (t - 1, 16) and ext.spread.shape == (t - 1,)
+        assert ext.actions.dtype == torch.float32 and bool((ext.spread >= 0).all())
+
+
+def test_extract_is_deterministic_for_a_seed_and_resizes_frames():
+    model = InverseDynamicsModel(tiny()).eval()
+    video, p0 = torch.rand(12, 3, 48, 48), torch.randn(32)  # 48x48 frames resized to image_size 64
+    a, b = model.extract(video, p0, seed=3), model.extract(video, p0, seed=3)
+    c = model.extract(video, p0, seed=4)
+    assert torch.equal(a.actions, b.actions) and torch.equal(a.spread, b.spread)
+    assert not torch.equal(a.actions, c.actions)
+
+
+def test_extract_rejects_bad_inputs():
+    model = InverseDynamicsModel(tiny()).eval()
+    with pytest.raises(PolicyError, match="video"):
+        model.extract(torch.rand(1, 3, 64, 64), torch.zeros(32))
+    with pytest.raises(PolicyError, match="proprio0"):
+        model.extract(torch.rand(4, 3, 64, 64), torch.zeros(16))
+
+
+# --------------------------------------------------------------------------------------- learning
+def test_overfits_a_tiny_batch():
+    torch.manual_seed(0)
+    model = InverseDynamicsModel(tiny(flow_steps=8))
+    data = batch(b=4)
+    model.fit_normalization(data["actions"].reshape(-1, 16), data["proprio"])
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(400):
+        loss, _ = model(data)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    first, last = sum(losses[:10]) / 10, sum(losses[-20:]) / 20
+    assert last < 0.25 * first, (first, last)
+    # sampling from the learned flow reproduces the memorised chunks far better than the data spread
+    model.eval()
+    with torch.no_grad():
+        f = model.encode_frames(torch.cat([data["frame0"], data["frame1"]]))
+        cond = model.condition(f[:4], f[4:], data["proprio"])
+        pred = model.sample(cond, torch.randn(4, 8 * 16, generator=torch.Generator().manual_seed(0)))
+    err = (pred - data["actions"]).pow(2).mean()
+    assert err < 0.1 * data["actions"].var(), float(err)
+
+
+# ------------------------------------------------------------------------------ window averaging
+def test_average_windows_constant_prediction_per_window_is_exact():
+    n_windows, k, w, n_actions = 6, 3, 4, 9  # windows start 0..5 and cover steps n..n+3
+    c = torch.arange(n_windows, dtype=torch.float64) * 10.0  # window n predicts the constant c_n
+    preds = c.view(-1, 1, 1, 1).expand(n_windows, k, w, 2).clone()
+    mean, spread = average_windows(preds, n_actions)
+    for t in range(n_actions):
+        covering = [c[n] for n in range(max(0, t - w + 1), min(t, n_windows - 1) + 1)]
+        assert torch.allclose(mean[t], torch.stack(covering).mean().expand(2))
+    assert mean[0, 0] == 0.0 and mean[3, 0] == 15.0 and mean[8, 0] == 50.0  # 1, 4 and 1 windows
+    assert torch.equal(spread, torch.zeros(n_actions, dtype=torch.float64))
+
+
+def test_average_windows_spread_is_std_across_draws():
+    offsets = torch.tensor([-1.0, 1.0])  # K=2 draws at c_n -/+ 1: std 1 (population), mean unchanged
+    preds = torch.full((3, 2, 4, 16), 5.0) + offsets.view(1, 2, 1, 1)
+    mean, spread = average_windows(preds, 6)
+    assert torch.allclose(mean, torch.full((6, 16), 5.0)) and torch.allclose(spread, torch.ones(6))
+    # a single padded window (T-1 < W): steps past n_actions are dropped
+    mean, _ = average_windows(torch.arange(4.0).view(1, 1, 4, 1), 2)
+    assert mean.flatten().tolist() == [0.0, 1.0]
+
+
+def test_padding_and_window_count():
+    video = torch.rand(4, 3, 8, 8)
+    padded = pad_video(video, 8)
+    assert padded.shape[0] == 9 and torch.equal(padded[4:], video[-1:].expand(5, 3, 8, 8))
+    assert pad_video(torch.rand(12, 3, 8, 8), 8).shape[0] == 12
+    assert num_windows(15, 8) == 8 and num_windows(3, 8) == 1
+
+
+def test_window_proprio_uses_running_actions_as_joint_estimate():
+    p0 = torch.arange(32.0)
+    assert torch.equal(window_proprio(p0, None, 3, 16, 0.1), p0.expand(3, 32))
+    actions = torch.ones(5, 16) * torch.arange(1.0, 6.0)[:, None]  # action s is all (s + 1)
+    out = window_proprio(p0, actions, 3, 16, 0.5)
+    assert torch.equal(out[0], p0)
+    assert torch.equal(out[1, :16], actions[0]) and torch.equal(out[2, :16], actions[1])
+    assert torch.allclose(out[1, 16:], (actions[0] - p0[:16]) / 0.5)
+    assert torch.allclose(out[2, 16:], torch.full((16,), 2.0))  # (2 - 1) / 0.5
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+def test_save_load_round_trip_gives_identical_outputs(tmp_path):
+    torch.manual_seed(1)
+    model = InverseDynamicsModel(tiny(window=4))
+    data = batch(b=2, w=4)
+    model.fit_normalization(data["actions"].reshape(-1, 16) * 3 + 1, data["proprio"])
+    model.eval()
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = InverseDynamicsModel.from_pretrained(tmp_path / "ckpt")
+    assert loaded.config == model.config and bool(loaded.stats_fitted)
+    video, p0 = torch.rand(10, 3, 64, 64), torch.randn(32)
+    a, b = model.extract(video, p0, seed=5), loaded.extract(video, p0, seed=5)
+    assert torch.equal(a.actions, b.actions) and torch.equal(a.spread, b.spread)
+
+
+def test_corrupt_truncated_or_missing_checkpoint_raises(tmp_path):
+    model = InverseDynamicsModel(tiny())
+    d = model.save_pretrained(tmp_path / "ok")
+    weights = d / "model.safetensors"
+    raw = weights.read_bytes()
+    weights.write_bytes(raw[: len(raw) // 2])  # truncated
+    with pytest.raises(CheckpointError, match="truncated"):
+        InverseDynamicsModel.from_pretrained(d)
+    weights.write_bytes(raw[:-1] + bytes([raw[-1] ^ 0xFF]))  # one flipped byte
+    with pytest.raises(CheckpointError, match="sha256"):
+        InverseDynamicsModel.from_pretrained(d)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        InverseDynamicsModel.from_pretrained(tmp_path / "nowhere")
+    (d / "manifest.json").unlink()
+    with pytest.raises(CheckpointError, match="manifest"):
+        InverseDynamicsModel.from_pretrained(d)
+
+
+# ---------------------------------------------------------------------------------- depth_anything
+def test_depth_anything_needs_a_local_path():
+    with pytest.raises(PolicyError, match="backbone_path"):
+        InverseDynamicsModel(tiny(backbone="depth_anything", backbone_path=None))
+    with pytest.raises(PolicyError, match="backbone_path"):
+        InverseDynamicsModel(tiny(backbone="depth_anything", backbone_path="/no/such/dir"))
+
+
+def test_depth_anything_backbone_from_a_local_checkpoint(tmp_path):
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+
+    torch.manual_seed(0)
+    dino = Dinov2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=14,
+        image_size=28, out_features=["stage1", "stage2"], reshape_hidden_states=False,
+    )  # fmt: skip
+    da = DepthAnythingConfig(
+        backbone_config=dino, reassemble_hidden_size=32, neck_hidden_sizes=[16, 32], reassemble_factors=[2, 1],
+        fusion_hidden_size=16, head_hidden_size=8,
+    )  # fmt: skip
+    DepthAnythingForDepthEstimation(da).save_pretrained(tmp_path / "da")
+    cfg = tiny(backbone="depth_anything", backbone_path=str(tmp_path / "da"), image_size=28, window=2)
+    model = InverseDynamicsModel(cfg).eval()
+    loss, _ = model(batch(b=2, w=2))
+    assert torch.isfinite(loss)
+    video, p0 = torch.rand(4, 3, 64, 64), torch.zeros(32)
+    model.save_pretrained(tmp_path / "idm")
+    (tmp_path / "da" / "config.json").unlink()  # the IDM checkpoint is self-contained
+    loaded = InverseDynamicsModel.from_pretrained(tmp_path / "idm")
+    assert torch.equal(model.extract(video, p0).actions, loaded.extract(video, p0).actions)
