@@ -10,7 +10,7 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 
 # 1. Offscreen rendering without a GPU: Mesa EGL (default) or OSMesa.
 need_pkgs=()
-for pkg in libegl1 libegl-mesa0 libgl1 libosmesa6; do
+for pkg in libegl1 libegl-mesa0 libgl1; do  # Mesa EGL (MUJOCO_GL=egl); OSMesa is an optional fallback
   dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

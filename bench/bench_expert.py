@@ -1,0 +1,62 @@
+"""Scripted-expert success per task family and split (target: >= 0.9 per family on in_distribution).
+
+    .venv/bin/python bench/bench_expert.py [--episodes 50] [--splits in_distribution,new_tasks,ood_objects]
+
+Runs the expert (noise 0, rendering off: success does not depend on pixels) on the first `episodes`
+items of each family of each split and prints ONE JSON object: success rate per split and family,
+episode lengths, wall time, and the ratio of each rate to the 0.9 target.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from envs.config import EnvConfig
+from envs.expert import ScriptedExpert
+from envs.splits import load_split
+from envs.tabletop import HumanoidTabletopEnv
+from envs.tasks import SPLIT_FAMILIES
+
+TARGET = 0.9
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--episodes", type=int, default=50)
+    ap.add_argument("--splits", default="in_distribution,new_tasks,ood_objects")
+    ap.add_argument("--families", default="")
+    ap.add_argument("--max-steps", type=int, default=EnvConfig().max_steps)
+    args = ap.parse_args()
+    env = HumanoidTabletopEnv(EnvConfig(render=False, max_steps=args.max_steps))
+    expert = ScriptedExpert(env)
+    out: dict = {"episodes_per_family": args.episodes, "max_steps": args.max_steps, "target": TARGET, "splits": {}}
+    t0 = time.perf_counter()
+    for split in args.splits.split(","):
+        res = {}
+        for fam in SPLIT_FAMILIES[split]:
+            if args.families and fam not in args.families.split(","):
+                continue
+            items = [it for it in load_split(split) if it.family == fam][: args.episodes]
+            wins, lengths, failed = 0, [], []
+            for it in items:
+                obs, info = env.reset(options={"task": it.task()})
+                expert.reset()
+                for t in range(args.max_steps):
+                    obs, _, term, trunc, info = env.step(expert.act(obs))
+                    if term or trunc:
+                        break
+                wins += bool(info["success"])
+                lengths.append(t + 1)
+                if not info["success"]:
+                    failed.append(it.seed)
+            rate = wins / max(1, len(items))
+            res[fam] = {"success": rate, "n": len(items), "mean_steps": sum(lengths) / max(1, len(lengths)),
+                        "ratio_to_target": rate / TARGET, "failed_seeds": failed[:10]}
+        out["splits"][split] = res
+    out["wall_s"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,331 @@
+"""Scripted IK expert for every task family: the stand-in for teleoperated demonstrations.
+
+It reads privileged sim state from the env (object poses), plans end-effector waypoints per phase
+(approach, descend, grasp, lift, transport, release, ...), moves a commanded grasp-site pose towards
+each waypoint at a bounded Cartesian speed, and turns it into joint targets with damped-least-squares
+IK. A script is a generator yielding one 16-dim action per control step. `noise` > 0 perturbs grasp
+points and joint targets (seeded), which gives diverse demonstrations and some failures.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import mujoco
+import numpy as np
+
+from envs.errors import EnvError
+from envs.ik import yaw_quat
+from envs.robot import (
+    ACTION_HIGH,
+    ACTION_LOW,
+    ARM_SLICE,
+    GRIPPER_CLOSED,
+    GRIPPER_INDEX,
+    GRIPPER_OPEN,
+    HOME_QPOS,
+)
+from envs.scene import SLOT_BY_NAME, TABLE_Z
+from envs.tasks import TaskInstance, parse_object
+
+PITCH = -0.35  # forward tilt of the hand for top-down grasps (rad)
+MAX_JOINT_STEP = 0.24  # rad per control step (stays under the safety filter's 2.5 rad/s at 10 Hz)
+FAST, SLOW = 0.6, 0.3  # Cartesian speeds (m/s)
+
+
+def grasp_quat(yaw: float, pitch: float = PITCH) -> np.ndarray:
+    """Hand pointing down, turned by yaw about z and tilted by pitch about the hand's y axis."""
+    q = np.zeros(4)
+    mujoco.mju_mulQuat(q, yaw_quat(yaw), np.array([np.cos(pitch / 2), 0.0, np.sin(pitch / 2), 0.0]))
+    return q
+
+
+def side_quat(to_side: str) -> np.ndarray:
+    """Hand horizontal, pointing across the body towards the other hand, fingers closing along x."""
+    s = 1.0 if to_side == "right" else -1.0  # the right hand points +y, the left hand -y
+    mat = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, -s], [-s, 0.0, 0.0]])  # columns: hand x, y, z axes
+    q = np.zeros(4)
+    mujoco.mju_mat2Quat(q, mat.reshape(-1))
+    return q
+
+
+class ScriptedExpert:
+    """`reset(task)` then `act(obs) -> action (16,)` each step; works in the env's joint action space."""
+
+    def __init__(self, env, noise: float = 0.0, seed: int = 0) -> None:
+        self.env = env.unwrapped if hasattr(env, "unwrapped") else env
+        if self.env.cfg.action_space != "joint":
+            raise EnvError("ScriptedExpert drives the 'joint' action space; set env.action_space='joint'")
+        self.noise = float(noise)
+        self.rng = np.random.default_rng(seed)
+        self.dt = 1.0 / self.env.cfg.control_hz
+        self._gen: Iterator[np.ndarray] | None = None
+        self._last = HOME_QPOS.copy()
+
+    # ------------------------------------------------------------------ public API
+    def reset(self, task: TaskInstance | dict | None = None) -> None:
+        """Plan for the env's current task (call after env.reset)."""
+        env = self.env
+        if env.task is None:
+            raise EnvError("reset the env before the expert")
+        self.task = env.task
+        self.q = env.data.ctrl.copy().astype(np.float64)  # (16,) commanded joint targets
+        self.cmd: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for side in ("left", "right"):
+            pos, mat = env.ik(side).forward(self.q[ARM_SLICE[side]])
+            quat = np.zeros(4)
+            mujoco.mju_mat2Quat(quat, mat.reshape(-1))
+            self.cmd[side] = (pos, quat)
+        self.home = {s: self.cmd[s] for s in self.cmd}
+        self._gen = getattr(self, f"_script_{self.task.family}")()
+        self._last = self.q.astype(np.float32)
+
+    def act(self, obs: dict | None = None) -> np.ndarray:
+        """The next joint-target action (16,) float32."""
+        if self._gen is None:
+            self.reset()
+        try:
+            self._last = next(self._gen)
+        except StopIteration:
+            pass
+        return self._last.copy()
+
+    # ------------------------------------------------------------------ motion primitives
+    def _emit(self) -> np.ndarray:
+        a = self.q.copy()
+        if self.noise > 0:
+            a[:14] += self.rng.normal(0.0, 0.02 * self.noise, 14)
+        return np.clip(a, ACTION_LOW, ACTION_HIGH).astype(np.float32)
+
+    def _move(self, goals: dict[str, tuple[np.ndarray, np.ndarray]], speed: float = FAST,
+              grips: dict[str, float] | None = None, settle: int = 1,
+              joint_goals: dict[str, np.ndarray] | None = None,
+              joint_step: float = MAX_JOINT_STEP) -> Iterator[np.ndarray]:
+        """Move the commanded grasp-site poses of one or both arms to their goals (straight lines in
+        Cartesian space), and/or arms to joint goals (straight lines in joint space), then settle."""
+        for side, g in (grips or {}).items():
+            self.q[GRIPPER_INDEX[side]] = g
+        for _ in range(60):
+            done = True
+            for side, qg in (joint_goals or {}).items():
+                sl = ARM_SLICE[side]
+                step = np.clip(qg - self.q[sl], -joint_step, joint_step)
+                self.q[sl] += step
+                pos, mat = self.env.ik(side).forward(self.q[sl])
+                quat = np.zeros(4)
+                mujoco.mju_mat2Quat(quat, mat.reshape(-1))
+                self.cmd[side] = (pos, quat)
+                done = done and bool(np.all(np.abs(qg - self.q[sl]) < 1e-6))
+            for side, (gp, gq) in goals.items():
+                pos, quat = self.cmd[side]
+                delta = gp - pos
+                dist = float(np.linalg.norm(delta))
+                step = speed * self.dt
+                frac = 1.0 if dist <= step else step / dist
+                new_pos = pos + delta * frac
+                new_quat = np.zeros(4)
+                ang = _quat_angle(quat, gq)
+                rfrac = 1.0 if ang <= 0.35 else max(frac, 0.35 / ang)
+                _slerp(new_quat, quat, gq, rfrac)
+                self.cmd[side] = (new_pos, new_quat)
+                sl = ARM_SLICE[side]
+                q, _ = self.env.ik(side).solve(new_pos, new_quat, self.q[sl], iters=25)
+                self.q[sl] += np.clip(q - self.q[sl], -MAX_JOINT_STEP, MAX_JOINT_STEP)
+                done = done and frac >= 1.0 and rfrac >= 1.0
+            yield self._emit()
+            if done:
+                break
+        for _ in range(settle):
+            yield self._emit()
+
+    def _grip(self, sides: dict[str, float], steps: int = 3) -> Iterator[np.ndarray]:
+        for side, g in sides.items():
+            self.q[GRIPPER_INDEX[side]] = g
+        for _ in range(steps):
+            yield self._emit()
+
+    # ------------------------------------------------------------------ helpers
+    def _jitter(self, scale: float = 0.008) -> np.ndarray:
+        return self.rng.normal(0.0, scale * self.noise, 3) * np.array([1, 1, 0.3]) if self.noise > 0 else np.zeros(3)
+
+    def _global_ik(self, side: str, pos: np.ndarray, quat: np.ndarray, restarts: int = 12) -> np.ndarray:
+        """IK from the current joints and from fixed random restarts; the accurate solution nearest
+        to the current joints (for poses a Cartesian straight line cannot reach)."""
+        ik = self.env.ik(side)
+        cur = self.q[ARM_SLICE[side]]
+        rng = np.random.default_rng(0)
+        best, best_cost = cur, np.inf
+        for k in range(restarts + 1):
+            q0 = cur if k == 0 else rng.uniform(ik.lo, ik.hi)
+            q, err = ik.solve(pos, quat, q0, iters=200, posture=0.0)
+            _, mat = ik.forward(q)
+            qm = np.zeros(4)
+            mujoco.mju_mat2Quat(qm, mat.reshape(-1))
+            cost = err + 0.05 * _quat_angle(qm, quat)
+            cost += 0.002 * float(np.abs(q - cur).sum()) if cost < 0.01 else 0.0
+            if cost < best_cost:
+                best, best_cost = q, cost
+        return best
+
+    def _side_for(self, y: float) -> str:
+        return "left" if y >= 0 else "right"
+
+    def _best_arm(self, *points: np.ndarray, quat: np.ndarray | None = None) -> str:
+        """The arm that reaches all `points` (grasp-site targets, top-down) with the smaller IK error;
+        ties go to the arm on the side of the points."""
+        quat = grasp_quat(0.0) if quat is None else quat
+        errs = {}
+        for side in ("left", "right"):
+            ik = self.env.ik(side)
+            errs[side] = max(ik.solve(p, quat, ik.rest, iters=60)[1] for p in points)
+        if abs(errs["left"] - errs["right"]) < 0.005:
+            return self._side_for(float(np.mean([p[1] for p in points])))
+        return min(errs, key=errs.get)
+
+    def _grasp_pose(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        env = self.env
+        pos = env.object_pos(name)
+        _, shape = parse_object(name)
+        slot = SLOT_BY_NAME.get(shape) or SLOT_BY_NAME[f"{shape}_0"]
+        centre_z = pos[2] + (0.0 if shape not in ("bowl", "lunchbox", "tissue_box") else slot.half_height)
+        yaw = env.object_yaw(name)
+        if shape == "cube":
+            yaw = (yaw + np.pi / 4) % (np.pi / 2) - np.pi / 4
+        elif shape == "mug":
+            yaw = (yaw + np.pi / 2) % np.pi - np.pi / 2
+        else:
+            yaw = 0.0
+        target = np.array([pos[0], pos[1], max(centre_z, TABLE_Z + 0.034)]) + self._jitter()
+        return target, grasp_quat(yaw)
+
+    def _pick_up(self, name: str, side: str, lift_to: np.ndarray | None = None) -> Iterator[np.ndarray]:
+        gp, gq = self._grasp_pose(name)
+        up = np.array([0, 0, 0.10])
+        yield from self._move({side: (gp + up, gq)}, FAST, grips={side: GRIPPER_OPEN})
+        yield from self._move({side: (gp, gq)}, SLOW, settle=1)
+        yield from self._grip({side: GRIPPER_CLOSED}, steps=3)
+        dest = lift_to if lift_to is not None else gp + np.array([0, 0, 0.12])
+        yield from self._move({side: (dest, gq)}, SLOW, settle=1)
+
+    # ------------------------------------------------------------------ scripts per family
+    def _script_pick(self) -> Iterator[np.ndarray]:
+        name = self.task.objects["object"]
+        side = self._best_arm(self._grasp_pose(name)[0])
+        yield from self._pick_up(name, side)
+        while True:
+            yield self._emit()
+
+    def _script_place(self) -> Iterator[np.ndarray]:
+        env = self.env
+        name, target = self.task.objects["object"], self.task.objects["target"]
+        side = self._best_arm(self._grasp_pose(name)[0], env.object_pos(target) + np.array([0, 0, 0.06]))
+        yield from self._pick_up(name, side)
+        site = env.data.site_xpos[env.model.site(f"{side}_grasp").id]
+        offset = env.object_pos(name) - site  # object relative to the grasp site while held
+        gq = self.cmd[side][1]
+        tp = env.object_pos(target) + self._jitter(0.006)
+        drop_z = tp[2] + 0.008 + _half_height(name) + 0.015  # object centre ~1.5 cm above the floor/plate
+        above = np.array([tp[0], tp[1], 0.90]) - np.array([offset[0], offset[1], 0.0])
+        yield from self._move({side: (above, gq)}, FAST, settle=1)
+        release = np.array([above[0], above[1], drop_z - offset[2]])
+        yield from self._move({side: (release, gq)}, SLOW, settle=1)
+        yield from self._grip({side: GRIPPER_OPEN}, steps=3)
+        yield from self._move({side: (release + np.array([0, 0, 0.10]), gq)}, FAST, settle=0)
+        yield from self._move({side: self.home[side]}, FAST)
+        while True:
+            yield self._emit()
+
+    def _script_push(self) -> Iterator[np.ndarray]:
+        env = self.env
+        name, target = self.task.objects["object"], self.task.objects["target"]
+        op, tp = env.object_pos(name), env.object_pos(target)
+        u = (tp - op)[:2]
+        u /= np.linalg.norm(u) + 1e-9
+        goal = tp[:2] - u * 0.065
+        side = self._best_arm(np.array([*(op[:2] - u * 0.05), TABLE_Z + 0.04]), np.array([*goal, TABLE_Z + 0.04]))
+        yaw = float(np.arctan2(u[1], u[0])) - np.pi / 2  # closed fingers side by side facing the push
+        yaw = (yaw + np.pi / 2) % np.pi - np.pi / 2
+        q = grasp_quat(yaw, -0.15)
+        z = TABLE_Z + 0.04
+        start = np.array([*(op[:2] - u * 0.05), z]) + self._jitter()
+        end = np.array([*(goal - u * 0.02), z])
+        yield from self._move({side: (start + np.array([0, 0, 0.10]), q)}, FAST, grips={side: GRIPPER_CLOSED})
+        yield from self._move({side: (start, q)}, SLOW)
+        yield from self._move({side: (end, q)}, 0.2, settle=2)
+        yield from self._move({side: (end + np.array([0, 0, 0.10]), q)}, FAST, settle=0)
+        yield from self._move({side: self.home[side]}, FAST)
+        while True:
+            yield self._emit()
+
+    def _script_drawer(self) -> Iterator[np.ndarray]:
+        env = self.env
+        handle = env.data.geom_xpos[env.model.geom("drawer_handle").id].copy()
+        side = self._side_for(handle[1])
+        q = grasp_quat(0.0)
+        gp = handle + np.array([0.0, 0.0, 0.005]) + self._jitter(0.005)
+        opening = self.task.params.get("verb", "open") == "open"
+        dx = -0.10 if opening else 0.10
+        yield from self._move({side: (gp + np.array([0, 0, 0.08]), q)}, FAST, grips={side: GRIPPER_OPEN})
+        yield from self._move({side: (gp, q)}, SLOW)
+        yield from self._grip({side: GRIPPER_CLOSED}, steps=3)
+        yield from self._move({side: (gp + np.array([dx, 0, 0]), q)}, 0.2, settle=2)
+        yield from self._grip({side: GRIPPER_OPEN}, steps=2)
+        yield from self._move({side: (gp + np.array([dx, 0, 0.10]), q)}, FAST)
+        while True:
+            yield self._emit()
+
+    def _script_tissue(self) -> Iterator[np.ndarray]:
+        env = self.env
+        tissue = env.data.geom_xpos[env.model.geom("tissue").id].copy()
+        side = self._side_for(tissue[1])
+        q = grasp_quat(0.0)
+        gp = tissue + np.array([0.0, 0.0, 0.028]) + self._jitter(0.004)
+        yield from self._move({side: (gp + np.array([0, 0, 0.08]), q)}, FAST, grips={side: GRIPPER_OPEN})
+        yield from self._move({side: (gp, q)}, SLOW)
+        yield from self._grip({side: GRIPPER_CLOSED}, steps=3)
+        yield from self._move({side: (gp + np.array([0, 0, 0.12]), q)}, 0.25, settle=2)
+        while True:
+            yield self._emit()
+
+    def _script_handover(self) -> Iterator[np.ndarray]:
+        env = self.env
+        name = self.task.objects["object"]
+        src, dst = self.task.params.get("from", "left"), self.task.params.get("to", "right")
+        s = 1.0 if src == "left" else -1.0
+        meet = np.array([0.38, s * 0.03, 0.92])
+        yield from self._pick_up(name, src, lift_to=None)
+        site = env.data.site_xpos[env.model.site(f"{src}_grasp").id]
+        offset = env.object_pos(name) - site
+        gq = grasp_quat(0.0, 0.0)  # square the object to the world axes for the other hand
+        dq = side_quat(dst)
+        obj_at = meet + offset
+        pre = obj_at + np.array([0.0, -s * 0.12, 0.0])
+        q_pre = self._global_ik(dst, pre, dq)
+        yield from self._move({src: (meet, gq)}, FAST, grips={dst: GRIPPER_OPEN}, settle=1, joint_goals={dst: q_pre})
+        grasp = obj_at + np.array([0.0, -s * 0.005, 0.0])
+        yield from self._move({}, joint_goals={dst: self._global_ik(dst, grasp, dq)}, joint_step=0.08, settle=1)
+        yield from self._grip({dst: GRIPPER_CLOSED}, steps=3)
+        yield from self._grip({src: GRIPPER_OPEN}, steps=2)
+        yield from self._move({src: (meet + np.array([0.0, s * 0.08, 0.06]), gq)}, FAST, settle=0)
+        yield from self._move({src: self.home[src]}, FAST)
+        while True:
+            yield self._emit()
+
+
+def _half_height(name: str) -> float:
+    _, shape = parse_object(name)
+    return (SLOT_BY_NAME.get(shape) or SLOT_BY_NAME[f"{shape}_0"]).half_height
+
+
+def _quat_angle(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * np.arccos(np.clip(abs(np.dot(a, b)), 0.0, 1.0)))
+
+
+def _slerp(out: np.ndarray, a: np.ndarray, b: np.ndarray, t: float) -> None:
+    if np.dot(a, b) < 0:
+        b = -b
+    ang = np.arccos(np.clip(np.dot(a, b), -1.0, 1.0))
+    if ang < 1e-6:
+        out[:] = b
+        return
+    out[:] = (np.sin((1 - t) * ang) * a + np.sin(t * ang) * b) / np.sin(ang)
+    out /= np.linalg.norm(out)
