@@ -1,0 +1,131 @@
+"""The scheduler API without a broker: spec validation, the ledger protocol run inline, the sweeper."""
+from __future__ import annotations
+
+from datetime import UTC
+
+import pytest
+
+from workers.client import InProcessDispatcher, Scheduler
+from workers.errors import WorkerError
+from workers.spec import TaskSpec, parse_message
+from workers.sweeper import Sweeper
+
+
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ({"backend": "mars"}, "backend"),
+        ({"attempts": "3"}, "attempts"),
+        ({"attempts": 0}, "attempts"),
+        ({"colour": "red"}, "colour"),
+        ({"family": "juggle"}, "family"),
+        ({"priority": 11}, "priority"),
+        ({"split": "new_tasks"}, "split"),
+        ({"model": {"alias": "a", "version": 2}}, "model"),
+    ],
+)
+def test_bad_spec_is_refused_naming_the_field(bad, field):
+    with pytest.raises(WorkerError, match=field):
+        TaskSpec.parse(bad)
+
+
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ({"policy": "teleport"}, "unknown policy 'teleport'"),
+        ({"model": "champion"}, "alias 'champion'"),
+        ({"model": 7}, "version 7"),
+        ({"policy": "scripted_expert", "backend": "neo:r1"}, "scripted_expert"),
+        ({"instruction": "juggle three chainsaws"}, "matches no task"),
+    ],
+)
+def test_unknown_policy_model_or_task_enqueues_nothing(cfg, spec, words):
+    sched = Scheduler(cfg, inline=True)
+    with pytest.raises(WorkerError, match=words):
+        sched.enqueue(spec)
+    assert sched.store.task_runs() == []
+
+
+def test_a_bad_spec_in_a_batch_enqueues_none_of_it(cfg):
+    d = InProcessDispatcher(cfg)
+    with pytest.raises(WorkerError, match="backend"):
+        d.dispatch([{"kind": "noop"}, {"kind": "noop", "backend": "neo:"}])
+    assert d.scheduler.store.task_runs() == []
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, words",
+    [
+        ((1, {}), {}, "positional"),
+        ((), {"run_id": "1", "attempt": 1, "payload": {}}, "run_id"),
+        ((), {"run_id": 1, "attempt": 1, "payload": {}, "extra": 1}, "extra"),
+        ((), {"run_id": 1, "attempt": 1, "payload": {"tags": [], "evil": True}}, "evil"),
+        ((), {"run_id": 1, "attempt": 1, "payload": {"tags": ["x" * 70_000]}}, "exceeds"),
+    ],
+)
+def test_worker_side_message_validation(args, kwargs, words):
+    with pytest.raises(WorkerError, match=words):
+        parse_message("flywheel.noop", args, kwargs, max_bytes=65_536)
+
+
+def test_inline_episode_is_recorded_with_its_arrays(cfg):
+    d = InProcessDispatcher(cfg)
+    [run_id] = d.dispatch([{"family": "pick", "seed": 5, "policy": "scripted_expert", "tags": ["unit"], "max_steps": 30}])
+    [row] = d.wait([run_id], timeout=5)
+    assert row.state == "succeeded", row.error
+    store = d.scheduler.store
+    [ep] = store.episodes()
+    assert ep.task_run_id == run_id and ep.source == "expert" and ep.task_family == "pick"
+    arrays = store.load_arrays(ep.id)
+    T = ep.length
+    assert arrays["frames"].dtype.name == "uint8" and arrays["frames"].shape[0] == T + 1
+    assert arrays["proprio"].shape == (T + 1, 32) and arrays["actions"].shape == (T, 16)
+
+
+def test_missing_hook_fails_with_a_clear_recorded_error(cfg):
+    d = InProcessDispatcher(cfg)
+    [run_id] = d.dispatch([{"kind": "retrain"}])
+    [row] = d.wait([run_id], timeout=5)
+    assert row.state == "failed"
+    assert "flywheel.hooks.retrain" in row.error
+
+
+def test_cancelled_before_it_runs_is_skipped(cfg):
+    sched = Scheduler(cfg, inline=True)
+    row = sched.store.create_task_run("flywheel.noop", "k-cancel", {"tags": []}, queue="sim")
+    assert sched.cancel(row.id)
+    sched.send(row)  # the message arrives after the cancel
+    after = sched.status(row.id)
+    assert after.state == "cancelled" and after.attempts == 0
+
+
+def test_sweeper_reexecutes_a_stale_run_exactly_once_then_gives_up(cfg):
+    """A worker died after writing the episode but before finishing the run: the sweeper sends it
+    again, the re-execution finds the episode already there, and no second one is written."""
+    sched = Scheduler(cfg, inline=True)
+    [run_id] = sched.enqueue({"family": "pick", "seed": 1, "policy": "scripted_expert", "max_steps": 30})
+    assert sched.status(run_id).state == "succeeded"
+    store = sched.store
+    # pretend the worker died: back to running with an old heartbeat
+    from datetime import datetime, timedelta
+
+    from sqlalchemy import update
+
+    from db.models import TaskRun
+
+    def go_stale():
+        with store.Session.begin() as s:
+            s.execute(update(TaskRun).where(TaskRun.id == run_id).values(
+                state="running", heartbeat_at=datetime.now(UTC) - timedelta(seconds=60)))
+
+    go_stale()
+    report = Sweeper(sched).sweep_once()
+    assert report.requeued == [run_id]
+    row = sched.status(run_id)
+    assert row.state == "succeeded" and row.attempts == 2
+    assert len(store.episodes()) == 1
+    go_stale()  # max_retries=1: a second death is final
+    report = Sweeper(sched).sweep_once()
+    assert report.dead == [run_id]
+    row = sched.status(run_id)
+    assert row.state == "dead" and "stopped heartbeating" in row.error

@@ -1,0 +1,216 @@
+"""The task bodies. Names are public (docs/tasks_contract.md); messages are JSON keyword arguments
+`{run_id, attempt, payload}` and every body follows the same ledger protocol:
+
+1. validate the message (refused messages go to the rejects log, the ledger is not touched);
+2. re-read the run from the store, check the message matches it, claim it (`mark_running`; a run
+   that is not queued any more -- finished, cancelled, or claimed by another worker -- is skipped);
+3. heartbeat from a thread while the body runs; a failed heartbeat (cancelled, or requeued by the
+   sweeper) asks the body to stop;
+4. write the result (episodes idempotently by run id) and finish the ledger row.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
+
+from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
+
+from workers import ledger
+from workers.errors import WorkerError
+from workers.rejects import record_reject
+from workers.spec import parse_message
+
+log = logging.getLogger("workers.tasks")
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Heartbeat:
+    """Beats the ledger every `interval` seconds from a thread; `stopped()` turns true when the run is
+    no longer ours (cancelled, or requeued by the sweeper)."""
+
+    def __init__(self, store: Any, run_id: int, worker: str, interval: float) -> None:
+        self.store, self.run_id, self.worker, self.interval = store, run_id, worker, interval
+        self._lost = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{run_id}", daemon=True)
+
+    def _loop(self) -> None:
+        while not self._done.wait(self.interval):
+            try:
+                if not self.store.heartbeat(self.run_id, self.worker):
+                    self._lost.set()
+                    return
+            except Exception:
+                log.exception("heartbeat of run %s failed", self.run_id)
+
+    def stopped(self) -> bool:
+        return self._lost.is_set()
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=5)
+
+
+Body = Callable[[Any, Any, Any, Any, Callable[[], bool]], dict]
+
+
+def execute(task: Any, name: str, args: tuple, kwargs: dict, body: Body, heartbeat: bool = True) -> dict:
+    """The ledger protocol around `body(cfg, store, run, payload, should_stop) -> result dict`."""
+    from workers.episode import Cancelled
+    from workers.runtime import open_store
+
+    cfg = task.app.flywheel_config
+    try:
+        msg, payload = parse_message(name, args, kwargs, cfg.broker.max_payload_bytes)
+    except WorkerError as exc:
+        record_reject(cfg.data_path, str(exc), task=name, celery_id=task.request.id)
+        return {"rejected": str(exc)}
+    store = open_store(cfg)
+    run = ledger.read_run(store, msg.run_id)
+    if run is None:
+        reason = f"unknown task run id {msg.run_id}"
+        record_reject(cfg.data_path, reason, task=name, run_id=msg.run_id)
+        return {"rejected": reason}
+    if run["name"] != name or json.dumps(run["payload"], sort_keys=True) != json.dumps(msg.payload, sort_keys=True):
+        reason = f"message does not match ledger run {msg.run_id} ({run['name']})"
+        record_reject(cfg.data_path, reason, task=name, run_id=msg.run_id)
+        return {"rejected": reason}
+    deadline = run["deadline"]
+    if run["state"] == "queued" and deadline is not None and deadline < datetime.now(UTC):
+        store.mark_dead(msg.run_id, f"deadline {deadline.isoformat()} passed before a worker took it")
+        return {"skipped": "deadline"}
+    worker = worker_name()
+    if not ledger.claim(store, msg.run_id, worker, task.request.id):
+        log.info("run %s is %s, not queued: skipping this delivery", msg.run_id, run["state"])
+        return {"skipped": run["state"]}
+    claimed = SimpleNamespace(id=msg.run_id, attempts=run["attempts"] + 1, task_spec_id=run["task_spec_id"])
+    hb = Heartbeat(store, claimed.id, worker, cfg.broker.heartbeat_s)
+    try:
+        if heartbeat:
+            with hb:
+                result = body(cfg, store, claimed, payload, hb.stopped)
+        else:
+            result = body(cfg, store, claimed, payload, lambda: False)
+    except Cancelled:
+        log.info("run %s stopped: cancelled or taken over", claimed.id)
+        return {"stopped": True}
+    except SoftTimeLimitExceeded:
+        ledger.finish(store, claimed.id, "failed", error=f"time limit of {cfg.broker.soft_time_limit_s}s exceeded")
+        return {"failed": "time limit"}
+    except Exception as exc:
+        log.exception("run %s failed", claimed.id)
+        ledger.finish(store, claimed.id, "failed", error=f"{type(exc).__name__}: {exc}"[:4000])
+        return {"failed": str(exc)}
+    ledger.finish(store, claimed.id, "succeeded", result=result)
+    return result
+
+
+# ------------------------------------------------------------------ bodies
+
+
+def _episode_body(cfg: Any, store: Any, run: Any, payload: Any, should_stop: Callable[[], bool]) -> dict:
+    from db.records import EpisodeRecord
+    from workers.episode import run_episode
+
+    out = run_episode(cfg, payload, should_stop)
+    if should_stop():  # cancelled between the last step and now: write nothing
+        from workers.episode import Cancelled
+
+        raise Cancelled()
+    source = {"scripted_expert": "expert"}.get(payload.policy, payload.source)
+    record = EpisodeRecord(
+        source=source, task_family=out.task["family"], instruction=out.instruction, policy=payload.policy,
+        success=out.success, length=out.length, backend=payload.backend, reward=out.reward,
+        seed=payload.seed, split=out.task.get("split"), caption=out.caption, task=out.task,
+        task_run_id=run.id, task_spec_id=run.task_spec_id,
+        world_model_version_id=None, idm_version_id=None, timings=out.timings,
+        meta={"failure_reason": out.failure_reason, "tags": list(payload.tags), "attempt": run.attempts,
+              "models": dict(payload.model or {}), "policy_logs": out.logs},
+    )
+    arrays = {"frames": out.frames, "proprio": out.proprio, "actions": out.actions}
+    episode_id = store.record_episode(record, arrays, initial_state=out.initial_state)
+    return {"episode_id": episode_id, "success": out.success, "length": out.length, "reward": out.reward}
+
+
+def _hook_body(hook: str) -> Body:
+    def body(cfg: Any, store: Any, run: Any, payload: Any, should_stop: Callable[[], bool]) -> dict:
+        try:
+            module = importlib.import_module("flywheel.hooks")
+            fn = getattr(module, hook)
+        except (ImportError, AttributeError) as exc:
+            raise WorkerError(f"hook flywheel.hooks.{hook} is not available: {exc}") from None
+        from workers.runtime import full_config
+
+        result = fn(full_config(cfg), store, payload.model_dump(), run_id=run.id, should_stop=should_stop)
+        return dict(result or {})
+
+    return body
+
+
+def _noop_body(cfg: Any, store: Any, run: Any, payload: Any, should_stop: Callable[[], bool]) -> dict:
+    return {}
+
+
+# ------------------------------------------------------------------ the registered tasks
+
+
+@shared_task(bind=True, name="flywheel.run_episode")
+def run_episode_task(self: Any, *args: Any, **kwargs: Any) -> dict:
+    """Run one episode with a policy on a backend and record it (see workers/episode.py)."""
+    return execute(self, "flywheel.run_episode", args, kwargs, _episode_body)
+
+
+@shared_task(bind=True, name="flywheel.retrain")
+def retrain_task(self: Any, *args: Any, **kwargs: Any) -> dict:
+    """Retrain models from the store: calls `flywheel.hooks.retrain`."""
+    return execute(self, "flywheel.retrain", args, kwargs, _hook_body("retrain"))
+
+
+@shared_task(bind=True, name="flywheel.evaluate")
+def evaluate_task(self: Any, *args: Any, **kwargs: Any) -> dict:
+    """Evaluate a model version: calls `flywheel.hooks.evaluate`."""
+    return execute(self, "flywheel.evaluate", args, kwargs, _hook_body("evaluate"))
+
+
+@shared_task(bind=True, name="flywheel.promote")
+def promote_task(self: Any, *args: Any, **kwargs: Any) -> dict:
+    """Promote a challenger if it beats the champion: calls `flywheel.hooks.promote`."""
+    return execute(self, "flywheel.promote", args, kwargs, _hook_body("promote"))
+
+
+@shared_task(bind=True, name="flywheel.noop")
+def noop_task(self: Any, *args: Any, **kwargs: Any) -> dict:
+    """Do nothing through the full ledger protocol (dispatch benchmarks, liveness checks)."""
+    return execute(self, "flywheel.noop", args, kwargs, _noop_body, heartbeat=False)
+
+
+@shared_task(name="flywheel.ping", ignore_result=False)
+def ping_task() -> str:
+    """A plain Celery task outside the ledger: liveness checks, and the dispatch benchmark's baseline."""
+    return "pong"
+
+
+# name -> (body, heartbeat) for the in-process dispatcher (workers.client, inline=True)
+TASKS_BY_NAME: dict[str, tuple[Body, bool]] = {
+    "flywheel.run_episode": (_episode_body, True),
+    "flywheel.retrain": (_hook_body("retrain"), True),
+    "flywheel.evaluate": (_hook_body("evaluate"), True),
+    "flywheel.promote": (_hook_body("promote"), True),
+    "flywheel.noop": (_noop_body, False),
+}
