@@ -17,7 +17,7 @@ class RandomPolicy(Policy):
     name = "random"
 
     def __init__(self, cfg: Any, action_low: np.ndarray | None = None, action_high: np.ndarray | None = None,
-                 seed: int = 0, max_delta: float = 0.1, chunk: int = 1, **_: Any):
+                 seed: int = 0, max_delta: float = 0.08, chunk: int = 1, **_: Any):
         from envs.robot import ACTION_HIGH, ACTION_LOW
 
         self.low = np.asarray(ACTION_LOW if action_low is None else action_low, np.float32)
@@ -38,41 +38,49 @@ class RandomPolicy(Policy):
 
 
 class ScriptedExpertPolicy(Policy):
-    """The IK scripted expert of `envs.expert` (or `envs.play` when `play=True`), as a Policy.
+    """The IK scripted expert of `envs.expert` (or the play motions of `envs.play`), as a Policy.
 
-    It acts from the observation and the backend's `scene_description()` (given as `scene_fn`), so it
-    runs unchanged on the `sim` and `neo` backends."""
+    The expert reads the simulator's state (it stands in for a teleoperator). With the `sim` backend it
+    uses the backend's env directly (`env=`); with any other backend give `state_fn` (the backend's
+    `get_state`): a local shadow env is synced to the robot's reported state before every action, so
+    the same policy runs unchanged on `neo` through the bridge."""
 
     name = "scripted_expert"
 
-    def __init__(self, cfg: Any, scene_fn: Callable[[], dict] | None = None, seed: int = 0,
+    def __init__(self, cfg: Any, env: Any = None, state_fn: Callable[[], dict] | None = None, seed: int = 0,
                  play: bool = False, **_: Any):
-        from envs import expert as expert_mod
+        if env is None:
+            if state_fn is None:
+                raise PolicyError(f"{'play' if play else 'scripted_expert'} needs the sim env or the backend's get_state")
+            from envs.tabletop import HumanoidTabletopEnv
 
-        self.scene_fn = scene_fn
-        noise = 0.0 if play else float(cfg.policy.expert_noise)
+            env = HumanoidTabletopEnv(cfg.env)
+            env.reset(seed=0)
+        self.env, self.state_fn = env, state_fn
         if play:
             from envs.play import PlayPolicy
 
-            self.impl = PlayPolicy(seed=seed)
-            self.name = "play"
+            self.impl = PlayPolicy(env, seed=seed)
         else:
-            self.impl = expert_mod.ScriptedExpert(noise=noise, seed=seed)
+            from envs.expert import ScriptedExpert
+
+            self.impl = ScriptedExpert(env, noise=float(cfg.policy.expert_noise), seed=seed)
+
+    def _sync(self) -> None:
+        if self.state_fn is not None:
+            self.env.set_state(self.state_fn())
 
     def reset(self, task: dict[str, Any], instruction: str, scene: dict[str, Any] | None = None) -> None:
-        from envs.tasks import TaskInstance
-
-        self.impl.reset(TaskInstance.from_dict(task) if isinstance(task, dict) else task)
+        self._sync()
+        self.impl.reset(task)
 
     def act(self, obs: dict[str, np.ndarray]) -> PolicyOutput:
-        if self.scene_fn is None:
-            raise PolicyError("scripted_expert needs the backend's scene_description (scene_fn)")
-        action = self.impl.act(obs, self.scene_fn())
-        return PolicyOutput(actions=np.asarray(action, np.float32)[None])
+        self._sync()
+        return PolicyOutput(actions=np.asarray(self.impl.act(obs), np.float32)[None])
 
 
 class PlayPolicyAdapter(ScriptedExpertPolicy):
-    """Unfiltered play motion near objects (for IDM data)."""
+    """Unfiltered play motion near objects (data for the IDM and the world model's first stage)."""
 
     name = "play"
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from workers import ledger
 from workers.errors import WorkerError
-from workers.spec import LOCAL_POLICIES, TASK_NAMES, EpisodePayload, HookPayload, NoopPayload, TaskSpec
+from workers.spec import LOCAL_POLICIES, MODEL_POLICIES, TASK_NAMES, EpisodePayload, HookPayload, NoopPayload, TaskSpec
 
 log = logging.getLogger("workers.client")
 TERMINAL = ("succeeded", "failed", "dead", "cancelled")
@@ -95,27 +95,49 @@ class Scheduler:
         return self._app
 
     # -- validation --------------------------------------------------------------------------------
-    def _resolve_models(self, spec: TaskSpec) -> dict[str, int] | None:
-        if spec.model is None:
+    def _resolve_models(self, spec: TaskSpec, policy: str | None = None) -> dict[str, int] | None:
+        """Pin every model the run uses to a version number: `model` (one kind), `models` (per kind), and
+        the champion of each kind a model policy needs that the spec left open."""
+        refs: dict[str, int | str] = {}
+        if spec.model is not None:
+            refs[spec.model.kind] = spec.model.alias if spec.model.alias is not None else spec.model.version
+        refs.update(spec.models or {})
+        for kind in MODEL_POLICIES.get(policy or "", ()):
+            refs.setdefault(kind, "champion")
+        if not refs:
             return None
-        ref = spec.model
-        if ref.alias is not None:
-            row = self.store.get_alias(ref.kind, ref.alias)
-            if row is None:
-                raise WorkerError(f"invalid task spec: model: no {ref.kind} has the alias {ref.alias!r}")
-            return {ref.kind: row.version}
+        from db.errors import StoreError
+
+        out = {}
+        for kind, ref in refs.items():
+            if isinstance(ref, str) and not ref.isdigit():
+                row = self.store.get_alias(kind, ref)
+                if row is None:
+                    raise WorkerError(f"invalid task spec: model: no {kind} has the alias {ref!r}")
+                out[kind] = row.version
+                continue
+            try:
+                self.store.get_model(kind, int(ref))
+            except StoreError:
+                raise WorkerError(f"invalid task spec: model: {kind} version {ref} is not registered") from None
+            out[kind] = int(ref)
+        return out
+
+    def _replay_task(self, episode_id: int) -> dict[str, Any]:
         from db.errors import StoreError
 
         try:
-            self.store.get_model(ref.kind, ref.version)
+            ep = self.store.get_episode(episode_id)
         except StoreError:
-            raise WorkerError(f"invalid task spec: model: {ref.kind} version {ref.version} is not registered") from None
-        return {ref.kind: ref.version}
+            raise WorkerError(f"invalid task spec: initial_state_episode: unknown episode id {episode_id}") from None
+        if not ep.initial_state_uri or not ep.task:
+            raise WorkerError(f"invalid task spec: initial_state_episode: episode {episode_id} has no recorded state")
+        return dict(ep.task)
 
     def payloads(self, spec: TaskSpec | dict) -> tuple[TaskSpec, list[dict[str, Any]]]:
         """Validate `spec` completely and build one JSON payload per attempt (nothing is written)."""
         spec = TaskSpec.parse(spec)
-        models = self._resolve_models(spec)
+        models = self._resolve_models(spec, spec.policy or self.cfg.policy.name if spec.kind == "episode" else None)
         if spec.kind == "noop":
             return spec, [NoopPayload(tags=spec.tags).model_dump()] * spec.attempts
         if spec.kind != "episode":
@@ -123,17 +145,17 @@ class Scheduler:
         policy = spec.policy or self.cfg.policy.name
         if policy not in known_policies():
             raise WorkerError(f"invalid task spec: policy: unknown policy {policy!r}; known: {', '.join(known_policies())}")
-        if policy == "scripted_expert" and spec.backend != "sim":
-            raise WorkerError("invalid task spec: policy: scripted_expert reads the simulator; use backend 'sim'")
+        replay = self._replay_task(spec.initial_state_episode) if spec.initial_state_episode else None
         base = spec.seed if spec.seed is not None else uuid.uuid4().int % (MAX_RANDOM_SEED - 10_000)
         out = []
         for i in range(spec.attempts):
             seed = base + i
-            task = resolve_task(spec, seed)
+            task = replay if replay is not None else resolve_task(spec, seed)
             out.append(EpisodePayload(
                 task=task, family=task.get("family"), split=spec.split, split_index=spec.split_index, seed=seed,
                 instruction=spec.instruction, backend=spec.backend, policy=policy, model=models,
-                max_steps=spec.max_steps, source="rollout", tags=spec.tags,
+                max_steps=spec.max_steps, initial_state_episode=spec.initial_state_episode,
+                source={"scripted_expert": "expert", "play": "play"}.get(policy, "rollout"), tags=spec.tags,
             ).model_dump())
         return spec, out
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from envs.errors import SafetyViolation
 from workers.errors import WorkerError
 from workers.spec import EpisodePayload
 
@@ -49,6 +50,8 @@ class EpisodeOutcome:
     failure_reason: str | None = None
     caption: str | None = None
     logs: dict[str, Any] = field(default_factory=dict)
+    plans: list[dict[str, Any]] = field(default_factory=list)  # imagine-then-act planning steps
+    model_ids: dict[str, int] = field(default_factory=dict)  # kind -> model_versions.id
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -56,61 +59,10 @@ class EpisodeOutcome:
         return int(self.actions.shape[0])
 
 
-# ------------------------------------------------------------------ policy adapters (no model needed)
-
-
-class ScriptedExpertAdapter:
-    """`envs.expert.ScriptedExpert` behind the policy interface; it reads the simulator, so sim only."""
-
-    name = "scripted_expert"
-
-    def __init__(self, backend: Any, noise: float, seed: int) -> None:
-        env = getattr(backend, "env", None)
-        if env is None:
-            raise WorkerError("policy 'scripted_expert' needs the simulator's state: use backend 'sim'")
-        from envs.expert import ScriptedExpert
-
-        self.expert = ScriptedExpert(env, noise=noise, seed=seed)
-
-    def reset(self, task: Any, instruction: str, scene: dict | None = None) -> None:
-        self.expert.reset(task)
-
-    def act(self, obs: dict[str, np.ndarray]) -> Chunk:
-        return Chunk(np.asarray(self.expert.act(obs), np.float32)[None])  # (1, 16)
-
-    def logs(self) -> dict[str, Any]:
-        return {}
-
-
-class RandomAdapter:
-    """Small random joint moves around the current pose, within limits and the velocity filter."""
-
-    name = "random"
-    STEP_RAD = 0.08  # per control step: under the safety filter's velocity limit at 10 Hz
-
-    def __init__(self, backend: Any, seed: int, horizon: int) -> None:
-        self.low, self.high = np.asarray(backend.action_low), np.asarray(backend.action_high)
-        self.rng = np.random.default_rng(seed)
-        self.horizon = horizon
-
-    def reset(self, task: Any, instruction: str, scene: dict | None = None) -> None:
-        pass
-
-    def act(self, obs: dict[str, np.ndarray]) -> Chunk:
-        dim = self.low.shape[0]
-        q = np.clip(np.asarray(obs["proprio"], np.float32)[:dim], self.low, self.high)
-        steps = self.rng.uniform(-self.STEP_RAD, self.STEP_RAD, size=(self.horizon, dim))
-        chunk = np.clip(q + np.cumsum(steps, axis=0), self.low, self.high)  # (H, 16)
-        return Chunk(chunk.astype(np.float32))
-
-    def logs(self) -> dict[str, Any]:
-        return {}
-
-
 # ------------------------------------------------------------------ per-process caches
 
 _backends: dict[str, Any] = {}
-_policies: dict[tuple[str, str], Any] = {}
+_policies: dict[tuple[str, str], Any] = {}  # model policies, per (name, versions)
 
 
 def get_backend(cfg: Any, name: str) -> Any:
@@ -135,25 +87,41 @@ def drop_backend(name: str) -> None:
             log.exception("closing backend %s", name)
 
 
-def build_policy(cfg: Any, payload: EpisodePayload, backend: Any) -> Any:
-    """The policy for this episode. Model-free policies get a fresh adapter; model policies come from
-    `policies.make_policy` once per process and model versions (this is where imagine_then_act plugs in)."""
-    name = payload.policy
-    if name == "scripted_expert":
-        return ScriptedExpertAdapter(backend, noise=cfg.policy.expert_noise, seed=payload.seed)
-    if name == "random":
-        return RandomAdapter(backend, seed=payload.seed, horizon=cfg.policy.horizon)
-    key = (name, repr(sorted((payload.model or {}).items())))
-    if key not in _policies:
-        try:
-            from policies.base import make_policy
-        except ImportError as exc:
-            raise WorkerError(f"policy {name!r} needs policies.make_policy, which is not available: {exc}") from None
-        kwargs = {"model_versions": dict(payload.model)} if payload.model else {}
-        from workers.runtime import full_config
+def build_policy(cfg: Any, payload: EpisodePayload, backend: Any, store: Any = None) -> tuple[Any, dict[str, int]]:
+    """The policy for this episode (from `policies.make_policy`) and the model-version ids it runs with.
 
-        _policies[key] = make_policy(name, full_config(cfg), **kwargs)
-    return _policies[key]
+    Model-free policies are built per episode (they are cheap and bound to the backend); model policies
+    are cached per process and model versions, their models loaded once from the registry."""
+    from policies.base import make_policy
+    from workers.runtime import full_config
+
+    full = full_config(cfg)
+    name = payload.policy
+    if name in ("scripted_expert", "play"):
+        return make_policy(name, full, env=getattr(backend, "env", None), state_fn=backend.get_state,
+                           seed=payload.seed), {}
+    if name == "random":
+        return make_policy(name, full, action_low=backend.action_low, action_high=backend.action_high,
+                           seed=payload.seed, chunk=cfg.policy.horizon), {}
+    versions = dict(payload.model or {})
+    ids: dict[str, int] = {}
+    kwargs: dict[str, Any] = {}
+    if name == "imagine_then_act":
+        from flywheel.evaluation.feasibility import default_checker
+        from workers.models import load_model
+
+        if store is None or set(versions) < {"world_model", "idm"}:
+            raise WorkerError("imagine_then_act needs a world model and an IDM version (enqueue resolves the champions)")
+        (wm, ids["world_model"]), (idm, ids["idm"]) = (load_model(full, store, k, versions[k]) for k in ("world_model", "idm"))
+        checker = default_checker(1.0 / cfg.env.control_hz)
+        kwargs = {"world_model": wm, "idm": idm, "feasibility": checker.check,
+                  "action_low": backend.action_low, "action_high": backend.action_high}
+    key = (name, repr(sorted(versions.items())))
+    if key not in _policies:
+        _policies[key] = make_policy(name, full, **kwargs)
+    policy = _policies[key]
+    policy.seed = payload.seed
+    return policy, ids
 
 
 # ------------------------------------------------------------------ the episode loop
@@ -172,36 +140,48 @@ def resolve_task(payload: EpisodePayload) -> Any:
 
 
 def _chunk_of(out: Any) -> Chunk:
-    """Accept both our Chunk and `policies.base.PolicyOutput` (same field names)."""
-    return Chunk(np.asarray(out.actions, np.float32).reshape(-1, 16) if len(out.actions) else np.zeros((0, 16), np.float32),
-                 bool(getattr(out, "hold", False)), getattr(out, "failure_reason", None))
+    """The (H, 16) chunk of a `policies.base.PolicyOutput` (empty when it holds)."""
+    actions = np.asarray(out.actions, np.float32)
+    return Chunk(actions.reshape(-1, 16) if actions.size else np.zeros((0, 16), np.float32),
+                 bool(out.hold), out.failure_reason)
 
 
-def run_episode(cfg: Any, payload: EpisodePayload, should_stop: Callable[[], bool] = lambda: False) -> EpisodeOutcome:
-    """Run the policy on the backend for one episode; raises Cancelled when `should_stop()` turns true."""
+def run_episode(cfg: Any, payload: EpisodePayload, should_stop: Callable[[], bool] = lambda: False,
+                store: Any = None, state: dict[str, np.ndarray] | None = None) -> EpisodeOutcome:
+    """Run the policy on the backend for one episode (from a recorded `state` when given); raises
+    Cancelled when `should_stop()` turns true."""
     t0 = time.perf_counter()
     task = resolve_task(payload)
     backend = get_backend(cfg, payload.backend)
     max_steps = payload.max_steps or cfg.env.max_steps
     try:
-        obs = backend.reset(task=task, seed=payload.seed)
-        initial_state = backend.get_state() if payload.backend == "sim" else None
+        obs = backend.reset(task=task, seed=payload.seed, state=state)
+        initial_state = backend.get_state()
         scene = backend.scene_description()
-        policy = build_policy(cfg, payload, backend)
+        policy, model_ids = build_policy(cfg, payload, backend, store)
         instruction = payload.instruction or task.instruction
         policy.reset(task.to_dict(), instruction, scene)
         t_reset = time.perf_counter()
         frames, proprio, actions = [obs["rgb"]], [obs["proprio"]], []
+        plans: list[dict[str, Any]] = []  # per planning step: scored candidates and their videos
         success, reward, failure = False, 0.0, None
         while len(actions) < max_steps:
             if should_stop():
                 raise Cancelled()
-            out = _chunk_of(policy.act(obs))
+            raw = policy.act(obs)
+            info = getattr(raw, "info", None) or {}
+            if "candidates" in info:
+                plans.append({"t": len(actions), "candidates": info["candidates"], "videos": info.get("videos")})
+            out = _chunk_of(raw)
             if out.hold or out.actions.shape[0] == 0:
                 failure = out.failure_reason or "policy held still"
                 break
             chunk = out.actions[: max_steps - len(actions)]  # (h, 16)
-            res = backend.step(chunk)
+            try:
+                res = backend.step(chunk)
+            except SafetyViolation as exc:  # refused before it reached the robot: a failed episode
+                failure = f"safety filter: {exc}"
+                break
             for o in res.observations:
                 frames.append(o["rgb"])
                 proprio.append(o["proprio"])
@@ -224,6 +204,7 @@ def run_episode(cfg: Any, payload: EpisodePayload, should_stop: Callable[[], boo
         proprio=np.stack(proprio).astype(np.float32),
         actions=np.asarray(actions, np.float32).reshape(-1, 16),
         success=success, reward=reward, task=task.to_dict(), instruction=instruction,
-        initial_state=initial_state, failure_reason=failure, logs=logs,
+        initial_state=initial_state, failure_reason=failure, logs=logs, plans=plans, model_ids=model_ids,
+        caption=logs.get("caption"),
         timings={"reset_s": t_reset - t0, "rollout_s": t_end - t_reset, "total_s": t_end - t0},
     )

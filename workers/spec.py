@@ -37,7 +37,8 @@ FAMILIES = ("pick", "place", "push", "drawer", "tissue", "handover")
 SPLITS = ("in_distribution", "new_tasks", "ood_objects")
 BACKEND_RE = re.compile(r"^(sim|neo:[A-Za-z0-9_-]{1,64})$")
 MODEL_KINDS = ("world_model", "idm", "policy")
-LOCAL_POLICIES = ("scripted_expert", "random")  # run by workers/episode.py without policies/
+LOCAL_POLICIES = ("scripted_expert", "play", "random")  # model-free policies (policies/simple.py)
+MODEL_POLICIES = {"imagine_then_act": ("world_model", "idm")}  # policy -> the model kinds it runs with
 
 _Tag = Field(default_factory=list, max_length=32)
 
@@ -79,6 +80,8 @@ class TaskSpec(_Strict):
     backend: StrictStr = "sim"
     policy: StrictStr | None = Field(default=None, max_length=64)
     model: ModelRef | None = None
+    models: dict[Literal["world_model", "idm"], StrictInt | StrictStr] | None = None  # per kind: version or alias
+    initial_state_episode: StrictInt | None = Field(default=None, ge=1)  # replay that episode's recorded state
     attempts: StrictInt = Field(default=1, ge=1, le=10_000)
     priority: StrictInt = Field(default=0, ge=0, le=9)  # 9 = most urgent
     deadline: datetime | None = None
@@ -124,7 +127,7 @@ class TaskSpec(_Strict):
     def _coherent(self) -> TaskSpec:
         if (self.split is None) != (self.split_index is None):
             raise ValueError("split and split_index go together")
-        chosen = [n for n in ("task", "split", "family") if getattr(self, n) is not None]
+        chosen = [n for n in ("task", "split", "family", "initial_state_episode") if getattr(self, n) is not None]
         if len(chosen) > 1:
             raise ValueError(f"give at most one of task, split, family (got {', '.join(chosen)})")
         if len(json.dumps(self.params, default=str)) > 16_384:
@@ -164,6 +167,7 @@ class EpisodePayload(_Strict):
     policy: StrictStr = Field(max_length=64)
     model: dict[str, StrictInt] | None = None  # resolved at enqueue: {"world_model": 3, "idm": 2}
     max_steps: StrictInt | None = Field(default=None, ge=1, le=100_000)
+    initial_state_episode: StrictInt | None = Field(default=None, ge=1)
     source: Literal["rollout", "expert", "play"] = "rollout"
     tags: list[StrictStr] = _Tag
 

@@ -125,26 +125,38 @@ def execute(task: Any, name: str, args: tuple, kwargs: dict, body: Body, heartbe
 
 
 def _episode_body(cfg: Any, store: Any, run: Any, payload: Any, should_stop: Callable[[], bool]) -> dict:
-    from db.records import EpisodeRecord
+    from db.records import CandidateRecord, EpisodeRecord
     from workers.episode import run_episode
 
-    out = run_episode(cfg, payload, should_stop)
+    state = store.load_initial_state(payload.initial_state_episode) if payload.initial_state_episode else None
+    out = run_episode(cfg, payload, should_stop, store=store, state=state)
     if should_stop():  # cancelled between the last step and now: write nothing
         from workers.episode import Cancelled
 
         raise Cancelled()
-    source = {"scripted_expert": "expert"}.get(payload.policy, payload.source)
+    source = {"scripted_expert": "expert", "play": "play"}.get(payload.policy, payload.source)
+    candidates = []
+    for step, plan in enumerate(out.plans):
+        uri = sha = None
+        if plan.get("videos") is not None:  # (N, T, H, W, 3) uint8: what the robot imagined at this step
+            uri, sha = store.artifacts.put_arrays({"videos": plan["videos"]})
+        candidates += [CandidateRecord(plan_step=step, index=int(c["index"]), scores=dict(c["scores"]),
+                                       chosen=bool(c["chosen"]), rejected_reason=c.get("rejected_reason"),
+                                       artifact_uri=uri, artifact_sha256=sha) for c in plan["candidates"]]
     record = EpisodeRecord(
         source=source, task_family=out.task["family"], instruction=out.instruction, policy=payload.policy,
         success=out.success, length=out.length, backend=payload.backend, reward=out.reward,
         seed=payload.seed, split=out.task.get("split"), caption=out.caption, task=out.task,
         task_run_id=run.id, task_spec_id=run.task_spec_id,
-        world_model_version_id=None, idm_version_id=None, timings=out.timings,
+        world_model_version_id=out.model_ids.get("world_model"), idm_version_id=out.model_ids.get("idm"),
+        timings=out.timings,
         meta={"failure_reason": out.failure_reason, "tags": list(payload.tags), "attempt": run.attempts,
-              "models": dict(payload.model or {}), "policy_logs": out.logs},
+              "models": dict(payload.model or {}), "policy_logs": out.logs,
+              "replayed_from_episode": payload.initial_state_episode,
+              "plan_steps": [{"t": p["t"]} for p in out.plans]},
     )
     arrays = {"frames": out.frames, "proprio": out.proprio, "actions": out.actions}
-    episode_id = store.record_episode(record, arrays, initial_state=out.initial_state)
+    episode_id = store.record_episode(record, arrays, initial_state=out.initial_state, candidates=candidates)
     return {"episode_id": episode_id, "success": out.success, "length": out.length, "reward": out.reward}
 
 

@@ -35,7 +35,9 @@ def test_bad_spec_is_refused_naming_the_field(bad, field):
         ({"policy": "teleport"}, "unknown policy 'teleport'"),
         ({"model": "champion"}, "alias 'champion'"),
         ({"model": 7}, "version 7"),
-        ({"policy": "scripted_expert", "backend": "neo:r1"}, "scripted_expert"),
+        ({"policy": "imagine_then_act"}, "no world_model has the alias 'champion'"),
+        ({"policy": "random", "models": {"idm": 4}}, "idm version 4"),
+        ({"policy": "random", "initial_state_episode": 99}, "unknown episode id 99"),
         ({"instruction": "juggle three chainsaws"}, "matches no task"),
     ],
 )
