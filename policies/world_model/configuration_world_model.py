@@ -6,28 +6,81 @@ from dataclasses import dataclass
 
 @dataclass
 class WorldModelConfig:
-    """A Wan-family video diffusion transformer with flow matching. `tiny` trains on 2 CPU cores."""
+    """A Wan-family video diffusion transformer with flow matching. `tiny` trains on 2 CPU cores.
+
+    The tiny default works in pixel space (identity VAE) with a (1, 8, 8) patch: a 64x64 frame is
+    8x8 = 64 tokens, so a 9-frame clip is 576 tokens. `full` is the same code path with a Wan VAE,
+    a pretrained text encoder and transformer weights loaded from local directories.
+    """
 
     size: str = "tiny"
-    pretrained_path: str | None = None  # local directory only; nothing is downloaded
+    pretrained_path: str | None = None  # local Wan transformer dir (or its parent with transformer/)
     vae: str = "identity"  # identity | kl2d | wan
+    vae_path: str | None = None  # local dir: required for wan, optional initialisation for kl2d
     text_encoder: str = "small"  # small (trained with the model) | pretrained (local path)
     text_encoder_path: str | None = None
     image_size: int = 64
     num_frames: int = 9  # frames per clip including the conditioning start frame
-    patch_size: tuple[int, int, int] = (1, 4, 4)
+    cond_frames: int = 1  # start frames given as the image condition during training
+    patch_size: tuple[int, int, int] = (1, 8, 8)
     num_layers: int = 2
     num_attention_heads: int = 2
     attention_head_dim: int = 32
     ffn_dim: int = 256
+    freq_dim: int = 64  # sinusoidal timestep embedding size
     text_dim: int = 64
     max_text_tokens: int = 32
+    text_layers: int = 2  # small text encoder depth
+    text_vocab_size: int = 4096  # word-hash buckets of the small text encoder
+    kl_block_out_channels: tuple[int, ...] = (32, 64, 64)  # kl2d: downsample 2**(len-1)
+    kl_latent_channels: int = 4
     action_dim: int = 16
     action_conditioning: bool = True
+    action_dropout: float = 0.5  # training: drop the action chunk so one model serves both modes
+    text_dropout: float = 0.1  # training: empty caption, for classifier-free guidance
     success_head: bool = True
+    success_hidden: int = 64
+    success_loss_weight: float = 0.5
+    flow_shift: float = 1.0  # FlowMatchEulerDiscreteScheduler shift
+    residual: bool = True  # diffuse the change from the start-frame latent (False: plain latents, as Wan)
 
     def __post_init__(self) -> None:
+        self.patch_size = tuple(int(p) for p in self.patch_size)  # YAML/JSON give lists
+        self.kl_block_out_channels = tuple(int(c) for c in self.kl_block_out_channels)
+        if self.size not in ("tiny", "full"):
+            raise ValueError(f"world_model.size must be tiny or full, got {self.size!r}")
         if self.vae not in ("identity", "kl2d", "wan"):
             raise ValueError(f"world_model.vae must be identity, kl2d or wan, got {self.vae!r}")
+        if self.text_encoder not in ("small", "pretrained"):
+            raise ValueError(f"world_model.text_encoder must be small or pretrained, got {self.text_encoder!r}")
         if self.num_frames < 2:
             raise ValueError(f"world_model.num_frames must be >= 2, got {self.num_frames}")
+        if not 1 <= self.cond_frames < self.num_frames:
+            raise ValueError(f"world_model.cond_frames must be in [1, num_frames), got {self.cond_frames}")
+        if len(self.patch_size) != 3:
+            raise ValueError(f"world_model.patch_size must have 3 entries (t, h, w), got {self.patch_size}")
+        side = self.latent_size
+        if self.image_size % self.spatial_factor or side % self.patch_size[1] or side % self.patch_size[2]:
+            raise ValueError(
+                f"world_model.image_size={self.image_size} must be divisible by the VAE factor "
+                f"{self.spatial_factor} times the patch {self.patch_size[1:]}"
+            )
+        if self.vae == "wan" and (self.num_frames - 1) % 4:
+            raise ValueError(f"world_model.num_frames must be 1 + 4k with the Wan VAE, got {self.num_frames}")
+        for name in ("action_dropout", "text_dropout"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"world_model.{name} must be in [0, 1], got {getattr(self, name)}")
+
+    @property
+    def spatial_factor(self) -> int:
+        """Spatial downsampling of the VAE (pixels per latent cell)."""
+        return {"identity": 1, "kl2d": 2 ** (len(self.kl_block_out_channels) - 1), "wan": 8}[self.vae]
+
+    @property
+    def temporal_factor(self) -> int:
+        """Temporal downsampling of the VAE (frames per latent frame after the first)."""
+        return 4 if self.vae == "wan" else 1
+
+    @property
+    def latent_size(self) -> int:
+        return self.image_size // self.spatial_factor

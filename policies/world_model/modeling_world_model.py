@@ -1,0 +1,331 @@
+"""The world model: a Wan video diffusion transformer trained with flow matching, conditioned on the
+start frame(s), a caption and optionally an action chunk, with a success head on the final frame.
+
+Conditioning, all as extra input channels of the denoiser (Wan I2V style), so every token sees the
+start frame at its own location and the actions of its own frame:
+    [x_t (C) | start-frame latent broadcast over time (C) | mask (1) | actions (r*A) | actions-given (1)]
+where the mask marks the conditioning latent frames (kept clean, not trained on) and latent frame f
+gets the r actions that lead into it (r = VAE temporal factor). Actions are dropped at random in
+training so one model serves imagine mode (text + frame) and evaluation mode (+ actions); captions
+are dropped to the empty caption for classifier-free guidance.
+
+Flow matching: x_t = (1 - t) x0 + t noise, target velocity noise - x0, timestep 1000 t; sampling
+with `FlowMatchEulerDiscreteScheduler`. With `residual` (tiny default) x0 is the latent video minus
+the held start-frame latent, so a static scene is exactly zero and the model only learns the change.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+from torch import nn
+
+from policies.errors import CheckpointError, PolicyError
+from policies.world_model.checkpoint import load_checkpoint, save_checkpoint
+from policies.world_model.configuration_world_model import WorldModelConfig
+from policies.world_model.modeling_text_encoder import make_text_encoder
+from policies.world_model.modeling_vae import _local_dir, make_vae
+
+
+class SuccessHead(nn.Module):
+    """P(task done) from the final latent frame `(B, C, h, w)` and the pooled caption `(B, D)`."""
+
+    def __init__(self, latent_channels: int, text_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(latent_channels, hidden // 2, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(hidden // 2, hidden, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(hidden, hidden, 3, stride=2, padding=1), nn.SiLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.mlp = nn.Sequential(nn.Linear(hidden + text_dim, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+
+    def forward(self, latent: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return self.mlp(torch.cat([self.conv(latent), text], dim=-1)).squeeze(-1)  # (B,) logits
+
+
+class PatchEmbedWithActions(nn.Module):
+    """Wan's patch Conv3d on the latent channels, plus a linear embedding of the trailing per-frame
+    action channels (constant over space, so a conv over them would waste compute), added to every
+    token of its frame. Zero-initialised: a pretrained backbone is unchanged at step 0."""
+
+    def __init__(self, conv: nn.Conv3d, action_channels: int) -> None:
+        super().__init__()
+        self.conv = conv
+        self.action = nn.Linear(action_channels, conv.out_channels)
+        nn.init.zeros_(self.action.weight)
+        nn.init.zeros_(self.action.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in + C_a, t, H, W) -> (B, D, t, h, w)
+        ca = self.action.in_features
+        h = self.conv(x[:, :-ca])
+        a = self.action(x[:, -ca:, :, 0, 0].transpose(1, 2)).to(h.dtype)  # (B, t, D)
+        return h + a.transpose(1, 2)[..., None, None]
+
+
+class WorldModel(nn.Module):
+    """Text- and frame-conditioned video diffusion world model (see the module docstring)."""
+
+    def __init__(self, cfg: WorldModelConfig, transformer_config: dict | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.vae = make_vae(cfg)
+        if self.vae.spatial_factor != cfg.spatial_factor or self.vae.temporal_factor != cfg.temporal_factor:
+            raise PolicyError(
+                f"the VAE downsamples {self.vae.spatial_factor}x/{self.vae.temporal_factor}x but the config "
+                f"expects {cfg.spatial_factor}x/{cfg.temporal_factor}x; fix world_model.kl_block_out_channels"
+            )
+        self.text_encoder = make_text_encoder(cfg)
+        c = self.vae.latent_channels
+        self.action_channels = cfg.temporal_factor * cfg.action_dim + 1 if cfg.action_conditioning else 0
+        in_channels = 2 * c + 1  # + action channels, embedded by PatchEmbedWithActions
+        if cfg.action_conditioning and cfg.patch_size[0] != 1:
+            raise PolicyError(f"action conditioning needs a temporal patch of 1, got {cfg.patch_size}")
+        if transformer_config is not None:  # rebuilding one of our own checkpoints
+            self.transformer = WanTransformer3DModel.from_config(transformer_config)
+        elif cfg.pretrained_path:
+            self.transformer = _load_pretrained_transformer(cfg, in_channels, c)
+        else:
+            self.transformer = WanTransformer3DModel(
+                patch_size=cfg.patch_size, num_attention_heads=cfg.num_attention_heads,
+                attention_head_dim=cfg.attention_head_dim, in_channels=in_channels, out_channels=c,
+                text_dim=cfg.text_dim, freq_dim=cfg.freq_dim, ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers,
+                rope_max_seq_len=256,
+            )
+        if self.action_channels:
+            self.transformer.patch_embedding = PatchEmbedWithActions(
+                self.transformer.patch_embedding, self.action_channels
+            )
+        self.success_head = SuccessHead(c, cfg.text_dim, cfg.success_hidden) if cfg.success_head else None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    # ----------------------------------------------------------------------------- conditioning
+    def _encode(self, video: torch.Tensor) -> torch.Tensor:  # (B, T, 3, H, W) -> (B, C, t, h, w)
+        if self.vae.trainable:
+            return self.vae.encode(video)
+        with torch.no_grad():
+            return self.vae.encode(video)
+
+    def _cond_latents(self, start: torch.Tensor, num_frames: int, z0: torch.Tensor | None = None):
+        """Start frames `(B, T0, 3, H, W)` -> latents `(B, C, t, h, w)` (last one held) and how many
+        latent frames they fix."""
+        r, t0 = self.cfg.temporal_factor, start.shape[1]
+        t_lat = 1 + (num_frames - 1) // r
+        n_cond = 1 + (t0 - 1) // r
+        if r == 1:
+            z = z0[:, :, :t0] if z0 is not None else self._encode(start)  # (B, C, T0, h, w)
+            z = torch.cat([z, z[:, :, -1:].expand(-1, -1, t_lat - t0, -1, -1)], dim=2)
+        else:  # a temporal VAE needs the whole (held) video
+            held = torch.cat([start, start[:, -1:].expand(-1, num_frames - t0, -1, -1, -1)], dim=1)
+            z = self._encode(held)
+        return z, n_cond
+
+    def _cond_channels(self, cond: torch.Tensor, n_cond: int, actions: torch.Tensor | None,
+                       present: torch.Tensor | None) -> torch.Tensor:
+        """`(B, C + 1 + action_channels, t, h, w)`: start latent, mask, per-frame actions, flag."""
+        b, _, t, h, w = cond.shape
+        mask = torch.zeros(b, 1, t, h, w, device=cond.device, dtype=cond.dtype)
+        mask[:, :, :n_cond] = 1.0
+        chans = [cond, mask]
+        if self.action_channels:
+            a = torch.zeros(b, t, self.action_channels, device=cond.device, dtype=cond.dtype)
+            if actions is not None:
+                r, ad = self.cfg.temporal_factor, self.cfg.action_dim
+                if actions.shape[1] != (t - 1) * r:
+                    raise PolicyError(f"got {actions.shape[1]} actions for {(t - 1) * r + 1} frames")
+                keep = present.to(cond.dtype).view(b, 1, 1)
+                a[:, 1:, :-1] = actions.to(cond.dtype).reshape(b, t - 1, r * ad) * keep
+                a[:, :, -1:] = keep
+            chans.append(a.permute(0, 2, 1)[..., None, None].expand(-1, -1, -1, h, w))
+        return torch.cat(chans, dim=1)
+
+    def _text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden `(B, L, D)` and masked-mean pooled `(B, D)` caption states."""
+        hidden, mask = self.text_encoder(captions)
+        pooled = hidden.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+        return hidden, pooled
+
+    # ----------------------------------------------------------------------------- training
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        """Flow-matching loss (+ success BCE on labelled clips). Batch: video (B, T, 3, H, W) in [0, 1],
+        caption list[str], actions (B, T-1, A) or None, success (B,) with NaN for unknown."""
+        cfg, dev = self.cfg, self.device
+        video = batch["video"].to(dev, torch.float32)
+        b, t_frames = video.shape[:2]
+        z0 = self._encode(video)  # (B, C, t, h, w)
+        cond, n_cond = self._cond_latents(video[:, : cfg.cond_frames], t_frames, z0)
+        actions = batch.get("actions")
+        present = None
+        if actions is not None:
+            actions = actions.to(dev, torch.float32)
+            present = torch.rand(b, device=dev) >= cfg.action_dropout
+        chans = self._cond_channels(cond, n_cond, actions, present)
+
+        hidden, pooled = self._text(list(batch["caption"]))
+        null, _ = self._text([""])
+        drop = (torch.rand(b, device=dev) < cfg.text_dropout).view(b, 1, 1)
+        ehs = torch.where(drop, null.expand_as(hidden), hidden)
+
+        t = torch.sigmoid(torch.randn(b, device=dev))  # logit-normal
+        t = cfg.flow_shift * t / (1 + (cfg.flow_shift - 1) * t)
+        x0 = z0 - cond if cfg.residual else z0  # what is diffused: the video, or its change from the start
+        noise = torch.randn_like(x0)
+        tt = t.view(b, 1, 1, 1, 1)
+        x_t = (1 - tt) * x0 + tt * noise
+        x_t[:, :, :n_cond] = x0[:, :, :n_cond]
+        v = self.transformer(torch.cat([x_t, chans], 1), t * 1000, ehs, return_dict=False)[0]
+        loss_fm = F.mse_loss(v[:, :, n_cond:].float(), (noise - x0)[:, :, n_cond:])
+        loss, logs = loss_fm, {"loss_fm": loss_fm.item()}
+
+        success = batch.get("success")
+        if self.success_head is not None and success is not None:
+            success = torch.as_tensor(success, dtype=torch.float32, device=dev)
+            known = ~torch.isnan(success)
+            if known.any():
+                logits = self.success_head(z0[:, :, -1], pooled)
+                loss_s = F.binary_cross_entropy_with_logits(logits[known].float(), success[known])
+                loss = loss + cfg.success_loss_weight * loss_s
+                logs["loss_success"] = loss_s.item()
+        logs["loss"] = loss.item()
+        return loss, logs
+
+    # ----------------------------------------------------------------------------- sampling
+    def _check_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        frames = torch.as_tensor(frames)
+        if frames.dtype == torch.uint8:
+            frames = frames.float() / 255.0
+        frames = frames[None] if frames.ndim == 3 else frames
+        s = self.cfg.image_size
+        if frames.ndim != 4 or tuple(frames.shape[1:]) != (3, s, s):
+            raise PolicyError(f"frames must be (3, {s}, {s}) or (T0, 3, {s}, {s}) in [0, 1], got {tuple(frames.shape)}")
+        return frames.to(self.device, torch.float32)
+
+    @torch.no_grad()
+    def _sample(self, start: torch.Tensor, caption: str, n: int, steps: int, guidance: float, seed: int,
+                num_frames: int, actions: torch.Tensor | None = None) -> torch.Tensor:
+        dev, r = self.device, self.cfg.temporal_factor
+        if (num_frames - 1) % r or num_frames <= start.shape[0]:
+            raise PolicyError(f"num_frames={num_frames} must exceed the {start.shape[0]} start frames and be 1 + {r}k")
+        cond, n_cond = self._cond_latents(start[None], num_frames)
+        cond = cond.expand(n, -1, -1, -1, -1)
+        present = torch.ones(n, dtype=torch.bool, device=dev) if actions is not None else None
+        chans = self._cond_channels(cond, n_cond, actions, present)
+        hidden, _ = self._text([caption])
+        ehs = hidden.expand(n, -1, -1)
+        use_cfg = guidance != 1.0
+        if use_cfg:
+            ehs = torch.cat([ehs, self._text([""])[0].expand(n, -1, -1)])
+        gen = torch.Generator().manual_seed(int(seed))
+        x = torch.randn(cond.shape, generator=gen).to(dev)  # (n, C, t, h, w), noise drawn on CPU
+        clean = torch.zeros_like(cond) if self.cfg.residual else cond  # the fixed start frames
+        x[:, :, :n_cond] = clean[:, :, :n_cond]
+        sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=self.cfg.flow_shift)
+        sched.set_timesteps(steps, device=dev)
+        c = x.shape[1]
+        reps = 2 if use_cfg else 1
+        inp = torch.cat([torch.zeros_like(x), chans], 1).repeat(reps, 1, 1, 1, 1)  # conditioning written once
+        for ts in sched.timesteps:
+            for k in range(reps):
+                inp[k * n:(k + 1) * n, :c] = x
+            v = self.transformer(inp, ts.expand(reps * n), ehs, return_dict=False)[0].float()
+            if use_cfg:
+                v_c, v_u = v.chunk(2)
+                v = v_u + guidance * (v_c - v_u)
+            x = sched.step(v, ts, x, return_dict=False)[0]
+            x[:, :, :n_cond] = clean[:, :, :n_cond]
+        return self.vae.decode(x + cond if self.cfg.residual else x)  # (n, T, 3, H, W)
+
+    def imagine(self, frames: torch.Tensor, caption: str, n: int = 4, steps: int = 8, guidance: float = 2.0,
+                seed: int = 0, num_frames: int | None = None) -> torch.Tensor:
+        """Imagine `n` futures from start frame(s) `(3, H, W)` or `(T0, 3, H, W)` in one batch.
+        Returns `(n, T, 3, H, W)` in [0, 1] on the CPU; the start frames come back unchanged."""
+        start = self._check_frames(frames)
+        return self._sample(start, caption, n, steps, guidance, seed, num_frames or self.cfg.num_frames).cpu()
+
+    def predict(self, frames: torch.Tensor, actions: torch.Tensor, caption: str = "", seed: int = 0,
+                steps: int = 8, guidance: float = 1.0) -> tuple[torch.Tensor, float]:
+        """Evaluation mode: what happens under exactly these `actions (T-1, A)`. Returns the video
+        `(T, 3, H, W)` and the success head's probability on its final frame (NaN without a head)."""
+        if not self.cfg.action_conditioning:
+            raise PolicyError("this world model was built with action_conditioning=False; it cannot predict")
+        start = self._check_frames(frames)
+        actions = torch.as_tensor(actions, dtype=torch.float32)
+        if actions.ndim != 2 or actions.shape[1] != self.cfg.action_dim:
+            raise PolicyError(f"actions must be (T-1, {self.cfg.action_dim}), got {tuple(actions.shape)}")
+        t_frames = actions.shape[0] + 1
+        video = self._sample(start, caption, 1, steps, guidance, seed, t_frames, actions[None].to(self.device))
+        p = float(self.success_probs(video, caption)[0]) if self.success_head is not None else float("nan")
+        return video[0].cpu(), p
+
+    @torch.no_grad()
+    def success_probs(self, videos: torch.Tensor, caption: str) -> torch.Tensor:
+        """P(done) for each video `(N, T, 3, H, W)` (or final frames `(N, 3, H, W)`) -> `(N,)` on CPU."""
+        if self.success_head is None:
+            raise PolicyError("this world model was built with success_head=False")
+        final = videos[:, -1] if videos.ndim == 5 else videos
+        z = self._encode(final[:, None].to(self.device, torch.float32))[:, :, -1]  # (N, C, h, w)
+        _, pooled = self._text([caption])
+        return torch.sigmoid(self.success_head(z, pooled.expand(z.shape[0], -1)).float()).cpu()
+
+    def success_prob(self, video_or_final_frame: torch.Tensor, caption: str) -> float:
+        """P(done) of one video `(T, 3, H, W)` or one final frame `(3, H, W)`."""
+        x = torch.as_tensor(video_or_final_frame)
+        final = x[-1] if x.ndim == 4 else x
+        return float(self.success_probs(final[None], caption)[0])
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def _stored_state(self) -> dict[str, torch.Tensor]:
+        skip = [name + "." for name in ("vae", "text_encoder") if getattr(self, name).external]
+        return {k: v for k, v in self.state_dict().items() if not any(k.startswith(s) for s in skip)}
+
+    def save_pretrained(self, directory: str | Path) -> str:
+        """Write safetensors + config + sha256 manifest; return the weights' sha256. External frozen
+        parts (Wan VAE, pretrained text encoder) are referenced by path, not copied."""
+        config = {"world_model": dataclasses.asdict(self.cfg), "transformer": dict(self.transformer.config)}
+        return save_checkpoint(directory, self._stored_state(), config)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> WorldModel:
+        """Load a checkpoint written by `save_pretrained`; CheckpointError if corrupt or incomplete."""
+        tensors, config = load_checkpoint(directory)
+        try:
+            model = cls(WorldModelConfig(**config["world_model"]), transformer_config=config["transformer"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {directory}: config.json does not describe a world model ({e})") from e
+        expected = model._stored_state().keys()
+        missing, extra = set(expected) - set(tensors), set(tensors) - set(expected)
+        if missing or extra:
+            raise CheckpointError(
+                f"checkpoint {directory} does not match its config: missing {sorted(missing)[:3]}, "
+                f"unexpected {sorted(extra)[:3]}"
+            )
+        model.load_state_dict(tensors, strict=False)
+        return model.to(device).eval()
+
+
+def _load_pretrained_transformer(cfg: WorldModelConfig, in_channels: int, out_channels: int) -> WanTransformer3DModel:
+    """Load Wan weights from a local dir and widen the patch embedding to our conditioning channels:
+    the pretrained input channels are copied, the extra ones start at zero (no effect at step 0)."""
+    tr = WanTransformer3DModel.from_pretrained(_local_dir(cfg.pretrained_path, "transformer"), local_files_only=True)
+    if tr.config.out_channels != out_channels or tr.config.text_dim != cfg.text_dim:
+        raise PolicyError(
+            f"pretrained transformer at {cfg.pretrained_path} has out_channels={tr.config.out_channels}, "
+            f"text_dim={tr.config.text_dim}; the VAE and text encoder need {out_channels}, {cfg.text_dim}"
+        )
+    old = tr.patch_embedding
+    if old.in_channels != in_channels:
+        new = nn.Conv3d(in_channels, old.out_channels, kernel_size=old.kernel_size, stride=old.stride)
+        k = min(in_channels, old.in_channels)
+        with torch.no_grad():
+            new.weight.zero_()
+            new.weight[:, :k] = old.weight[:, :k]
+            new.bias.copy_(old.bias)
+        tr.patch_embedding = new.to(old.weight.dtype)
+        tr.register_to_config(in_channels=in_channels)
+    return tr

@@ -1,0 +1,186 @@
+"""World model: shapes in every mode, determinism, checkpoints (round trip and refusal), pluggable parts."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from policies.errors import CheckpointError, PolicyError
+from policies.world_model import WorldModel, WorldModelConfig
+from policies.world_model.checkpoint import MANIFEST, WEIGHTS
+
+torch.set_num_threads(1)
+S = 16  # image side in these tests
+
+
+def tiny_cfg(**kw) -> WorldModelConfig:
+    base = {"image_size": S, "num_frames": 3, "patch_size": (1, 4, 4), "num_layers": 1, "ffn_dim": 64,
+            "text_layers": 1, "text_vocab_size": 256, "max_text_tokens": 12, "success_hidden": 16}
+    return WorldModelConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def model() -> WorldModel:
+    torch.manual_seed(0)
+    return WorldModel(tiny_cfg()).eval()
+
+
+def batch(b: int = 2, t: int = 3, actions: bool = True, success=(1.0, float("nan"))) -> dict:
+    g = torch.Generator().manual_seed(3)
+    return {
+        "video": torch.rand(b, t, 3, S, S, generator=g),
+        "caption": ["pick the red cube"] * b,
+        "actions": torch.randn(b, t - 1, 16, generator=g) if actions else None,
+        "success": torch.tensor(success[:b]),
+    }
+
+
+def test_forward_loss_and_logs(model):
+    loss, logs = model(batch())
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert {"loss", "loss_fm", "loss_success"} <= set(logs)
+    loss.backward()
+    assert model.transformer.proj_out.weight.grad is not None
+    _, logs = model(batch(actions=False, success=(float("nan"), float("nan"))))
+    assert "loss_success" not in logs  # unlabelled clips do not train the success head
+
+
+def test_imagine_shapes_and_start_frame_kept(model):
+    frame = torch.rand(3, S, S)
+    videos = model.imagine(frame, "pick the red cube", n=3, steps=2, guidance=1.0, seed=0)
+    assert videos.shape == (3, 3, 3, S, S)
+    assert 0.0 <= videos.min() and videos.max() <= 1.0
+    assert torch.allclose(videos[:, 0], frame.expand(3, -1, -1, -1), atol=1e-5)
+    two = model.imagine(torch.rand(2, 3, S, S), "push", n=2, steps=2, seed=0, num_frames=5)
+    assert two.shape == (2, 5, 3, S, S)
+
+
+def test_guidance_path_runs_and_changes_the_video(model):
+    frame = torch.rand(3, S, S)
+    plain = model.imagine(frame, "open the drawer", n=2, steps=3, guidance=1.0, seed=1)
+    guided = model.imagine(frame, "open the drawer", n=2, steps=3, guidance=4.0, seed=1)
+    assert torch.isfinite(guided).all()
+    assert not torch.allclose(plain, guided)
+
+
+def test_predict_shapes_and_probability(model):
+    video, p = model.predict(torch.rand(3, S, S), torch.randn(4, 16), "place the cube", seed=0, steps=2)
+    assert video.shape == (5, 3, S, S)
+    assert 0.0 <= p <= 1.0
+    assert model.success_probs(torch.rand(4, 3, 3, S, S), "x").shape == (4,)
+    assert 0.0 <= model.success_prob(torch.rand(3, S, S), "x") <= 1.0
+
+
+def test_same_seed_same_video(model):
+    frame = torch.rand(3, S, S)
+    a = model.imagine(frame, "pick", n=2, steps=3, guidance=2.0, seed=7)
+    b = model.imagine(frame, "pick", n=2, steps=3, guidance=2.0, seed=7)
+    c = model.imagine(frame, "pick", n=2, steps=3, guidance=2.0, seed=8)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert not torch.equal(a[0], a[1])  # the n candidates differ
+
+
+def test_save_load_identical_outputs(model, tmp_path):
+    sha = model.save_pretrained(tmp_path / "wm")
+    assert len(sha) == 64
+    loaded = WorldModel.from_pretrained(tmp_path / "wm")
+    frame = torch.rand(3, S, S)
+    assert torch.equal(model.imagine(frame, "pick", n=2, steps=2, seed=0), loaded.imagine(frame, "pick", n=2, steps=2, seed=0))
+    acts = torch.randn(2, 16)
+    assert model.predict(frame, acts, "pick", steps=2)[1] == loaded.predict(frame, acts, "pick", steps=2)[1]
+
+
+def test_corrupted_checkpoint_is_refused(model, tmp_path):
+    d = tmp_path / "wm"
+    model.save_pretrained(d)
+    data = bytearray((d / WEIGHTS).read_bytes())
+    data[-10] ^= 0xFF  # same size, different content
+    (d / WEIGHTS).write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256"):
+        WorldModel.from_pretrained(d)
+    (d / WEIGHTS).write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(CheckpointError, match="truncated"):
+        WorldModel.from_pretrained(d)
+    (d / MANIFEST).unlink()
+    with pytest.raises(CheckpointError, match="manifest"):
+        WorldModel.from_pretrained(d)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        WorldModel.from_pretrained(tmp_path / "nowhere")
+
+
+def test_bad_inputs_raise_policy_error(model):
+    with pytest.raises(PolicyError, match="frames must be"):
+        model.imagine(torch.rand(3, S + 1, S), "pick", n=1, steps=1)
+    with pytest.raises(PolicyError, match="actions must be"):
+        model.predict(torch.rand(3, S, S), torch.randn(4, 7), "pick", steps=1)
+
+
+def test_config_validation_names_the_field():
+    with pytest.raises(ValueError, match="world_model.vae"):
+        WorldModelConfig(vae="vqgan")
+    with pytest.raises(ValueError, match="world_model.image_size"):
+        WorldModelConfig(image_size=60)
+
+
+def test_kl2d_vae_path_and_its_own_loss():
+    torch.manual_seed(0)
+    m = WorldModel(tiny_cfg(vae="kl2d", kl_block_out_channels=(8, 8), patch_size=(1, 2, 2)))
+    assert m.vae.latent_channels == 4
+    loss, _ = m(batch())
+    assert torch.isfinite(loss)
+    assert not any(p.requires_grad for p in m.vae.parameters())  # frozen inside the world model
+    m.vae.ae.requires_grad_(True)
+    vae_loss, logs = m.vae.loss(torch.rand(2, 2, 3, S, S))
+    vae_loss.backward()
+    assert logs["vae_rec"] > 0
+    assert m.eval().imagine(torch.rand(3, S, S), "pick", n=2, steps=2).shape == (2, 3, 3, S, S)
+
+
+def test_pretrained_transformer_is_widened_not_reinitialised(tmp_path):
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(0)
+    base = WanTransformer3DModel(patch_size=(1, 4, 4), num_attention_heads=2, attention_head_dim=32, in_channels=3,
+                                 out_channels=3, text_dim=64, freq_dim=64, ffn_dim=64, num_layers=1)
+    base.save_pretrained(tmp_path / "wan" / "transformer")
+    m = WorldModel(tiny_cfg(size="full", pretrained_path=str(tmp_path / "wan")))
+    w = m.transformer.patch_embedding.conv.weight
+    assert w.shape[1] == 7  # noisy (3) + start frame (3) + mask (1)
+    assert torch.equal(w[:, :3], base.patch_embedding.weight)
+    assert torch.count_nonzero(w[:, 3:]) == 0
+    assert torch.equal(m.transformer.blocks[0].ffn.net[2].weight, base.blocks[0].ffn.net[2].weight)
+    with pytest.raises(PolicyError, match="not a local directory"):
+        WorldModel(tiny_cfg(pretrained_path="Wan-AI/Wan2.1-I2V-14B"))
+
+
+def test_pretrained_text_encoder_from_local_dir(tmp_path):
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "pick", "the", "red", "cube", "place"]
+    (tmp_path / "vocab.txt").write_text("\n".join(words))
+    tok = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
+    enc_dir = tmp_path / "bert"
+    tok.save_pretrained(enc_dir)
+    BertModel(BertConfig(vocab_size=len(words), hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64)).save_pretrained(enc_dir)
+    m = WorldModel(tiny_cfg(text_encoder="pretrained", text_encoder_path=str(enc_dir)))
+    assert not any(p.requires_grad for p in m.text_encoder.parameters())
+    loss, _ = m(batch())
+    assert torch.isfinite(loss)
+    m.save_pretrained(tmp_path / "wm")
+    loaded = WorldModel.from_pretrained(tmp_path / "wm")
+    frame = torch.rand(3, S, S)
+    assert torch.equal(m.eval().imagine(frame, "pick the red cube", n=1, steps=2),
+                       loaded.imagine(frame, "pick the red cube", n=1, steps=2))
+    with pytest.raises(PolicyError, match="text_dim"):
+        WorldModel(tiny_cfg(text_encoder="pretrained", text_encoder_path=str(enc_dir), text_dim=32))
+
+
+def test_plain_latent_mode_trains_and_keeps_the_start_frame():
+    torch.manual_seed(0)
+    m = WorldModel(tiny_cfg(residual=False))
+    loss, _ = m(batch())
+    assert torch.isfinite(loss)
+    frame = torch.rand(3, S, S)
+    videos = m.eval().imagine(frame, "pick", n=2, steps=2, seed=0)
+    assert torch.allclose(videos[:, 0], frame.expand(2, -1, -1, -1), atol=1e-5)
