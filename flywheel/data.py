@@ -29,6 +29,14 @@ MIXTURE_SOURCES: dict[str, dict[str, Any]] = {
 }
 
 
+HELD_OUT_EVERY = 5  # every 5th episode (by id) is kept out of training, for held-out metrics
+
+
+def is_held_out(episode_id: int) -> bool:
+    """Episodes kept out of training so held-out metrics (PSNR, AUROC, DTW) are honest."""
+    return episode_id % HELD_OUT_EVERY == 0
+
+
 @dataclass
 class EpisodeFilter:
     """Which stored episodes to read (None means any)."""

@@ -85,9 +85,8 @@ class Flywheel:
         """Expert demonstrations and play data, the first models (multi-stage recipe), champions, baseline eval."""
         f = self.fcfg
         self.say(f"bootstrap: collecting {f.bootstrap_expert_episodes} expert and {f.bootstrap_play_episodes} play episodes")
-        expert = [{"policy": "scripted_expert", "seed": 10_000 + i, "source": "expert"}
-                  for i in range(f.bootstrap_expert_episodes)]
-        play = [{"policy": "play", "seed": 20_000 + i, "source": "play"} for i in range(f.bootstrap_play_episodes)]
+        expert = [{"policy": "scripted_expert", "seed": 10_000 + i} for i in range(f.bootstrap_expert_episodes)]
+        play = [{"policy": "play", "seed": 20_000 + i} for i in range(f.bootstrap_play_episodes)]
         results = self.run_episodes(expert + play, key="bootstrap:data")
         ok = sum(1 for r in results[: len(expert)] if r.get("success"))
         self.say(f"bootstrap: expert success {ok}/{len(expert)}")

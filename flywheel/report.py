@@ -20,9 +20,9 @@ def plot_success(history: list[dict[str, Any]], path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
     splits = sorted({s for h in history for s in h.get("champion_success", {})})
-    for split in splits:
+    for k, split in enumerate(splits):
         pts = [(h["iteration"], h["champion_success"][split]) for h in history if split in h.get("champion_success", {})]
-        xs = [p[0] for p in pts]
+        xs = [p[0] + 0.04 * (k - (len(splits) - 1) / 2) for p in pts]  # dodge overlapping error bars
         ys = [p[1]["rate"] for p in pts]
         err = [[y - p[1]["ci_low"] for y, p in zip(ys, pts)], [p[1]["ci_high"] - y for y, p in zip(ys, pts)]]
         ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=split)

@@ -21,6 +21,9 @@ from policies.errors import PolicyError
 
 # Default score weights: chosen by measurement (bench/bench_scores.py reports each score's AUROC).
 DEFAULT_WEIGHTS = {"success": 1.0, "feasibility": 0.5, "idm_spread": -0.5}
+# Extracted targets beyond a joint limit by at most this much (rad, or m for grippers) are projected onto
+# the limit; further out, the candidate is rejected as a limit violation.
+LIMIT_PROJECTION = 0.05
 # Violations that make a candidate unexecutable whatever its score.
 HARD_VIOLATIONS = ("nonfinite", "joint_limit")  # self-collision lowers the feasibility score
 
@@ -105,8 +108,11 @@ class ImagineThenActPolicy(Policy):
         reason = None
         if not np.isfinite(actions).all():
             reason = "non-finite actions"
-        elif self.low is not None and ((actions < self.low - 1e-6) | (actions > self.high + 1e-6)).any():
-            reason = "joint limit violated"
+        elif self.low is not None:
+            over = np.maximum(self.low - actions, actions - self.high).max()
+            if over > LIMIT_PROJECTION:
+                reason = f"joint limit violated by {over:.3f}"
+            actions = np.clip(actions, self.low, self.high)
         if self.feasibility is not None and reason is None:
             rep = self.feasibility(actions[: self.pcfg.horizon], proprio[: actions.shape[1]])
             scores["feasibility"] = float(rep.score)

@@ -31,7 +31,7 @@ def regression_suite(n_per_split: int, failure_episode_ids: list[int] | None = N
             i = index[(it.seed, it.instruction)]
             items.append(SuiteItem(split, f"{split}:{i}", {"split": split, "split_index": i}))
     for ep_id in failure_episode_ids or []:
-        items.append(SuiteItem("failures", f"failures:{ep_id}", {"params": {"initial_state_episode": ep_id}}))
+        items.append(SuiteItem("failures", f"failures:{ep_id}", {"initial_state_episode": ep_id}))
     return items
 
 

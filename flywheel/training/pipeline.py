@@ -7,11 +7,11 @@ for the phase (a restarted run), it is returned instead of training again, so no
 from __future__ import annotations
 
 import dataclasses
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from flywheel.data import ClipDataset, EpisodeFilter, MixtureDataset, load_episodes
+from flywheel.data import ClipDataset, EpisodeFilter, MixtureDataset, is_held_out, load_episodes
 from flywheel.errors import FlywheelError
 from flywheel.registry import ModelRegistry, RegisteredModel
 
@@ -36,7 +36,9 @@ class StoreTrainer:
         if name not in MIXTURE_SOURCES:
             raise FlywheelError(f"unknown mixture component {name!r}; known: {', '.join(MIXTURE_SOURCES)}")
         if name not in self._episodes:
-            self._episodes[name] = load_episodes(self.store, EpisodeFilter(limit=None, **MIXTURE_SOURCES[name]))
+            eps = load_episodes(self.store, EpisodeFilter(limit=None, **MIXTURE_SOURCES[name]))
+            # held-out episodes stay out of training; an episode that never moved has nothing to learn
+            self._episodes[name] = [e for e in eps if not is_held_out(e.id) and len(e.actions) > 0]
         return self._episodes[name]
 
     def snapshot(self) -> dict[str, Any]:
@@ -68,7 +70,7 @@ class StoreTrainer:
             return done
         wcfg, tcfg = self.cfg.world_model, self.cfg.train
         model = WorldModel.from_pretrained(parent.path) if parent else WorldModel(wcfg)
-        clip = lambda eps: ClipDataset(eps, num_frames=wcfg.num_frames, stride=2)  # noqa: E731
+        clip = lambda eps: ClipDataset(eps, num_frames=wcfg.num_frames, stride=2)
         if parent is None:
             recipe = [(s.name, s.mixture, s.steps, s.lr) for s in tcfg.wm_stages]
         else:
@@ -92,7 +94,7 @@ class StoreTrainer:
 
     # -- IDM -------------------------------------------------------------------------------------
     def train_idm(self, parent: RegisteredModel | None, phase: str) -> RegisteredModel:
-        from flywheel.training.idm import MODEL_DIR, WindowDataset, train_idm
+        from flywheel.training.idm import WindowDataset, train_idm
         from policies.idm import InverseDynamicsModel
 
         if (done := self._existing("idm", phase)) is not None:
@@ -113,4 +115,4 @@ class StoreTrainer:
             raise
         self.store.finish_training_run(run_id, "succeeded", {"final_loss": res.losses[-1] if res.losses else None,
                                                              "steps": res.step})
-        return self._register("idm", out / MODEL_DIR, model.config, parent, phase, run_id, {"windows": len(ds)})
+        return self._register("idm", out / "model", model.config, parent, phase, run_id, {"windows": len(ds)})
