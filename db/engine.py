@@ -50,7 +50,7 @@ def safe_url(url: str | URL) -> str:
     """The URL with its password hidden, for messages."""
     try:
         return (make_url(url) if isinstance(url, str) else url).render_as_string(hide_password=True)
-    except Exception:
+    except (ArgumentError, ValueError):
         return "<unparseable URL>"
 
 

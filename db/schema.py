@@ -11,6 +11,8 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.script.revision import RevisionError
+from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, inspect
 
 from db.engine import make_engine, safe_url
@@ -51,7 +53,7 @@ def upgrade(target: str | Engine, revision: str = "head") -> str:
             command.upgrade(alembic_config(conn), revision)
     except StoreError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any migration failure is one line for the user
         raise StoreError(f"migrating {safe_url(engine.url)!r} failed: {str(exc).splitlines()[0]}") from None
     finally:
         if isinstance(target, str):
@@ -76,7 +78,7 @@ def check_schema(engine: Engine) -> None:
     script = ScriptDirectory.from_config(alembic_config())
     try:
         known = script.get_revision(current) is not None
-    except Exception:
+    except (RevisionError, CommandError):
         known = False
     if not known:
         raise SchemaError(
