@@ -9,30 +9,15 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import create_engine, text
+from _services import fresh_pg_database
 
 from db.store import ExperienceStore
-
-PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
-
-
-def _admin():
-    return create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
-
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A brand-new empty PostgreSQL database, dropped after the test."""
-    name = f"flywheel_test_{uuid.uuid4().hex[:12]}"
-    admin = _admin()
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_pg_database() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

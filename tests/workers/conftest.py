@@ -4,60 +4,22 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
-import uuid
 from pathlib import Path
 
 import pytest
+from _services import fresh_pg_database
 
 # tests/envs (no __init__) must not shadow the envs package as a namespace package
 ROOT = str(Path(__file__).resolve().parents[2])
 if sys.path[0] != ROOT:
     sys.path.insert(0, ROOT)
 
-REDIS_DB = 11  # a Redis database number of our own; keys are also namespaced by a random queue prefix
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _ensure(port: int, command: str, timeout: float = 30.0) -> None:
-    if _port_open(port):
-        return
-    subprocess.run(command, shell=True, check=False, capture_output=True)
-    deadline = time.monotonic() + timeout
-    while not _port_open(port):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"service on port {port} did not start with: {command}")
-        time.sleep(0.5)
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> str:
-    _ensure(6379, 'redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no '
-                  "--dir /var/lib/redis --logfile /var/log/redis/ci.log")
-    return f"redis://127.0.0.1:6379/{REDIS_DB}"
-
-
 @pytest.fixture(scope="session")
 def pg_url():
     """A PostgreSQL database created for this session and dropped after it."""
-    _ensure(5432, "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start")
-    import psycopg
-
-    name = f"fw_workers_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_pg_database("fw_workers") as url:
+        yield url
 
 
 def make_cfg(data_dir: Path, *extra: str):

@@ -1,0 +1,70 @@
+"""World model from the experience store into the registry: a two-stage recipe registers a root version
+with its lineage, a fine-tune registers a child, and re-running a phase returns the same version."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from db.records import EpisodeRecord
+from db.store import ExperienceStore
+from flywheel.config import Config, StageConfig, TrainConfig
+from flywheel.registry import ModelRegistry
+from flywheel.training.pipeline import StoreTrainer
+from policies.world_model import WorldModel, WorldModelConfig
+
+torch.set_num_threads(1)
+S = 16
+
+
+def _config(data_dir) -> Config:
+    wm = WorldModelConfig(image_size=S, num_frames=3, patch_size=(1, 4, 4), text_layers=1, text_vocab_size=256,
+                          max_text_tokens=12, success_hidden=16, prediction="sample")
+    train = TrainConfig(batch_size=2, log_every=1, finetune_steps=2, wm_stages=[
+        StageConfig(name="play", mixture={"play": 1.0}, steps=2, lr=1e-3),
+        StageConfig(name="tasks", mixture={"expert": 0.8, "play": 0.2}, steps=3, lr=5e-4),
+    ])
+    return Config(data_dir=str(data_dir), world_model=wm, train=train)
+
+
+def _fill(store: ExperienceStore, n: int = 6) -> None:
+    """`n` synthetic episodes (a square moving right), alternating expert / play, one rollout."""
+    for i in range(n):
+        t = 4 + i % 3
+        frames = np.zeros((t + 1, S, S, 3), np.uint8)
+        for k in range(t + 1):
+            frames[k, 4:8, k:k + 4] = 200
+        source = "rollout" if i == n - 1 else ("expert" if i % 2 == 0 else "play")
+        rec = EpisodeRecord(source=source, task_family="pick", instruction="pick up the red cube", policy=source,
+                            success=i % 2 == 0, length=t, seed=i)
+        arrays = {"frames": frames, "proprio": np.zeros((t + 1, 32), np.float32),
+                  "actions": np.full((t, 16), 0.1 * i, np.float32)}
+        store.record_episode(rec, arrays, initial_state={"qpos": np.arange(3.0)})
+
+
+def test_store_trainer_registers_root_and_fine_tuned_child(tmp_path):
+    cfg = _config(tmp_path)
+    store = ExperienceStore.from_config(cfg.db, tmp_path, create=True)
+    _fill(store)
+    registry = ModelRegistry(store, tmp_path)
+    trainer = StoreTrainer(cfg, store, registry, progress=False, say=lambda s: None)
+
+    root = trainer.train_world_model(parent=None, phase="bootstrap")
+    row = store.get_model("world_model", root.version)
+    assert row.parent_id is None and len(row.sha256) == 64 and len(row.config_hash) == 64
+    assert row.data_snapshot["phase"] == "bootstrap" and row.data_snapshot["episodes"] == 6
+    assert [r[0] for r in row.data_snapshot["recipe"]] == ["play", "tasks"]
+    assert row.config["prediction"] == "sample" and row.training_run_id is not None
+    model = WorldModel.from_pretrained(root.path)
+    assert model.imagine(torch.rand(3, S, S), "pick", n=2, steps=2).shape == (2, 3, 3, S, S)
+
+    child = trainer.train_world_model(parent=root, phase="iter1")
+    assert child.version == root.version + 1 and child.parent_id == root.id
+    assert store.get_model("world_model", child.version).data_snapshot["recipe"][0][0] == "finetune"
+    tuned = WorldModel.from_pretrained(child.path)
+    assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), tuned.state_dict().values()))
+
+    again = StoreTrainer(cfg, store, registry, progress=False, say=lambda s: None)  # a restarted run
+    assert again.train_world_model(parent=root, phase="iter1").id == child.id
+    assert again.train_world_model(parent=None, phase="bootstrap").id == root.id
+    assert [r.version for r in store.list_models("world_model")] == [root.version, child.version]
+    store.close()

@@ -1,0 +1,309 @@
+"""Imagine-then-act with tiny real models driving a real backend: the loop on `sim` and on `neo` (bridge on
+loopback), limit-violating and NaN candidates never executed, and a hold (not a crash) when nothing is
+acceptable.
+
+Faults are injected with small, clearly named test doubles that wrap the real models (`FaultyIDM`,
+`NaNWorldModel`, `FixedSuccessWorldModel`); the policy, the feasibility checker and the backends are real.
+Every backend is wrapped in `RecordingBackend`, which keeps each chunk before the backend's safety filter
+sees it, so "nothing outside the limits reached the backend" is checked on what the policy sent.
+"""
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from envs import robot
+from envs.backend import make_backend
+from envs.config import BackendConfig
+from envs.tasks import sample_task
+from flywheel.compose import compose, to_object
+from flywheel.evaluation.feasibility import default_checker
+from policies.errors import PolicyError
+from policies.idm import InverseDynamicsModel
+from policies.imagine_then_act import LIMIT_PROJECTION, ImagineThenActPolicy
+from policies.world_model import WorldModel
+
+torch.set_num_threads(1)
+S = 32  # image side of env frames and of both models here
+N = 2  # candidates per planning step
+
+TINY = [
+    f"env.image_size={S}", "env.max_steps=12",
+    f"world_model.image_size={S}", "world_model.num_frames=5", "world_model.num_layers=1", "world_model.ffn_dim=64",
+    "world_model.text_layers=1", "world_model.text_vocab_size=256", "world_model.max_text_tokens=16",
+    "world_model.success_hidden=16",
+    f"idm.image_size={S}", "idm.window=4", "idm.cnn_channels=8", "idm.feature_dim=32", "idm.hidden_dim=32",
+    "idm.head_layers=1", "idm.head_heads=2", "idm.noise_samples=2", "idm.flow_steps=2", "idm.proprio_passes=1",
+    f"policy.n_candidates={N}", "policy.imagine_frames=5", "policy.horizon=4", "policy.sampling_steps=2",
+]
+
+
+def tiny_config(tmp_path, *extra: str) -> Any:
+    return to_object(compose([f"data_dir={tmp_path}", *TINY, *extra]))
+
+
+def tiny_models(cfg: Any) -> tuple[WorldModel, InverseDynamicsModel]:
+    """An untrained tiny world model, and an untrained tiny IDM whose action statistics sit at the home
+    pose (so its extractions are small, feasible motions: the stand-in for a trained IDM)."""
+    torch.manual_seed(0)
+    wm = WorldModel(cfg.world_model).eval()
+    idm = InverseDynamicsModel(cfg.idm).eval()
+    g = torch.Generator().manual_seed(0)
+    home = torch.as_tensor(robot.HOME_QPOS, dtype=torch.float32)
+    idm.fit_normalization(home + 1e-3 * torch.randn(64, 16, generator=g),
+                          torch.cat([home, torch.zeros(16)]) + 1e-3 * torch.randn(64, 32, generator=g))
+    return wm, idm
+
+
+# ------------------------------------------------------------------ test doubles (fault injection)
+
+
+class RecordingBackend:
+    """Delegates to a real backend and keeps a copy of every chunk passed to `step`."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend, self.sent = backend, []
+
+    def step(self, actions: np.ndarray) -> Any:
+        self.sent.append(np.array(actions, copy=True))
+        return self.backend.step(actions)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.backend, name)
+
+
+class FaultyIDM:
+    """The real IDM, with candidate `i`'s extraction replaced per `faults[i]`: "nan" (all NaN), "over"
+    (1 rad beyond the upper joint limits), "near" (inside the projection margin above the limits)."""
+
+    def __init__(self, idm: InverseDynamicsModel, faults: dict[int, str], n: int = N) -> None:
+        self.idm, self.faults, self.n, self.calls = idm, faults, n, 0
+
+    def extract(self, video: torch.Tensor, proprio0: torch.Tensor, seed: int = 0) -> Any:
+        index = self.calls % self.n  # the policy extracts candidates 0..N-1 in order
+        self.calls += 1
+        ext = self.idm.extract(video, proprio0, seed=seed)
+        fault = self.faults.get(index)
+        high = torch.as_tensor(robot.ACTION_HIGH, dtype=torch.float32)
+        if fault == "nan":
+            ext.actions[:] = float("nan")
+        elif fault == "over":
+            ext.actions[:] = high + 1.0
+        elif fault == "near":
+            ext.actions[:] = high + 0.5 * LIMIT_PROJECTION
+        return ext
+
+
+class FixedSuccessWorldModel:
+    """The real world model, with the success head's probabilities replaced by `probs` (N,)."""
+
+    def __init__(self, wm: WorldModel, probs: list[float]) -> None:
+        self.wm, self.probs = wm, probs
+
+    def success_probs(self, videos: torch.Tensor, caption: str) -> torch.Tensor:
+        return torch.tensor(self.probs[: len(videos)])
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wm, name)
+
+
+class NaNWorldModel:
+    """The real world model, whose imagined futures (every frame after the start) are NaN."""
+
+    def __init__(self, wm: WorldModel) -> None:
+        self.wm = wm
+
+    def imagine(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        videos = self.wm.imagine(*args, **kwargs)
+        videos[:, 1:] = float("nan")
+        return videos
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wm, name)
+
+
+# ------------------------------------------------------------------ fixtures and helpers
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory) -> Any:
+    return tiny_config(tmp_path_factory.mktemp("itoa"))
+
+
+@pytest.fixture(scope="module")
+def models(cfg) -> tuple[WorldModel, InverseDynamicsModel]:
+    return tiny_models(cfg)
+
+
+@pytest.fixture(scope="module")
+def checker():
+    return default_checker(0.1)
+
+
+@pytest.fixture(scope="module")
+def sim(cfg):
+    backend = make_backend("sim", cfg.backend, cfg.env)
+    yield backend
+    backend.close()
+
+
+def make(cfg: Any, wm: Any, idm: Any, checker: Any, backend: Any, seed: int = 0) -> ImagineThenActPolicy:
+    return ImagineThenActPolicy(cfg, world_model=wm, idm=idm, feasibility=checker.check,
+                                action_low=backend.action_low, action_high=backend.action_high, seed=seed)
+
+
+def rollout(policy: ImagineThenActPolicy, backend: Any, seed: int, max_plans: int = 3) -> tuple[list, Any]:
+    """Reset on a pick task and run up to `max_plans` planning steps; returns (outputs, last obs)."""
+    task = sample_task("pick", seed)
+    obs = backend.reset(task=task, seed=seed)
+    policy.reset(task.to_dict(), task.instruction, backend.scene_description())
+    outs = []
+    for _ in range(max_plans):
+        out = policy.act(obs)
+        outs.append(out)
+        if out.hold:
+            break
+        res = backend.step(out.actions)
+        obs = res.observations[-1]
+        if res.done or res.success:
+            break
+    return outs, obs
+
+
+def assert_within_limits(sent: list[np.ndarray], backend: Any) -> None:
+    for chunk in sent:
+        assert np.isfinite(chunk).all()
+        assert (chunk >= backend.action_low - 1e-6).all() and (chunk <= backend.action_high + 1e-6).all()
+
+
+# ------------------------------------------------------------------ the loop on both backends
+
+
+def check_loop(cfg, models, checker, backend) -> None:
+    wm, idm = models
+    rec = RecordingBackend(backend)
+    outs, obs = rollout(make(cfg, wm, idm, checker, rec), rec, seed=3)
+    assert len(outs) == 3 and not any(o.hold for o in outs)  # 12 env steps = 3 plans of H=4
+    assert len(rec.sent) == 3 and all(c.shape == (cfg.policy.horizon, 16) for c in rec.sent)
+    assert_within_limits(rec.sent, backend)
+    for out in outs:
+        cands = out.info["candidates"]
+        assert [c["index"] for c in cands] == list(range(N))
+        assert sum(c["chosen"] for c in cands) == 1
+        assert all({"success", "feasibility", "idm_spread", "combined"} <= set(c["scores"]) for c in cands)
+        chosen = next(c for c in cands if c["chosen"])
+        assert chosen["scores"]["combined"] == max(c["scores"]["combined"] for c in cands)
+        assert out.info["videos"].shape == (N, cfg.policy.imagine_frames, S, S, 3)
+        assert out.info["videos"].dtype == np.uint8
+    assert obs["rgb"].shape == (S, S, 3)  # the last observation came back from the backend
+
+
+def test_full_loop_on_the_sim_backend(cfg, models, checker, sim):
+    check_loop(cfg, models, checker, sim)
+
+
+def test_full_loop_on_the_neo_backend_through_the_bridge(cfg, models, checker):
+    from envs.neo.bridge import start_bridge
+
+    token = uuid.uuid4().hex
+    bridge = start_bridge(token, cfg.env, BackendConfig(name="neo:r1"), robot_id="r1")
+    try:
+        backend = make_backend("neo:r1", BackendConfig(name="neo:r1", port=bridge.port, token=token), cfg.env)
+        try:
+            check_loop(cfg, models, checker, backend)
+        finally:
+            backend.close()
+    finally:
+        bridge.close()
+
+
+def test_replanning_is_deterministic_for_a_seed(cfg, models, checker, sim):
+    wm, idm = models
+    a = [o.actions for o in rollout(make(cfg, wm, idm, checker, sim, seed=5), sim, seed=4, max_plans=2)[0]]
+    b = [o.actions for o in rollout(make(cfg, wm, idm, checker, sim, seed=5), sim, seed=4, max_plans=2)[0]]
+    assert len(a) == 2 and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+# ------------------------------------------------------------------ rejection and holds
+
+
+def test_a_limit_violating_candidate_is_never_executed(cfg, models, checker, sim):
+    wm, idm = models
+    rec = RecordingBackend(sim)
+    # candidate 0 is what the success head likes best, but its actions are 1 rad beyond the limits
+    policy = make(cfg, FixedSuccessWorldModel(wm, [0.99, 0.01]), FaultyIDM(idm, {0: "over"}), checker, rec)
+    outs, _ = rollout(policy, rec, seed=3)
+    assert len(rec.sent) == len(outs) == 3
+    for out in outs:
+        bad, good = out.info["candidates"]
+        assert not bad["chosen"] and bad["rejected_reason"].startswith("joint limit violated")
+        assert good["chosen"] and good["rejected_reason"] is None
+        assert bad["scores"]["success"] > good["scores"]["success"]
+    assert_within_limits(rec.sent, sim)
+
+
+def test_targets_just_past_a_limit_are_projected_onto_it(cfg, models, checker, sim):
+    wm, idm = models
+    rec = RecordingBackend(sim)
+    policy = make(cfg, FixedSuccessWorldModel(wm, [0.99, 0.01]), FaultyIDM(idm, {0: "near"}), checker, rec)
+    out = policy.act(rec.reset(task=sample_task("pick", 3), seed=3))
+    near = out.info["candidates"][0]
+    assert near["rejected_reason"] is None or "limit" not in near["rejected_reason"]
+    if near["chosen"]:  # it may still lose on feasibility (a jump to the limits); if chosen, it is clipped
+        assert np.array_equal(out.actions, np.broadcast_to(sim.action_high, out.actions.shape))
+    assert (out.actions <= sim.action_high).all()
+
+
+def test_a_nan_candidate_is_rejected_and_the_finite_one_runs(cfg, models, checker, sim):
+    wm, idm = models
+    rec = RecordingBackend(sim)
+    policy = make(cfg, FixedSuccessWorldModel(wm, [0.99, 0.01]), FaultyIDM(idm, {0: "nan"}), checker, rec)
+    outs, _ = rollout(policy, rec, seed=6)
+    assert len(rec.sent) == 3
+    for out in outs:
+        bad, good = out.info["candidates"]
+        assert bad["rejected_reason"] == "non-finite actions" and not bad["chosen"]
+        assert good["chosen"]
+    assert_within_limits(rec.sent, sim)
+
+
+def test_all_nan_extractions_hold_with_a_reason(cfg, models, checker, sim):
+    wm, idm = models
+    rec = RecordingBackend(sim)
+    outs, _ = rollout(make(cfg, wm, FaultyIDM(idm, {0: "nan", 1: "nan"}), checker, rec), rec, seed=3)
+    [out] = outs
+    assert out.hold and out.actions.shape == (0, 16)
+    assert out.failure_reason == "no acceptable candidate: non-finite actions"
+    assert all(c["rejected_reason"] == "non-finite actions" and not c["chosen"] for c in out.info["candidates"])
+    assert rec.sent == []
+
+
+def test_nan_videos_from_the_world_model_never_reach_the_backend(cfg, models, checker, sim):
+    wm, idm = models
+    rec = RecordingBackend(sim)
+    outs, _ = rollout(make(cfg, NaNWorldModel(wm), idm, checker, rec), rec, seed=3)
+    [out] = outs
+    assert out.hold and "non-finite" in out.failure_reason
+    assert rec.sent == []
+    assert out.info["videos"].dtype == np.uint8  # what is logged is still a valid video
+    for c in out.info["candidates"]:  # NaN scores are logged as null (JSON-safe in PostgreSQL too)
+        assert all(v is None or np.isfinite(v) for v in c["scores"].values())
+
+
+def test_no_acceptable_candidate_is_a_hold_not_a_crash(tmp_path, models, checker, sim):
+    cfg = tiny_config(tmp_path, "policy.min_success_prob=1.01")
+    wm, idm = models
+    rec = RecordingBackend(sim)
+    outs, _ = rollout(make(cfg, wm, idm, checker, rec), rec, seed=3)
+    [out] = outs
+    assert out.hold and out.failure_reason.startswith("no acceptable candidate: success probability")
+    assert rec.sent == [] and len(out.info["candidates"]) == N
+
+
+def test_a_policy_without_models_is_a_clear_error(cfg):
+    with pytest.raises(PolicyError, match="world model and an IDM"):
+        ImagineThenActPolicy(cfg)
