@@ -18,6 +18,7 @@ from typing import Any, Callable, Protocol
 from flywheel.errors import FlywheelError
 from flywheel.evaluation.regression import SuiteItem, regression_suite, success_by_suite
 from flywheel.evaluation.stats import paired_promotion_test
+from flywheel.hooks import load_checked
 
 log = logging.getLogger("flywheel.loop")
 
@@ -140,19 +141,33 @@ class Flywheel:
         suite = self.suite(failures=True)
         champ = self.evaluate(wm, idm, suite)
         chall = self.evaluate(c_wm, c_idm, suite)
-        keys = [it_.key for it_ in suite if it_.key in champ and it_.key in chall]
+        return self.gate(it, (wm, idm), (c_wm, c_idm), champ, chall, suite)
+
+    def gate(self, it: int, champion: tuple[Any, Any], challenger: tuple[Any, Any], champ: dict[str, bool],
+             chall: dict[str, bool], suite: list[SuiteItem]) -> dict[str, Any]:
+        """Record both models' suite results; promote the challenger pair only if the paired test says it
+        is better beyond noise AND its checkpoints load (a corrupt one is refused: the champion stays)."""
+        keys = [s.key for s in suite if s.key in champ and s.key in chall]
         test = paired_promotion_test([chall[k] for k in keys], [champ[k] for k in keys], alpha=self.fcfg.promotion_alpha)
         self.say(f"iteration {it}: {test.reason()}")
-        for model, outcomes in (((c_wm, c_idm), chall), ((wm, idm), champ)):
+        for pair, outcomes in ((challenger, chall), (champion, champ)):
             for suite_name, r in success_by_suite(outcomes, suite).items():
-                self.store.record_evaluation(suite_name, model[0].id, "success_rate", r["rate"], r["n"],
+                self.store.record_evaluation(suite_name, pair[0].id, "success_rate", r["rate"], r["n"],
                                              ci_low=r["ci_low"], ci_high=r["ci_high"],
-                                             details={"idm_version_id": model[1].id, "iteration": it})
+                                             details={"idm_version_id": pair[1].id, "iteration": it})
+        promoted, reason = False, test.reason()
         if test.better:
-            self.registry.promote("world_model", c_wm.id, f"iteration {it}: {test.reason()}")
-            self.registry.promote("idm", c_idm.id, f"iteration {it}: {test.reason()}")
-        return {"challenger": [c_wm.version, c_idm.version], "promoted": test.better, "reason": test.reason(),
-                "p_value": test.p_value, "challenger_success": success_by_suite(chall, suite)}
+            try:
+                for m in challenger:
+                    load_checked(m.kind, m.path)
+            except Exception as exc:  # noqa: BLE001 - any failure to load means: do not promote
+                reason = f"{reason}; challenger refused: {exc}"
+            else:
+                for m in challenger:
+                    self.registry.promote(m.kind, m.id, f"iteration {it}: {test.reason()}")
+                promoted = True
+        return {"challenger": [challenger[0].version, challenger[1].version], "promoted": promoted,
+                "reason": reason, "p_value": test.p_value, "challenger_success": success_by_suite(chall, suite)}
 
     # -- evaluation ------------------------------------------------------------------------------
     def suite(self, failures: bool = False) -> list[SuiteItem]:

@@ -5,13 +5,13 @@ maintenance database and dropped (WITH FORCE) afterwards, so nothing is left beh
 """
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import pytest
 from _services import fresh_pg_database
 
 from db.store import ExperienceStore
+
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:

@@ -1,0 +1,111 @@
+"""The flywheel end to end (real worker processes, tiny configs), its promotion gate, and restarts."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from db.store import ExperienceStore
+from flywheel.cli import main
+
+
+def _store(data: Path, url: str | None = None) -> ExperienceStore:
+    return ExperienceStore.open(url or f"sqlite:///{data / 'store.sqlite'}", str(data / "artifacts"))
+
+
+def _check_finished_run(data: Path, store: ExperienceStore) -> dict:
+    report = json.loads((data / "reports" / "report.json").read_text())
+    assert (data / "reports" / "success.png").stat().st_size > 1000
+    assert (data / "reports" / "report.md").read_text().startswith("# Flywheel report")
+    history = report["history"]
+    assert [h["iteration"] for h in history] == [0, 1]
+    assert set(history[0]["champion_success"]) == {"in_distribution", "new_tasks", "ood_objects"}
+    assert "McNemar" in history[1]["reason"]
+    # bootstrap + one fine-tune of each model, with lineage
+    for kind in ("world_model", "idm"):
+        versions = store.list_models(kind)
+        assert [v.version for v in versions] == [1, 2]
+        assert versions[1].parent_id == versions[0].id and versions[0].parent_id is None
+        assert versions[1].data_snapshot["phase"] == "iter1"
+        assert store.get_alias(kind, "champion") is not None
+    sources = {e.source for e in store.episodes(limit=None)}
+    assert sources == {"expert", "play", "rollout"}
+    # every episode belongs to exactly one ledger run that succeeded
+    runs = {r.id: r for r in store.task_runs(limit=10_000)}
+    eps = store.episodes(limit=None)
+    assert len({e.task_run_id for e in eps}) == len(eps)
+    assert all(runs[e.task_run_id].state == "succeeded" for e in eps)
+    rollouts = [e for e in eps if e.source == "rollout"]
+    assert rollouts and all(store.candidates(e.id) for e in rollouts if e.length or e.meta.get("failure_reason"))
+    return report
+
+
+def test_flywheel_runs_end_to_end_on_the_embedded_broker(tmp_path, capsys):
+    data = tmp_path / "fw"
+    assert main(["run", "--quiet", "preset=smoke", f"data_dir={data}"]) == 0
+    assert "report:" in capsys.readouterr().out
+    with _store(data) as store:
+        _check_finished_run(data, store)
+        n_eps, n_versions = len(store.episodes(limit=None)), len(store.list_models())
+    # running again on a finished data directory adds nothing
+    assert main(["run", "--quiet", "preset=smoke", f"data_dir={data}"]) == 0
+    with _store(data) as store:
+        assert len(store.episodes(limit=None)) == n_eps and len(store.list_models()) == n_versions
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_flywheel_runs_on_redis_and_postgresql(tmp_path, redis_url, fresh_pg):
+    import redis
+
+    prefix = f"fwtest{uuid.uuid4().hex[:6]}."
+    data = tmp_path / "fw"
+    try:
+        assert main(["run", "--quiet", "preset=smoke", f"data_dir={data}", f"db.url={fresh_pg}",
+                     f"broker.url={redis_url}", f"broker.queue_prefix={prefix}"]) == 0
+        assert not (data / "store.sqlite").exists()
+        with _store(data, fresh_pg) as store:
+            _check_finished_run(data, store)
+    finally:
+        r = redis.Redis.from_url(redis_url)
+        for key in r.scan_iter(match=f"*{prefix}*"):
+            r.delete(key)
+
+
+@pytest.fixture
+def fresh_pg():
+    from _services import fresh_pg_database
+
+    with fresh_pg_database("fw_loop") as url:
+        yield url
+
+
+def test_interrupted_run_continues_without_duplicates(tmp_path):
+    """SIGINT mid-iteration, then the same command again: nothing is duplicated, the run completes."""
+    data = tmp_path / "fw"
+    cmd = [sys.executable, "-m", "flywheel.cli", "run", "preset=smoke", f"data_dir={data}"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    seen = []
+    deadline = time.monotonic() + 300
+    for line in proc.stdout:  # interrupt once the first iteration's rollouts are under way
+        seen.append(line)
+        if "iteration 1:" in line or time.monotonic() > deadline:
+            proc.send_signal(signal.SIGINT)
+            break
+    proc.communicate(timeout=180)
+    assert proc.returncode != 0, "".join(seen)
+    assert not (data / "reports" / "report.json").exists()
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    with _store(data) as store:
+        _check_finished_run(data, store)
+        assert len(store.episodes(source="expert", limit=None)) == 4  # the smoke preset's bootstrap, once
+        assert len(store.episodes(source="play", limit=None)) == 2
