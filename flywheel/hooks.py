@@ -94,3 +94,16 @@ def load_checked(kind: str, path: Path) -> Any:
     from policies.idm import InverseDynamicsModel
 
     return InverseDynamicsModel.from_pretrained(path)
+
+
+def retrain_due(cfg: Any, store: Any) -> str | None:
+    """The phase name of a retrain that is due (K = flywheel.retrain_every new rollouts since the data
+    snapshot of the newest world model), or None. Used by the Celery beat schedule of long-running
+    deployments; the phase name makes the resulting retrain idempotent."""
+    models = store.list_models("world_model")
+    since = max((m.data_snapshot or {}).get("max_episode_id", 0) for m in models) if models else 0
+    newest = store.episodes(source="rollout", limit=1)
+    if not newest:
+        return None
+    new = [e for e in store.episodes(source="rollout", limit=cfg.flywheel.retrain_every) if e.id > since]
+    return f"beat-{newest[0].id}" if len(new) >= cfg.flywheel.retrain_every else None

@@ -94,10 +94,21 @@ def create_app(cfg: Any) -> Celery:
     app = Celery(APP_NAME, set_as_current=False)
     app.conf.update(celery_settings(cfg))
     app.flywheel_config = cfg  # read by the task bodies (workers.tasks)
+    interval = _beat_interval(cfg)
+    if interval:  # long-running deployments: `celery -A workers beat` checks for due retrains
+        app.conf.beat_schedule = {"flywheel-retrain-check": {
+            "task": "flywheel.tick", "schedule": interval,
+            "options": {"queue": cfg.broker.queue_prefix + "train"}}}
     import workers.tasks  # noqa: F401 - registers the shared tasks
 
     app.finalize(auto=True)
     return app
+
+
+def _beat_interval(cfg: Any) -> float | None:
+    from workers.runtime import full_config
+
+    return full_config(cfg).flywheel.beat_interval_s
 
 
 _worker_app: Celery | None = None

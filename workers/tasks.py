@@ -218,6 +218,25 @@ def ping_task() -> str:
     return "pong"
 
 
+@shared_task(bind=True, name="flywheel.tick")
+def tick_task(self: Any) -> dict:
+    """Celery beat's periodic check for long-running deployments (outside the ledger, like ping): when
+    K new rollouts arrived since the newest world model's data snapshot, enqueue a retrain of both
+    models from the champions through the scheduler (ledger first; idempotent by phase)."""
+    from flywheel.hooks import retrain_due
+    from workers.client import Scheduler
+    from workers.runtime import full_config, open_store
+
+    cfg = full_config(self.app.flywheel_config)
+    store = open_store(cfg)
+    phase = retrain_due(cfg, store)
+    if phase is None:
+        return {"enqueued": False}
+    run_ids = Scheduler(cfg, store=store).enqueue(
+        {"kind": "retrain", "params": {"kind": "both", "phase": phase, "parent": "champion"}}, key=f"tick:{phase}")
+    return {"enqueued": True, "phase": phase, "run_ids": run_ids}
+
+
 # name -> (body, heartbeat) for the in-process dispatcher (workers.client, inline=True)
 TASKS_BY_NAME: dict[str, tuple[Body, bool]] = {
     "flywheel.run_episode": (_episode_body, True),
