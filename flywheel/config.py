@@ -68,6 +68,9 @@ class FlywheelConfig:
     promotion_alpha: float = 0.1  # significance level of the paired test
     n_workers: int = 2
     beat_interval_s: float | None = None  # Celery beat schedule for long-running deployments
+    evaluator_states: int = 4  # initial states for the world model as policy evaluator (0: skip it)
+    evaluator_policies: list[str] = field(
+        default_factory=lambda: ["expert@0", "expert@1", "expert@2", "expert@3", "random"])
 
 
 @dataclass

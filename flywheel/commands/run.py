@@ -89,12 +89,35 @@ def run(args: argparse.Namespace, dcfg: Any) -> int:
             trainer = DispatchTrainer(pool.scheduler, registry)
             summary = Flywheel(cfg, store, registry, runner, trainer, progress=say).run()
     history = summary["history"]
+    if cfg.flywheel.evaluator_states > 0:
+        summary["world_model_evaluator"] = evaluate_world_model_as_evaluator(cfg, registry, data / "reports", say)
     summary.update(data_dir=str(data), preset=cfg.preset_name, wall_s=time.monotonic() - t0,
                    peak_rss_mib=mem.peak_kib / 1024, verdict=verdict(history))
     paths = write_report(data / "reports", summary)
     say(f"done in {summary['wall_s']:.0f} s, peak memory {summary['peak_rss_mib']:.0f} MiB")
     print(f"report: {paths['markdown']}\nplot:   {paths['plot']}\njson:   {paths['json']}")
     return 0
+
+
+def evaluate_world_model_as_evaluator(cfg: Any, registry: Any, out_dir: Path, say: Any) -> dict[str, Any]:
+    """Predict each of `flywheel.evaluator_policies`' success with the champion world model (no robot) and
+    compare with their real sim success on the same in_distribution states (the table and scatter plot go
+    next to the report)."""
+    import json
+
+    from flywheel.evaluation.wm_evaluator import PolicySpec, evaluate_policies, states_from_split, write_ranking_report
+    from flywheel.hooks import load_checked
+
+    champion = registry.alias("world_model")
+    wm = load_checked("world_model", champion.path)
+    specs = [PolicySpec.parse(p) for p in cfg.flywheel.evaluator_policies]
+    states = states_from_split(cfg.env, "in_distribution", cfg.flywheel.evaluator_states)
+    say(f"world model v{champion.version} as policy evaluator: {len(specs)} policies x {len(states)} states")
+    results, ranking = evaluate_policies(cfg, wm, specs, states, registry=registry)
+    paths = write_ranking_report(results, ranking, out_dir, meta={"world_model_version": champion.version})
+    say(f"evaluator: Pearson r {ranking.pearson_r:.2f}, pairwise accuracy {ranking.pairwise_accuracy:.2f} "
+        f"over {ranking.pairs} pairs ({paths['markdown']})")
+    return json.loads(paths["json"].read_text())
 
 
 def verdict(history: list[dict[str, Any]]) -> str:
