@@ -54,3 +54,13 @@ class DispatchTrainer:
 
     def train_idm(self, parent: RegisteredModel | None, phase: str) -> RegisteredModel:
         return self._train("idm", parent, phase)
+
+    def evaluate(self, model: RegisteredModel, n_episodes: int = 8) -> dict[str, Any]:
+        """Held-out metrics of a version through `flywheel.evaluate` on the `eval` queue (recorded as
+        evaluations by the hook); returns them, or `{"error": ...}` when the evaluation failed."""
+        spec = {"kind": "evaluate", "params": {"kind": model.kind, "version": model.version, "n_episodes": n_episodes}}
+        (run_id,), = self.scheduler.enqueue_many([spec], key=f"evaluate:{model.kind}:{model.version}")
+        (row,) = self.scheduler.wait([run_id], timeout=self.timeout_s)
+        if row.state != "succeeded":
+            return {"error": f"{row.state}: {row.error}"}
+        return dict(row.result.get("metrics", {}))

@@ -5,6 +5,7 @@ carries the arguments (see docs/tasks_contract.md). Hooks re-read everything fro
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -49,7 +50,7 @@ def evaluate(cfg: Any, store: Any, payload: dict[str, Any], run_id: int | None =
         raise FlywheelError("evaluate needs params.kind (world_model | idm) and params.version")
     n = int(params.get("n_episodes", 8))
     row = store.get_model(kind, int(version))
-    eps = [e for e in load_episodes(store, EpisodeFilter(limit=None)) if is_held_out(e.id)][:n]
+    eps = [e for e in load_episodes(store, EpisodeFilter(limit=None)) if is_held_out(e.id) and len(e.actions) >= 2][:n]
     if not eps:
         raise FlywheelError("no held-out episodes in the store to evaluate on")
     model = load_checked(kind, _registry(cfg, store).get(kind, int(version)).path)
@@ -62,11 +63,13 @@ def evaluate(cfg: Any, store: Any, payload: dict[str, Any], run_id: int | None =
         from flywheel.evaluation.dtw import evaluate_idm
 
         metrics = evaluate_idm(model, [e.as_dict() for e in eps])
-    recorded = {}
+    recorded: dict[str, float | None] = {}
     for name, value in metrics.items():
         if isinstance(value, (int, float)):
-            store.record_evaluation("held_out", row.id, name, float(value), len(eps))
-            recorded[name] = float(value)
+            finite = math.isfinite(float(value))
+            if finite:
+                store.record_evaluation("held_out", row.id, name, float(value), len(eps))
+            recorded[name] = float(value) if finite else None  # JSON (and PostgreSQL) have no NaN
     return {"kind": kind, "version": int(version), "metrics": recorded}
 
 

@@ -98,11 +98,12 @@ class Flywheel:
             self.registry.promote("world_model", wm.id, "bootstrap: first world model")
             self.registry.promote("idm", idm.id, "bootstrap: first IDM")
         wm, idm = self.champions()
+        held_out = self.held_out_metrics(wm, idm)
         suite = self.suite()
         outcomes = self.evaluate(wm, idm, suite)
         self.state.history.append({
             "iteration": 0, "champion": [wm.version, idm.version], "promoted": True, "reason": "bootstrap",
-            "champion_success": success_by_suite(outcomes, suite),
+            "champion_success": success_by_suite(outcomes, suite), "held_out": held_out,
         })
         self.state.bootstrapped = True
         self.state.save(self.state_path)
@@ -138,10 +139,24 @@ class Flywheel:
         c_idm = self.trainer.train_idm(parent=idm, phase=f"iter{it}")
         self.registry.promote("world_model", c_wm.id, f"iteration {it} challenger", alias="challenger")
         self.registry.promote("idm", c_idm.id, f"iteration {it} challenger", alias="challenger")
+        held_out = self.held_out_metrics(c_wm, c_idm)
         suite = self.suite(failures=True)
         champ = self.evaluate(wm, idm, suite)
         chall = self.evaluate(c_wm, c_idm, suite)
-        return self.gate(it, (wm, idm), (c_wm, c_idm), champ, chall, suite)
+        return {**self.gate(it, (wm, idm), (c_wm, c_idm), champ, chall, suite), "challenger_held_out": held_out}
+
+    def held_out_metrics(self, wm: Any, idm: Any) -> dict[str, Any]:
+        """World-model PSNR/SSIM/AUROC and IDM DTW/MSE on held-out episodes (recorded as evaluations)."""
+        if not hasattr(self.trainer, "evaluate"):
+            return {}
+        out = {"world_model": self.trainer.evaluate(wm), "idm": self.trainer.evaluate(idm)}
+        wm_m = {k: v for k, v in out["world_model"].items() if v is not None}
+        idm_m = {k: v for k, v in out["idm"].items() if v is not None}
+        self.say(f"held-out: world model v{wm.version} PSNR {wm_m.get('psnr', float('nan')):.2f} dB "
+                 f"(copy-last-frame {wm_m.get('psnr_copy_last', float('nan')):.2f}), success AUROC "
+                 f"{wm_m.get('success_auroc', float('nan')):.2f}; IDM v{idm.version} DTW ratio to baseline "
+                 f"{idm_m.get('dtw_ratio', float('nan')):.2f}")
+        return out
 
     def gate(self, it: int, champion: tuple[Any, Any], challenger: tuple[Any, Any], champ: dict[str, bool],
              chall: dict[str, bool], suite: list[SuiteItem]) -> dict[str, Any]:

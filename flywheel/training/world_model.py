@@ -29,6 +29,9 @@ from flywheel.training.common import (
 )
 
 
+WARMUP_STEPS = 50  # linear lr warm-up over the first steps of a run (at most a tenth of it)
+
+
 @dataclass
 class Stage:
     """One stage of a recipe: its data (Dataset or iterable of clip dicts), step budget and lr."""
@@ -128,6 +131,7 @@ def train_world_model(model: torch.nn.Module, data, cfg: TrainConfig, out_dir: s
     else:
         torch.manual_seed(cfg.seed)
     total = sum(s.steps for s in stages)
+    warmup = max(1, min(WARMUP_STEPS, total // 10))  # a function of the step: resume stays exact
     bar = progress_bar(total, progress, "world model", initial=min(step, total))
     clips, loss_value, t_start = 0, float("nan"), time.perf_counter()
     window: list[dict] = []
@@ -137,10 +141,10 @@ def train_world_model(model: torch.nn.Module, data, cfg: TrainConfig, out_dir: s
         if step >= end:
             begin = end
             continue
-        for group in optimizer.param_groups:
-            group["lr"] = stage.lr
         batches = _batches(stage.data, cfg.batch_size, cfg.seed, si, step - begin, cfg.num_workers)
         while step < end:
+            for group in optimizer.param_groups:  # linear warm-up at the start of a run, then the stage's lr
+                group["lr"] = stage.lr * min(1.0, (step + 1) / warmup)
             batch = next(batches)
             with autocast(device, cfg.precision):
                 loss, logs = model(batch)

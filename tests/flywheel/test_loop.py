@@ -28,6 +28,9 @@ def _check_finished_run(data: Path, store: ExperienceStore) -> dict:
     assert [h["iteration"] for h in history] == [0, 1]
     assert set(history[0]["champion_success"]) == {"in_distribution", "new_tasks", "ood_objects"}
     assert "McNemar" in history[1]["reason"]
+    assert history[0]["held_out"]["world_model"]["psnr"] > 0 and "dtw_ratio" in history[0]["held_out"]["idm"]
+    assert report["world_model_evaluator"]["n_policies"] == 2  # the smoke preset's evaluator policies
+    assert (data / "reports" / "wm_ranking.png").is_file()
     # bootstrap + one fine-tune of each model, with lineage
     for kind in ("world_model", "idm"):
         versions = store.list_models(kind)

@@ -1,0 +1,146 @@
+"""The IDM ceiling: how much task success survives when the expert's actions are re-derived from video.
+
+For each held-out expert episode the IDM extracts actions from the episode's *real* frames (with only
+the proprio of frame 0, as it gets for an imagined video); they are replayed open-loop in sim from the
+episode's recorded initial state, and the replay's success is compared with the expert's own. Real
+frames take the world model out of the picture, so this is the best the imagine-then-act planner can
+do with this IDM: the gap to 1.0 is IDM error alone.
+
+Episodes come from memory (`CeilingEpisode`, e.g. built from `envs.play.EpisodeData`) or from a store
+(`ceiling_episodes_from_store`, which reads arrays and `store.load_initial_state(id)`).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from flywheel.errors import FlywheelError
+
+
+@dataclass
+class CeilingEpisode:
+    """One expert episode to replay: frames uint8 (T+1, H, W, 3), proprio (T+1, P), actions (T, A), the
+    expert's success, the sim state it started from (`env.get_state()`), and its task family."""
+
+    frames: np.ndarray
+    proprio: np.ndarray
+    actions: np.ndarray
+    success: bool
+    initial_state: dict[str, np.ndarray]
+    family: str
+    id: int | None = None
+
+    @classmethod
+    def from_episode_data(cls, ep: Any, id: int | None = None) -> CeilingEpisode:
+        """From an `envs.play.EpisodeData` (what `collect_episode` returns)."""
+        return cls(ep.frames, ep.proprio, ep.actions, bool(ep.success), ep.initial_state,
+                   str(ep.task["family"]), id)
+
+
+def ceiling_episodes_from_store(store: Any, episode_ids: Sequence[int]) -> list[CeilingEpisode]:
+    """Read episodes (arrays, success, family) and their recorded initial states from an experience store."""
+    out = []
+    for eid in episode_ids:
+        row = store.get_episode(int(eid))
+        arr = store.load_arrays(int(eid))
+        missing = {"frames", "proprio", "actions"} - set(arr)
+        if missing:
+            raise FlywheelError(f"episode {eid} arrays lack {sorted(missing)}")
+        out.append(CeilingEpisode(arr["frames"], arr["proprio"], arr["actions"], bool(row.success),
+                                  _scalars(store.load_initial_state(int(eid))), str(row.task_family), int(eid)))
+    return out
+
+
+_SCALAR_KEYS = ("steps", "task", "layout")  # 0-d in `env.get_state()`
+
+
+def _scalars(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Undo the artifact store's 0-d -> (1,) promotion of the state's scalars (np.ascontiguousarray)."""
+    return {k: v.reshape(()) if k in _SCALAR_KEYS and np.shape(v) == (1,) else v for k, v in state.items()}
+
+
+def replay(env: Any, initial_state: dict[str, np.ndarray], actions: np.ndarray, settle_steps: int = 0) -> bool:
+    """Run `actions` (T, A) open-loop from `initial_state`; True if the task succeeds on the way.
+
+    `settle_steps` > 0 holds the last action that many more steps (the robot reaching its last target).
+    Actions are clipped to the actuator range by the env, like every command it receives.
+    """
+    env.reset(options={"state": initial_state})
+    actions = np.asarray(actions, np.float32)
+    if settle_steps > 0 and len(actions):
+        actions = np.concatenate([actions, np.repeat(actions[-1:], settle_steps, axis=0)])
+    for a in actions:
+        _obs, _r, terminated, truncated, info = env.step(a)
+        if info["success"]:
+            return True
+        if terminated or truncated:
+            break
+    return False
+
+
+def extract_actions(idm: Any, ep: CeilingEpisode, seed: int = 0) -> np.ndarray:
+    """The IDM's actions (T, A) from the episode's real frames and its frame-0 proprio."""
+    import torch
+
+    from policies.idm.processor_idm import to_float_frames
+
+    video = to_float_frames(torch.as_tensor(np.asarray(ep.frames)))  # (T+1, 3, H, W)
+    proprio0 = torch.as_tensor(np.asarray(ep.proprio)[0], dtype=torch.float32)  # (P,)
+    return idm.extract(video, proprio0, seed=seed).actions.numpy()
+
+
+def idm_ceiling(
+    idm: Any,
+    episodes: Sequence[CeilingEpisode],
+    env_cfg: Any = None,
+    *,
+    env: Any = None,
+    seed: int = 0,
+    settle_steps: int = 0,
+    actions: Sequence[np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """Replay the IDM's extraction of each episode from its initial state; success per family vs the expert.
+
+    Returns `{"families": {family: {...}}, "overall": {...}, "episodes": [...]}` where each summary has
+    `n`, `expert_success` and `replay_success` (rates in [0, 1]), `replay_given_expert` (replay success
+    among the expert's successes) and `relative` = replay_success / expert_success (None when the expert
+    never succeeded). `actions` (one (T, A) array per episode) replays those instead of extracting with
+    `idm`: the IDM's extraction computed elsewhere, or the recorded actions (a check of the replay
+    machinery, which must reproduce the expert exactly). `env` (a `HumanoidTabletopEnv`) is built from
+    `env_cfg` when not given.
+    """
+    if not episodes:
+        raise FlywheelError("idm_ceiling got no episodes")
+    if actions is not None and len(actions) != len(episodes):
+        raise FlywheelError(f"idm_ceiling got {len(actions)} action sequences for {len(episodes)} episodes")
+    if idm is None and actions is None:
+        raise FlywheelError("idm_ceiling needs an IDM or the actions to replay")
+    if env is None:
+        from envs.tabletop import HumanoidTabletopEnv
+
+        env = HumanoidTabletopEnv(env_cfg)
+    rows = []
+    for k, ep in enumerate(episodes):
+        acts = actions[k] if actions is not None else extract_actions(idm, ep, seed=seed + k)
+        ok = replay(env, ep.initial_state, acts, settle_steps)
+        rows.append({"id": ep.id, "family": ep.family, "expert_success": bool(ep.success), "replay_success": ok,
+                     "length": int(len(ep.actions))})
+    families = {f: _summary([r for r in rows if r["family"] == f]) for f in sorted({r["family"] for r in rows})}
+    return {"families": families, "overall": _summary(rows), "settle_steps": settle_steps, "episodes": rows}
+
+
+def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    n = len(rows)
+    expert = sum(r["expert_success"] for r in rows)
+    rep = sum(r["replay_success"] for r in rows)
+    rep_given = sum(r["replay_success"] for r in rows if r["expert_success"])
+    return {
+        "n": n,
+        "expert_success": expert / n,
+        "replay_success": rep / n,
+        "replay_given_expert": rep_given / expert if expert else None,
+        "relative": (rep / n) / (expert / n) if expert else None,
+    }
