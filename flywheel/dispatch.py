@@ -40,27 +40,26 @@ class DispatchTrainer:
     def __init__(self, scheduler: Any, registry: ModelRegistry, timeout_s: float | None = None):
         self.scheduler, self.registry, self.timeout_s = scheduler, registry, timeout_s
 
-    def _train(self, kind: str, parent: RegisteredModel | None, phase: str) -> RegisteredModel:
-        spec = {"kind": "retrain", "params": {"kind": kind, "phase": phase,
-                                              "parent": parent.version if parent else None}}
-        (run_id,), = self.scheduler.enqueue_many([spec], key=f"train:{kind}:{phase}")
-        (row,) = self.scheduler.wait([run_id], timeout=self.timeout_s)
-        if row.state != "succeeded":
-            raise FlywheelError(f"training {kind} ({phase}) {row.state}: {row.error}")
-        return self.registry.get(kind, int(row.result[kind]["version"]))
+    def train_pair(self, parents: tuple[RegisteredModel | None, RegisteredModel | None],
+                   phase: str) -> tuple[RegisteredModel, RegisteredModel]:
+        """Train the world model and the IDM at once (two `train` tasks, one per worker process)."""
+        kinds = ("world_model", "idm")
+        specs = [{"kind": "retrain", "params": {"kind": k, "phase": phase, "parent": p.version if p else None}}
+                 for k, p in zip(kinds, parents)]
+        groups = self.scheduler.enqueue_many(specs, key=f"train:{phase}")
+        rows = self.scheduler.wait([g[0] for g in groups], timeout=self.timeout_s)
+        out = []
+        for kind, row in zip(kinds, rows):
+            if row.state != "succeeded":
+                raise FlywheelError(f"training {kind} ({phase}) {row.state}: {row.error}")
+            out.append(self.registry.get(kind, int(row.result[kind]["version"])))
+        return out[0], out[1]
 
-    def train_world_model(self, parent: RegisteredModel | None, phase: str) -> RegisteredModel:
-        return self._train("world_model", parent, phase)
-
-    def train_idm(self, parent: RegisteredModel | None, phase: str) -> RegisteredModel:
-        return self._train("idm", parent, phase)
-
-    def evaluate(self, model: RegisteredModel, n_episodes: int = 8) -> dict[str, Any]:
-        """Held-out metrics of a version through `flywheel.evaluate` on the `eval` queue (recorded as
-        evaluations by the hook); returns them, or `{"error": ...}` when the evaluation failed."""
-        spec = {"kind": "evaluate", "params": {"kind": model.kind, "version": model.version, "n_episodes": n_episodes}}
-        (run_id,), = self.scheduler.enqueue_many([spec], key=f"evaluate:{model.kind}:{model.version}")
-        (row,) = self.scheduler.wait([run_id], timeout=self.timeout_s)
-        if row.state != "succeeded":
-            return {"error": f"{row.state}: {row.error}"}
-        return dict(row.result.get("metrics", {}))
+    def evaluate_pair(self, models: tuple[RegisteredModel, RegisteredModel], n_episodes: int = 8) -> dict[str, Any]:
+        """Held-out metrics of both versions at once (see `evaluate`)."""
+        specs = [{"kind": "evaluate", "params": {"kind": m.kind, "version": m.version, "n_episodes": n_episodes}}
+                 for m in models]
+        groups = self.scheduler.enqueue_many(specs, key=f"evaluate:{models[0].version}:{models[1].version}")
+        rows = self.scheduler.wait([g[0] for g in groups], timeout=self.timeout_s)
+        return {m.kind: (dict(r.result.get("metrics", {})) if r.state == "succeeded" else {"error": f"{r.state}: {r.error}"})
+                for m, r in zip(models, rows)}

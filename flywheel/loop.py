@@ -93,8 +93,7 @@ class Flywheel:
         self.say(f"bootstrap: expert success {ok}/{len(expert)}")
         if self.registry.alias("world_model") is None or self.registry.alias("idm") is None:
             self.say("bootstrap: training the first world model (multi-stage) and IDM")
-            wm = self.trainer.train_world_model(parent=None, phase="bootstrap")
-            idm = self.trainer.train_idm(parent=None, phase="bootstrap")
+            wm, idm = self.trainer.train_pair((None, None), phase="bootstrap")
             self.registry.promote("world_model", wm.id, "bootstrap: first world model")
             self.registry.promote("idm", idm.id, "bootstrap: first IDM")
         wm, idm = self.champions()
@@ -135,8 +134,7 @@ class Flywheel:
 
     def retrain_and_gate(self, it: int, wm: Any, idm: Any) -> dict[str, Any]:
         self.say(f"iteration {it}: fine-tuning challengers from the champions on the accumulated rollouts")
-        c_wm = self.trainer.train_world_model(parent=wm, phase=f"iter{it}")
-        c_idm = self.trainer.train_idm(parent=idm, phase=f"iter{it}")
+        c_wm, c_idm = self.trainer.train_pair((wm, idm), phase=f"iter{it}")
         self.registry.promote("world_model", c_wm.id, f"iteration {it} challenger", alias="challenger")
         self.registry.promote("idm", c_idm.id, f"iteration {it} challenger", alias="challenger")
         held_out = self.held_out_metrics(c_wm, c_idm)
@@ -147,9 +145,9 @@ class Flywheel:
 
     def held_out_metrics(self, wm: Any, idm: Any) -> dict[str, Any]:
         """World-model PSNR/SSIM/AUROC and IDM DTW/MSE on held-out episodes (recorded as evaluations)."""
-        if not hasattr(self.trainer, "evaluate"):
+        if not hasattr(self.trainer, "evaluate_pair"):
             return {}
-        out = {"world_model": self.trainer.evaluate(wm), "idm": self.trainer.evaluate(idm)}
+        out = self.trainer.evaluate_pair((wm, idm))
         wm_m = {k: v for k, v in out["world_model"].items() if v is not None}
         idm_m = {k: v for k, v in out["idm"].items() if v is not None}
         self.say(f"held-out: world model v{wm.version} PSNR {wm_m.get('psnr', float('nan')):.2f} dB "

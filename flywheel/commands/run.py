@@ -84,7 +84,8 @@ def run(args: argparse.Namespace, dcfg: Any) -> int:
     n_workers = args.workers or cfg.flywheel.n_workers
     with PeakMemory() as mem:
         say(f"starting {n_workers} worker processes on queues sim, train, eval")
-        with WorkerPool(cfg, n=n_workers, queues=["sim", "train", "eval"]) as pool:
+        # every run has finished when the pool stops, so a short grace before SIGKILL loses nothing
+        with WorkerPool(cfg, n=n_workers, queues=["sim", "train", "eval"], grace_s=5.0) as pool:
             runner = SchedulerEpisodeRunner(pool.scheduler)
             trainer = DispatchTrainer(pool.scheduler, registry)
             summary = Flywheel(cfg, store, registry, runner, trainer, progress=say).run()

@@ -116,3 +116,8 @@ class StoreTrainer:
         self.store.finish_training_run(run_id, "succeeded", {"final_loss": res.losses[-1] if res.losses else None,
                                                              "steps": res.step})
         return self._register("idm", out / "model", model.config, parent, phase, run_id, {"windows": len(ds)})
+
+    def train_pair(self, parents: tuple[RegisteredModel | None, RegisteredModel | None],
+                   phase: str) -> tuple[RegisteredModel, RegisteredModel]:
+        """Both models of a phase, one after the other (the in-process counterpart of DispatchTrainer)."""
+        return self.train_world_model(parents[0], phase), self.train_idm(parents[1], phase)
