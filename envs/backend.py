@@ -63,20 +63,25 @@ class Backend(ABC):
     def close(self) -> None:
         """Release the robot (the bridge holds still once commands stop)."""
 
+    # Subclasses set `_low`, `_high` (the joint-target limits) and `_task` (on reset).
+    _low: np.ndarray
+    _high: np.ndarray
+    _task: Any = None
+
     @property
-    @abstractmethod
     def action_low(self) -> np.ndarray:
         """(16,) float32 lower joint-target limits."""
+        return self._low
 
     @property
-    @abstractmethod
     def action_high(self) -> np.ndarray:
         """(16,) float32 upper joint-target limits."""
+        return self._high
 
     @property
-    @abstractmethod
     def task(self) -> Any:
         """The current `envs.tasks.TaskInstance` (None before reset)."""
+        return self._task
 
     def __enter__(self) -> Self:
         return self
@@ -247,18 +252,6 @@ class SimBackend(Backend):
 
     def close(self) -> None:
         self.env.close()
-
-    @property
-    def action_low(self) -> np.ndarray:
-        return self._low
-
-    @property
-    def action_high(self) -> np.ndarray:
-        return self._high
-
-    @property
-    def task(self) -> Any:
-        return self._task
 
 
 # -- registry ----------------------------------------------------------------------------------------

@@ -233,15 +233,3 @@ class NeoBackend(Backend):
             self._ws.close()
         except Exception as exc:  # noqa: BLE001 - already gone
             log.debug("NEO client: close: %s", exc)
-
-    @property
-    def action_low(self) -> np.ndarray:
-        return self._low
-
-    @property
-    def action_high(self) -> np.ndarray:
-        return self._high
-
-    @property
-    def task(self) -> Any:
-        return self._task
