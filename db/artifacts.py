@@ -40,7 +40,7 @@ def encode_arrays(arrays: dict[str, np.ndarray]) -> bytes:
             info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_EPOCH)
             info.compress_type = zipfile.ZIP_DEFLATED
             with zf.open(info, "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
+                np.lib.format.write_array(f, arr, allow_pickle=False)  # any layout; keeps 0-d arrays 0-d
     return buf.getvalue()
 
 

@@ -127,7 +127,7 @@ def idm_ceiling(
         acts = actions[k] if actions is not None else extract_actions(idm, ep, seed=seed + k)
         ok = replay(env, ep.initial_state, acts, settle_steps)
         rows.append({"id": ep.id, "family": ep.family, "expert_success": bool(ep.success), "replay_success": ok,
-                     "length": int(len(ep.actions))})
+                     "length": len(ep.actions)})
     families = {f: _summary([r for r in rows if r["family"] == f]) for f in sorted({r["family"] for r in rows})}
     return {"families": families, "overall": _summary(rows), "settle_steps": settle_steps, "episodes": rows}
 

@@ -71,3 +71,16 @@ def test_files_roundtrip_and_verify(tmp_path):
     with pytest.raises(ArtifactError, match="corrupt"):
         store.get_file(uri, sha, tmp_path / "out2.safetensors")
     assert not (tmp_path / "out2.safetensors").exists()
+
+
+def test_zero_d_and_non_contiguous_arrays_keep_their_shape(tmp_path):
+    import numpy as np
+
+    from db.artifacts import ArtifactStore
+
+    store = ArtifactStore(str(tmp_path / "a"))
+    arrays = {"steps": np.array(7), "t": np.arange(12.0).reshape(3, 4).T}
+    uri, sha = store.put_arrays(arrays)
+    back = store.get_arrays(uri, sha)
+    assert back["steps"].shape == () and int(back["steps"]) == 7
+    assert back["t"].shape == (4, 3) and (back["t"] == arrays["t"]).all()

@@ -45,6 +45,10 @@ def _check_finished_run(data: Path, store: ExperienceStore) -> dict:
     eps = store.episodes(limit=None)
     assert len({e.task_run_id for e in eps}) == len(eps)
     assert all(runs[e.task_run_id].state == "succeeded" for e in eps)
+    failed = [(r.name, r.error) for r in runs.values() if r.state != "succeeded"]
+    assert not failed, failed  # episodes, training, held-out evaluations, replays of recorded failure states
+    replays = [e for e in eps if e.meta.get("replayed_from_episode")]
+    assert replays, "the challenger suite replays the champion's recorded failure states"
     rollouts = [e for e in eps if e.source == "rollout"]
     assert rollouts and all(store.candidates(e.id) for e in rollouts if e.length or e.meta.get("failure_reason"))
     return report

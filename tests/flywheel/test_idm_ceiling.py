@@ -1,0 +1,91 @@
+"""The IDM ceiling: open-loop replay from recorded initial states, in memory and through a store."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from db.records import EpisodeRecord
+from db.store import ExperienceStore
+from envs.expert import ScriptedExpert
+from envs.play import collect_episode
+from envs.splits import load_split
+from envs.tabletop import HumanoidTabletopEnv
+from flywheel.config import TrainConfig
+from flywheel.errors import FlywheelError
+from flywheel.evaluation.dtw import hold_baseline
+from flywheel.evaluation.idm_ceiling import CeilingEpisode, ceiling_episodes_from_store, idm_ceiling
+from flywheel.training.idm import WindowDataset, train_idm
+from policies.idm import IDMConfig, InverseDynamicsModel
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def env():
+    return HumanoidTabletopEnv()
+
+
+@pytest.fixture(scope="module")
+def episodes(env):
+    """One pick and one place expert episode on in_distribution items (both succeed)."""
+    items = load_split("in_distribution")
+    chosen = [next(i for i in items if i.family == f) for f in ("pick", "place")]
+    eps = [collect_episode(env, ScriptedExpert(env, seed=i.seed), i.task(), i.seed) for i in chosen]
+    assert all(e.success for e in eps)
+    return eps
+
+
+def test_true_actions_reproduce_the_expert_in_memory(env, episodes):
+    eps = [CeilingEpisode.from_episode_data(e) for e in episodes]
+    out = idm_ceiling(None, eps, env=env, actions=[e.actions for e in eps])
+    assert set(out["families"]) == {"pick", "place"}
+    for fam in out["families"].values():
+        assert fam["n"] == 1 and fam["expert_success"] == 1.0 and fam["replay_success"] == 1.0
+        assert fam["relative"] == 1.0
+    assert [r["replay_success"] for r in out["episodes"]] == [e.success for e in eps]
+
+
+def test_holding_still_fails_the_ceiling(env, episodes):
+    eps = [CeilingEpisode.from_episode_data(e) for e in episodes]
+    still = [hold_baseline(e.proprio[0], len(e.actions), 16) for e in eps]
+    out = idm_ceiling(None, eps, env=env, actions=still, settle_steps=2)
+    assert out["overall"]["replay_success"] == 0.0 and out["overall"]["relative"] == 0.0
+
+
+def test_from_a_store_with_recorded_initial_states(tmp_path, env, episodes):
+    store = ExperienceStore.open(f"sqlite:///{tmp_path / 's.sqlite'}", str(tmp_path / "art"), create=True)
+    ids = []
+    for e in episodes:
+        rec = EpisodeRecord(source="expert", task_family=e.task["family"], instruction=e.task["instruction"],
+                            policy="scripted_expert", success=e.success, length=e.length, task=e.task)
+        arrays = {"frames": e.frames, "proprio": e.proprio, "actions": e.actions}
+        ids.append(store.record_episode(rec, arrays, initial_state=e.initial_state))
+    eps = ceiling_episodes_from_store(store, ids)
+    assert [e.family for e in eps] == ["pick", "place"] and eps[0].id == ids[0]
+    out = idm_ceiling(None, eps, env=env, actions=[e.actions for e in eps])
+    assert out["overall"]["relative"] == 1.0
+
+
+def test_idm_path_returns_rates_per_family(tmp_path, env, episodes):
+    torch.manual_seed(0)
+    cfg = IDMConfig(window=4, image_size=32, cnn_channels=8, feature_dim=32, hidden_dim=32, head_layers=1,
+                    noise_samples=2, flow_steps=2, proprio_passes=1)  # fmt: skip
+    model = InverseDynamicsModel(cfg)
+    data = [{"frames": e.frames, "proprio": e.proprio, "actions": e.actions} for e in episodes]
+    train_idm(model, WindowDataset(data, cfg.window), TrainConfig(batch_size=4), tmp_path, steps=3, lr=1e-3,
+              progress=False)
+    out = idm_ceiling(model, [CeilingEpisode.from_episode_data(e) for e in episodes], env=env)
+    assert set(out["families"]) == {"pick", "place"}
+    for fam in [*out["families"].values(), out["overall"]]:
+        assert 0.0 <= fam["replay_success"] <= 1.0 and 0.0 <= fam["relative"] <= 1.0
+    assert out["overall"]["n"] == 2
+
+
+def test_bad_inputs_raise(env, episodes):
+    eps = [CeilingEpisode.from_episode_data(e) for e in episodes]
+    with pytest.raises(FlywheelError, match="no episodes"):
+        idm_ceiling(None, [], env=env, actions=[])
+    with pytest.raises(FlywheelError, match="2 episodes"):
+        idm_ceiling(None, eps, env=env, actions=[eps[0].actions])
+    with pytest.raises(FlywheelError, match="needs an IDM"):
+        idm_ceiling(None, eps, env=env)
