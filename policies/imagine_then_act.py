@@ -4,10 +4,12 @@ score and reject, execute the best candidate's first H actions, replan from the 
 The models and the feasibility checker are injected (model code never imports SQL, Celery or MuJoCo):
 the worker builds them from the registry, tests pass tiny ones. Nothing non-finite or outside the
 joint limits is ever returned: such candidates are rejected, and if none is acceptable the policy
-asks the runner to hold still and records why.
+asks the runner to hold still and records why. The executed chunk is shortened to the safety filter's
+joint-velocity limit, so the filter never has to refuse a chosen plan.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +21,10 @@ from policies.base import Policy, PolicyOutput
 from policies.captions import make_upsampler
 from policies.errors import PolicyError
 
-# Default score weights: chosen by measurement (bench/bench_scores.py reports each score's AUROC).
+# Default score weights, to be chosen by measurement (bench/bench_scores.py: each score's AUROC against the
+# executed outcome). On the demo models (bootstrap v1) no rollout succeeded yet, so no AUROC is defined;
+# what was measured: feasibility decides every choice, the success head varies ~0.001 between candidates.
+# Kept as is until a data dir with successes ranks the scores.
 DEFAULT_WEIGHTS = {"success": 1.0, "feasibility": 0.5, "idm_spread": -0.5}
 # Extracted targets beyond a joint limit by at most this much (rad, or m for grippers) are projected onto
 # the limit; further out, the candidate is rejected as a limit violation.
@@ -39,7 +44,9 @@ class Candidate:
     chosen: bool = False
 
     def record(self) -> dict[str, Any]:
-        return {"index": self.index, "scores": self.scores, "chosen": self.chosen,
+        """JSON-safe: a non-finite score (a NaN from a model) is logged as None."""
+        scores = {k: (float(v) if np.isfinite(v) else None) for k, v in self.scores.items()}
+        return {"index": self.index, "scores": scores, "chosen": self.chosen,
                 "rejected_reason": self.rejected_reason}
 
 
@@ -70,10 +77,18 @@ class ImagineThenActPolicy(Policy):
         self.seed = seed
         self.caption = ""
         self.plan_step = 0
+        self.timings: dict[str, float] = {}  # seconds spent in each part of the last planning step
+        # The backend's safety filter refuses a target more than max_joint_velocity / control_hz from the
+        # previous one; the executed chunk is projected onto that rate (None: no projection).
+        safety, env = getattr(getattr(cfg, "backend", None), "safety", None), getattr(cfg, "env", None)
+        vmax, hz = getattr(safety, "max_joint_velocity", None), getattr(env, "control_hz", None)
+        self.max_step = vmax / hz * (1 - 1e-3) if vmax and hz else None
+        self.last_target: np.ndarray | None = None  # (A,) the last target sent, the filter's reference
 
     def reset(self, task: dict[str, Any], instruction: str, scene: dict[str, Any] | None = None) -> None:
         self.caption = self.upsampler.upsample(instruction, scene)
         self.plan_step = 0
+        self.last_target = None
 
     # -- planning -----------------------------------------------------------------------------------
     def act(self, obs: dict[str, np.ndarray]) -> PolicyOutput:
@@ -81,15 +96,21 @@ class ImagineThenActPolicy(Policy):
         frame = frame_to_tensor(obs["rgb"])
         proprio = np.asarray(obs["proprio"], np.float32)
         seed = self.seed * 100_003 + self.plan_step
+        self.timings = dict.fromkeys(("imagine_s", "success_s", "extract_s", "feasibility_s"), 0.0)
+        t0 = time.perf_counter()
         videos = self.wm.imagine(frame, self.caption, n=p.n_candidates, steps=p.sampling_steps,
                                  guidance=p.guidance, seed=seed, num_frames=p.imagine_frames)  # (N, T, 3, H, W)
+        t1 = time.perf_counter()
         success = self.wm.success_probs(videos, self.caption).numpy() if getattr(self.wm, "success_head", 1) is not None \
             else np.full(len(videos), np.nan)
+        self.timings["imagine_s"], self.timings["success_s"] = t1 - t0, time.perf_counter() - t1
         cands = [self._score(i, v, proprio, float(success[i]), seed) for i, v in enumerate(videos)]
+        self.timings["plan_s"] = time.perf_counter() - t0
         self.plan_step += 1
         ok = [c for c in cands if c.rejected_reason is None]
-        info = {"caption": self.caption, "videos": (videos.clamp(0, 1) * 255).round().to(torch.uint8)
-                .permute(0, 1, 3, 4, 2).numpy()}  # (N, T, H, W, 3) uint8
+        shown = (videos.nan_to_num(0.0).clamp(0, 1) * 255).round().to(torch.uint8)  # a NaN future logs as black
+        info = {"caption": self.caption, "timings": dict(self.timings),
+                "videos": shown.permute(0, 1, 3, 4, 2).numpy()}  # (N, T, H, W, 3) uint8
         if not ok:
             info["candidates"] = [c.record() for c in cands]
             reasons = sorted({c.rejected_reason or "" for c in cands})
@@ -98,10 +119,27 @@ class ImagineThenActPolicy(Policy):
         best = max(ok, key=lambda c: c.scores["combined"])
         best.chosen = True
         info["candidates"] = [c.record() for c in cands]
-        return PolicyOutput(actions=best.actions[: p.horizon].astype(np.float32), info=info)
+        chunk = self._rate_limited(best.actions[: p.horizon], proprio)  # (H, A)
+        self.last_target = chunk[-1].copy()
+        return PolicyOutput(actions=chunk.astype(np.float32), info=info)
+
+    def _rate_limited(self, actions: np.ndarray, proprio: np.ndarray) -> np.ndarray:
+        """Shorten each step of `actions (H, A)` to `max_step` from the previous target (the last one sent,
+        or the measured joint positions at the start): the chunk the safety filter will accept. The
+        feasibility score already penalised the candidate for needing it."""
+        if self.max_step is None:
+            return actions
+        prev = self.last_target if self.last_target is not None else proprio[: actions.shape[1]].astype(np.float64)
+        out = np.array(actions, np.float64)
+        for t in range(len(out)):
+            out[t] = prev + np.clip(out[t] - prev, -self.max_step, self.max_step)
+            prev = out[t]
+        return out if self.low is None else np.clip(out, self.low, self.high)
 
     def _score(self, index: int, video: torch.Tensor, proprio: np.ndarray, success: float, seed: int) -> Candidate:
+        t0 = time.perf_counter()
         ext = self.idm.extract(video, torch.from_numpy(proprio), seed=seed + index)
+        self.timings["extract_s"] += time.perf_counter() - t0
         actions = ext.actions.numpy().astype(np.float64)
         spread = float(ext.spread.mean()) if ext.spread.numel() else 0.0
         scores = {"success": success, "idm_spread": spread}
@@ -113,8 +151,12 @@ class ImagineThenActPolicy(Policy):
             if over > LIMIT_PROJECTION:
                 reason = f"joint limit violated by {over:.3f}"
             actions = np.clip(actions, self.low, self.high)
-        if self.feasibility is not None and reason is None:
+        if self.feasibility is not None and reason is not None:
+            scores["feasibility"] = 0.0  # not executable at all
+        elif self.feasibility is not None:
+            t0 = time.perf_counter()
             rep = self.feasibility(actions[: self.pcfg.horizon], proprio[: actions.shape[1]])
+            self.timings["feasibility_s"] += time.perf_counter() - t0
             scores["feasibility"] = float(rep.score)
             hard = sorted({v.kind for v in rep.violations if v.kind in HARD_VIOLATIONS})
             if hard:

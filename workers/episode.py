@@ -116,7 +116,7 @@ def build_policy(cfg: Any, payload: EpisodePayload, backend: Any, store: Any = N
         checker = default_checker(1.0 / cfg.env.control_hz)
         kwargs = {"world_model": wm, "idm": idm, "feasibility": checker.check,
                   "action_low": backend.action_low, "action_high": backend.action_high}
-    key = (name, repr(sorted(versions.items())))
+    key = (name, f"{full.db.url or full.data_path}:{sorted(versions.items())}")  # versions are per store
     if key not in _policies:
         _policies[key] = make_policy(name, full, **kwargs)
     policy = _policies[key]

@@ -10,12 +10,12 @@ import threading
 from typing import Any
 
 _lock = threading.Lock()
-_models: dict[tuple[str, int], tuple[Any, int]] = {}  # (kind, version) -> (model, model_version_id)
+_models: dict[tuple[str, str, int], tuple[Any, int]] = {}  # (store, kind, version) -> (model, version id)
 
 
 def load_model(cfg: Any, store: Any, kind: str, version: int) -> tuple[Any, int]:
     """The loaded model of `kind` at `version` and its model-version id (cached per process)."""
-    key = (kind, int(version))
+    key = (f"{cfg.db.url or cfg.data_path}", kind, int(version))  # versions are per store
     with _lock:
         if key not in _models:
             from flywheel.registry import ModelRegistry
@@ -38,6 +38,6 @@ def load_model(cfg: Any, store: Any, kind: str, version: int) -> tuple[Any, int]
         return _models[key]
 
 
-def loaded_versions() -> list[tuple[str, int]]:
+def loaded_versions() -> list[tuple[str, str, int]]:
     """What this process has loaded (for tests and `status`)."""
     return list(_models)

@@ -78,7 +78,8 @@ class RecordingBackend:
 
 class FaultyIDM:
     """The real IDM, with candidate `i`'s extraction replaced per `faults[i]`: "nan" (all NaN), "over"
-    (1 rad beyond the upper joint limits), "near" (inside the projection margin above the limits)."""
+    (1 rad beyond the upper joint limits), "near" (inside the projection margin above the limits), "jump"
+    (a step faster than the safety filter's velocity limit)."""
 
     def __init__(self, idm: InverseDynamicsModel, faults: dict[int, str], n: int = N) -> None:
         self.idm, self.faults, self.n, self.calls = idm, faults, n, 0
@@ -95,6 +96,9 @@ class FaultyIDM:
             ext.actions[:] = high + 1.0
         elif fault == "near":
             ext.actions[:] = high + 0.5 * LIMIT_PROJECTION
+        elif fault == "jump":  # hold still, but joint 0 jumps 0.3 rad at once (faster than 2.5 rad/s)
+            ext.actions[:] = proprio0[:16]
+            ext.actions[:, 0] -= 0.3
         return ext
 
 
@@ -256,6 +260,21 @@ def test_targets_just_past_a_limit_are_projected_onto_it(cfg, models, checker, s
     if near["chosen"]:  # it may still lose on feasibility (a jump to the limits); if chosen, it is clipped
         assert np.array_equal(out.actions, np.broadcast_to(sim.action_high, out.actions.shape))
     assert (out.actions <= sim.action_high).all()
+
+
+def test_a_too_fast_chunk_is_slowed_to_what_the_safety_filter_accepts(tmp_path, models, checker, sim):
+    cfg = tiny_config(tmp_path, "policy.min_feasibility=0.0")
+    wm, idm = models
+    rec = RecordingBackend(sim)  # the sim backend's filter is in "reject" mode: a too-fast step would raise
+    outs, _ = rollout(make(cfg, wm, FaultyIDM(idm, {0: "jump", 1: "jump"}), checker, rec), rec, seed=3)
+    assert len(rec.sent) == 3 and outs[0].info["candidates"][0]["scores"]["feasibility"] < 1.0
+    max_step = cfg.backend.safety.max_joint_velocity / cfg.env.control_hz
+    q0 = np.asarray(robot.HOME_QPOS, np.float32)
+    first = rec.sent[0]
+    assert max_step * 0.99 < q0[0] - first[0, 0] <= max_step  # shortened to the limit...
+    assert np.isclose(first[1, 0], q0[0] - 0.3, atol=1e-5)  # ...and the target reached one step later
+    steps = np.abs(np.diff(np.concatenate([q0[None], *rec.sent]), axis=0))
+    assert steps.max() <= max_step
 
 
 def test_a_nan_candidate_is_rejected_and_the_finite_one_runs(cfg, models, checker, sim):

@@ -1,0 +1,209 @@
+"""The test-time-compute curve: success rate of imagine-then-act for N = 1, 2, 4, 8 candidates per
+planning step, with the champion world model and IDM of a data dir (the demo preset's models).
+
+Episodes run in this process (the real policy on the sim backend; no broker), on the first items of each
+split (`envs.splits.ci_subset`, families balanced): 100 per point on in_distribution and 40 on new_tasks
+and ood_objects by default. Every finished episode is appended to a JSONL file keyed by (N, split, index)
+and the model versions, so a run can be stopped and resumed; work is interleaved (index, split, N) so a
+partial run gives a balanced curve. The planning seed is the item index for every N (common random
+numbers: candidate 0 of N=8 is the N=1 candidate). 95% Wilson intervals (flywheel/evaluation/stats.py).
+Reference policies on the same items (`--controls`, n=0 in the file): `random` (chance) and
+`scripted_expert` (the items are solvable).
+Baseline: N=1 in the same run; the seeds' anchor is 30% -> 45% (ratio 1.5). Prints one JSON object.
+
+    .venv/bin/python bench/bench_ttc.py --data-dir DIR [--ns 1,2,4,8] [--in-dist 100] [--other 40]
+        [--results DIR/bench_ttc.jsonl] [--summary-only]
+
+With no champions in DIR, the demo models are trained first (`flywheel run preset=demo data_dir=DIR`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SPLITS = ("in_distribution", "new_tasks", "ood_objects")
+ANCHOR = {"n1": 0.30, "n8": 0.45, "ratio": 1.5}
+
+
+def key(r: dict) -> tuple:
+    return r.get("policy", "imagine_then_act"), r["n"], r["split"], r["index"]
+
+
+def load_done(path: Path, models: dict[str, int]) -> list[dict]:
+    """Rows already in the results file for these model versions."""
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r.get("models") == models]
+
+
+def summarize(rows: list[dict], ns: list[int]) -> dict:
+    """Per split and N: n, successes, rate, 95% Wilson CI; pooled over splits; N=max / N=1 ratios."""
+    from flywheel.evaluation.stats import wilson_interval
+
+    def point(sel: list[dict]) -> dict:
+        n, k = len(sel), sum(bool(r["success"]) for r in sel)
+        lo, hi = wilson_interval(k, n)
+        return {"n": n, "successes": k, "rate": round(k / n, 4) if n else None, "ci95": [round(lo, 4), round(hi, 4)],
+                "holds": sum(bool(r["hold"]) for r in sel),
+                "mean_plan_s": round(sum(r["plan_s"] for r in sel) / max(1, sum(r["plans"] for r in sel)), 3)}
+
+    controls = sorted({key(r)[0] for r in rows} - {"imagine_then_act"})
+    ctl = {c: {s: point([r for r in rows if key(r)[0] == c and r["split"] == s]) for s in SPLITS} for c in controls}
+    rows = [r for r in rows if key(r)[0] == "imagine_then_act"]
+    curve = {s: {str(n): point([r for r in rows if r["split"] == s and r["n"] == n]) for n in ns} for s in SPLITS}
+    curve["pooled"] = {str(n): point([r for r in rows if r["n"] == n]) for n in ns}
+
+    def ratio(split: str) -> float | None:
+        if not ns:
+            return None
+        lo_rate, hi_rate = curve[split][str(min(ns))]["rate"], curve[split][str(max(ns))]["rate"]
+        return None if not lo_rate or hi_rate is None else round(hi_rate / lo_rate, 3)
+
+    name = f"ratio_n{max(ns)}_vs_n{min(ns)}" if ns else "ratio"
+    return {"curve": curve, name: {s: ratio(s) for s in (*SPLITS, "pooled")}, "controls": ctl}
+
+
+def champions(cfg, data_dir: Path, train: bool) -> tuple:
+    """(store, registry, wm_reg, idm_reg) of the data dir; trains the demo models first if asked and absent."""
+    from db.store import ExperienceStore
+    from flywheel.registry import ModelRegistry
+
+    store = ExperienceStore.from_config(cfg.db, data_dir, create=True)
+    reg = ModelRegistry(store, data_dir)
+    wm, idm = reg.alias("world_model"), reg.alias("idm")
+    if (wm is None or idm is None) and train:
+        store.close()
+        print(f"no champions in {data_dir}: running flywheel run preset=demo", file=sys.stderr)
+        subprocess.run([str(ROOT / ".venv/bin/flywheel"), "run", "preset=demo", f"data_dir={data_dir}"], check=True)
+        return champions(cfg, data_dir, train=False)
+    if wm is None or idm is None:
+        raise SystemExit(f"no world_model/idm champion registered in {data_dir}")
+    return store, reg, wm, idm
+
+
+def run_episode(policy, backend, item, index: int, max_steps: int) -> dict:
+    """One episode of the policy from the split item's scene; what the results file keeps of it."""
+    from envs.errors import SafetyViolation
+
+    obs = backend.reset(task=item.task(), seed=item.seed)
+    if hasattr(policy, "timings"):
+        policy.seed = index  # imagine-then-act: the planning seed (controls are built with it)
+    policy.reset(backend.task.to_dict(), item.instruction, backend.scene_description())
+    steps, success, hold, reason, plans, plan_s = 0, False, False, None, [], 0.0
+    while steps < max_steps:
+        out = policy.act(obs)
+        plan_s += getattr(policy, "timings", {}).get("plan_s", 0.0)
+        plans.append({"t": steps, "candidates": out.info.get("candidates", [])})
+        if out.hold or len(out.actions) == 0:
+            hold, reason = True, out.failure_reason
+            break
+        try:
+            res = backend.step(out.actions[: max_steps - steps])
+        except SafetyViolation as exc:  # refused before it reached the robot: a failed episode (as workers do)
+            reason = f"safety filter: {exc}"
+            break
+        steps += len(res.observations)
+        success = bool(res.success)
+        if res.observations:
+            obs = res.observations[-1]
+        if res.done or success or not res.observations:
+            break
+    return {"success": success, "length": steps, "hold": hold, "failure_reason": reason, "plans": len(plans),
+            "plan_s": round(plan_s, 3), "plan_steps": plans}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--ns", default="1,2,4,8", help='candidate counts ("none": controls only)')
+    ap.add_argument("--controls", default="random,scripted_expert",
+                    help="model-free policies run on the same items as references (\"none\" to skip)")
+    ap.add_argument("--in-dist", type=int, default=100, help="episodes per point on in_distribution")
+    ap.add_argument("--other", type=int, default=40, help="episodes per point on new_tasks and ood_objects")
+    ap.add_argument("--results", default=None, help="JSONL of finished episodes (default DATA_DIR/bench_ttc.jsonl)")
+    ap.add_argument("--summary-only", action="store_true", help="summarize the results file, run nothing")
+    ap.add_argument("--no-train", action="store_true", help="fail instead of training demo models when absent")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from envs.backend import make_backend
+    from envs.splits import ci_subset
+    from flywheel.compose import compose, to_object
+    from flywheel.evaluation.feasibility import default_checker
+    from policies.base import make_policy
+    from policies.idm import InverseDynamicsModel
+    from policies.imagine_then_act import ImagineThenActPolicy
+    from policies.world_model import WorldModel
+
+    data_dir = Path(args.data_dir).resolve()
+    ns = [] if args.ns == "none" else sorted(int(x) for x in args.ns.split(","))
+    controls = [] if args.controls == "none" else args.controls.split(",")
+    cfg = to_object(compose(["preset=demo", f"data_dir={data_dir}"]))
+    store, _, wm_reg, idm_reg = champions(cfg, data_dir, train=not args.no_train)
+    models = {"world_model": wm_reg.version, "idm": idm_reg.version}
+    results = Path(args.results) if args.results else data_dir / "bench_ttc.jsonl"
+    rows = load_done(results, models)
+    counts = {"in_distribution": args.in_dist, "new_tasks": args.other, "ood_objects": args.other}
+    t_start = time.perf_counter()
+    ran = 0
+    if not args.summary_only:
+        done = {key(r) for r in rows}
+        items = {s: ci_subset(s, counts[s]) for s in SPLITS}
+        wm, idm = WorldModel.from_pretrained(wm_reg.path), InverseDynamicsModel.from_pretrained(idm_reg.path)
+        backend = make_backend("sim", cfg.backend, cfg.env)
+        policy = ImagineThenActPolicy(cfg, world_model=wm, idm=idm, feasibility=default_checker(1 / cfg.env.control_hz).check,
+                                      action_low=backend.action_low, action_high=backend.action_high)
+        with results.open("a") as f:
+            for index in range(max(counts.values())):
+                for split in SPLITS:
+                    for name, n in [(c, 0) for c in controls] + [("imagine_then_act", n) for n in ns]:
+                        if index >= len(items[split]) or (name, n, split, index) in done:
+                            continue
+                        if name == "imagine_then_act":
+                            policy.pcfg.n_candidates = n
+                            actor = policy
+                        else:
+                            actor = make_policy(name, cfg, env=backend.env, state_fn=backend.get_state, seed=index,
+                                                action_low=backend.action_low, action_high=backend.action_high,
+                                                chunk=cfg.policy.horizon)
+                        t0 = time.perf_counter()
+                        item = items[split][index]
+                        row = {"policy": name, "n": n, "split": split, "index": index, "seed": item.seed,
+                               "family": item.family, "models": models,
+                               **run_episode(actor, backend, item, index, cfg.env.max_steps), "wall_s": 0.0}
+                        row["wall_s"] = round(time.perf_counter() - t0, 2)
+                        f.write(json.dumps(row) + "\n")
+                        f.flush()
+                        rows.append(row)
+                        ran += 1
+        backend.close()
+    store.close()
+    print(json.dumps({
+        "bench": "ttc",
+        "data_dir": str(data_dir),
+        "models": models,
+        "results": str(results),
+        "episodes_planned_per_point": counts,
+        "episodes_run_now": ran,
+        "wall_s": round(time.perf_counter() - t_start, 1),
+        "policy": {"horizon": cfg.policy.horizon, "sampling_steps": cfg.policy.sampling_steps,
+                   "imagine_frames": cfg.policy.imagine_frames, "max_steps": cfg.env.max_steps},
+        "anchor": ANCHOR,
+        **summarize(rows, ns),
+    }))
+
+
+if __name__ == "__main__":
+    main()

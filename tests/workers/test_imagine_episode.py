@@ -1,0 +1,187 @@
+"""Imagine-then-act episodes through the real path: models registered in the store, the in-process
+scheduler (ledger, `run_episode`, the episode body that writes to the store), on `sim` and on `neo` (bridge
+on loopback). Every candidate and the choice are in the store afterwards; a model that emits NaN, or a
+step where nothing is acceptable, ends the episode with a recorded failure, never a crash or a command.
+
+The tiny models are real (untrained; the IDM's action statistics sit at the home pose, so its extractions
+are small feasible motions). The "NaN model" is a real IDM checkpoint whose action mean is NaN, loaded by
+the worker like any other version.
+"""
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from envs import robot
+from workers.client import InProcessDispatcher, Scheduler
+
+torch.set_num_threads(1)
+S, N, H = 32, 2, 4  # image side, candidates, actions executed per plan
+
+TINY = [
+    "policy=imagine_then_act", f"env.image_size={S}", "env.max_steps=12",
+    f"world_model.image_size={S}", "world_model.num_frames=5", "world_model.num_layers=1", "world_model.ffn_dim=64",
+    "world_model.text_layers=1", "world_model.text_vocab_size=256", "world_model.max_text_tokens=16",
+    "world_model.success_hidden=16",
+    f"idm.image_size={S}", "idm.window=4", "idm.cnn_channels=8", "idm.feature_dim=32", "idm.hidden_dim=32",
+    "idm.head_layers=1", "idm.head_heads=2", "idm.noise_samples=2", "idm.flow_steps=2", "idm.proprio_passes=1",
+    f"policy.n_candidates={N}", "policy.imagine_frames=5", f"policy.horizon={H}", "policy.sampling_steps=2",
+]
+
+
+class RecordingBackend:
+    """Delegates to the worker's real backend and keeps every chunk sent to `step`."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend, self.sent = backend, []
+
+    def step(self, actions: np.ndarray) -> Any:
+        self.sent.append(np.array(actions, copy=True))
+        return self.backend.step(actions)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.backend, name)
+
+
+@pytest.fixture(autouse=True)
+def fresh_worker_caches(monkeypatch):
+    """Workers cache backends, policies and models per process, keyed by name and version number; each
+    test has its own store (where version 1 is another model), so each starts with empty caches."""
+    import workers.episode
+    import workers.models
+
+    backends: dict[str, Any] = {}
+    monkeypatch.setattr(workers.episode, "_backends", backends)
+    monkeypatch.setattr(workers.episode, "_policies", {})
+    monkeypatch.setattr(workers.models, "_models", {})
+    yield
+    for b in backends.values():
+        b.close()
+
+
+def setup_store(tmp_path: Path, *extra: str, nan_idm: bool = False) -> tuple[Any, Scheduler]:
+    """A config, and a scheduler whose store has a tiny world model and IDM registered as champions."""
+    from flywheel.compose import compose, to_object
+    from flywheel.registry import ModelRegistry
+    from policies.idm import InverseDynamicsModel
+    from policies.world_model import WorldModel
+
+    cfg = to_object(compose([f"data_dir={tmp_path / 'data'}", *TINY, *extra]))
+    sched = Scheduler(cfg, inline=True)
+    torch.manual_seed(0)
+    wm, idm = WorldModel(cfg.world_model), InverseDynamicsModel(cfg.idm)
+    g = torch.Generator().manual_seed(0)
+    home = torch.as_tensor(robot.HOME_QPOS, dtype=torch.float32)
+    idm.fit_normalization(home + 1e-3 * torch.randn(64, 16, generator=g),
+                          torch.cat([home, torch.zeros(16)]) + 1e-3 * torch.randn(64, 32, generator=g))
+    if nan_idm:
+        idm.action_mean[3] = float("nan")  # every extraction now has a NaN joint target
+    reg = ModelRegistry(sched.store, cfg.data_path)
+    for kind, model in (("world_model", wm), ("idm", idm)):
+        model.save_pretrained(tmp_path / kind)
+        row = reg.register(kind, tmp_path / kind, {"test": kind})
+        reg.promote(kind, row.id, "test champion")
+    return cfg, sched
+
+
+def spy_backend(cfg: Any, name: str) -> RecordingBackend:
+    """Put a recording wrapper around the worker's backend `name` (run_episode then uses it)."""
+    import workers.episode
+
+    rec = RecordingBackend(workers.episode.get_backend(cfg, name))
+    workers.episode._backends[name] = rec
+    return rec
+
+
+def run_one(sched: Scheduler, **spec: Any) -> Any:
+    [run_id] = sched.enqueue({"policy": "imagine_then_act", "family": "pick", "seed": 3, **spec})
+    [row] = sched.wait([run_id], timeout=60)
+    assert row.state == "succeeded", row.error
+    return sched.store.get_episode(row.result["episode_id"])
+
+
+def assert_candidates_recorded(sched: Scheduler, ep: Any, plans: int) -> list[Any]:
+    cands = sched.store.candidates(ep.id)
+    assert [(c.plan_step, c.index) for c in cands] == [(p, i) for p in range(plans) for i in range(N)]
+    assert len(ep.meta["plan_steps"]) == plans
+    for p in range(plans):
+        step = [c for c in cands if c.plan_step == p]
+        assert {"success", "feasibility", "idm_spread", "combined"} <= set(step[0].scores)
+        assert step[0].artifact_uri and step[0].artifact_uri == step[1].artifact_uri  # one video file per step
+        videos = sched.store.artifacts.get_arrays(step[0].artifact_uri, step[0].artifact_sha256)["videos"]
+        assert videos.shape == (N, 5, S, S, 3) and videos.dtype == np.uint8
+    return cands
+
+
+# ------------------------------------------------------------------ the full loop
+
+
+def test_sim_episode_records_every_candidate_and_the_choice(tmp_path):
+    cfg, sched = setup_store(tmp_path)
+    rec = spy_backend(cfg, "sim")
+    dispatcher = InProcessDispatcher(cfg, store=sched.store)
+    [run_id] = dispatcher.dispatch([{"policy": "imagine_then_act", "family": "pick", "seed": 3}])
+    [row] = dispatcher.wait([run_id], timeout=60)
+    assert row.state == "succeeded", row.error
+    ep = sched.store.get_episode(row.result["episode_id"])
+    assert ep.policy == "imagine_then_act" and ep.source == "rollout" and ep.length == 12
+    assert ep.world_model_version == 1 and ep.idm_version == 1
+    cands = assert_candidates_recorded(sched, ep, plans=3)
+    for p in range(3):  # exactly one chosen per step, the best combined score among the acceptable
+        step = [c for c in cands if c.plan_step == p]
+        [chosen] = [c for c in step if c.chosen]
+        ok = [c for c in step if c.rejected_reason is None]
+        assert chosen.scores["combined"] == max(c.scores["combined"] for c in ok)
+    assert len(rec.sent) == 3 and all(c.shape == (H, 16) for c in rec.sent)
+    sent = np.concatenate(rec.sent)
+    assert np.isfinite(sent).all() and (sent >= robot.ACTION_LOW).all() and (sent <= robot.ACTION_HIGH).all()
+    np.testing.assert_allclose(sched.store.load_arrays(ep.id)["actions"], sent)  # what ran is what was stored
+
+
+def test_neo_episode_through_the_bridge_on_loopback(tmp_path):
+    from envs.config import BackendConfig, EnvConfig
+    from envs.neo.bridge import start_bridge
+
+    token = uuid.uuid4().hex
+    bridge = start_bridge(token, EnvConfig(image_size=S, max_steps=12), BackendConfig(name="neo:r1"), robot_id="r1")
+    try:
+        cfg, sched = setup_store(tmp_path, f"backend.port={bridge.port}", f"backend.token={token}")
+        rec = spy_backend(cfg, "neo:r1")
+        ep = run_one(sched, backend="neo:r1", max_steps=8)
+    finally:
+        bridge.close()
+    assert ep.backend == "neo:r1" and ep.length == 8 and ep.meta["failure_reason"] is None
+    sent = np.concatenate(rec.sent)  # (8, 16): what the policy sent to the NEO client
+    assert np.isfinite(sent).all() and (sent >= robot.ACTION_LOW).all() and (sent <= robot.ACTION_HIGH).all()
+    cands = assert_candidates_recorded(sched, ep, plans=2)
+    assert sum(c.chosen for c in cands) == 2
+
+
+# ------------------------------------------------------------------ failures are recorded, not crashes
+
+
+def test_no_acceptable_candidate_is_a_recorded_failure(tmp_path):
+    cfg, sched = setup_store(tmp_path, "policy.min_success_prob=1.01")
+    rec = spy_backend(cfg, "sim")
+    ep = run_one(sched)
+    assert not ep.success and ep.length == 0
+    assert ep.meta["failure_reason"].startswith("no acceptable candidate: success probability")
+    cands = assert_candidates_recorded(sched, ep, plans=1)
+    assert not any(c.chosen for c in cands) and all("success probability" in c.rejected_reason for c in cands)
+    assert rec.sent == []
+
+
+def test_nan_from_a_registered_model_never_reaches_the_backend(tmp_path):
+    cfg, sched = setup_store(tmp_path, nan_idm=True)
+    rec = spy_backend(cfg, "sim")
+    ep = run_one(sched)
+    assert not ep.success and ep.length == 0 and rec.sent == []
+    assert ep.meta["failure_reason"] == "no acceptable candidate: non-finite actions"
+    cands = assert_candidates_recorded(sched, ep, plans=1)
+    assert all(c.rejected_reason == "non-finite actions" and not c.chosen for c in cands)
+    assert sched.store.load_arrays(ep.id)["actions"].shape == (0, 16)
