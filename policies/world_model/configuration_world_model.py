@@ -43,6 +43,11 @@ class WorldModelConfig:
     success_loss_weight: float = 0.5
     flow_shift: float = 1.0  # FlowMatchEulerDiscreteScheduler shift
     residual: bool = True  # diffuse the change from the start-frame latent (False: plain latents, as Wan)
+    # what the transformer outputs: "velocity" (noise - x0, as Wan; needed for pretrained weights) or
+    # "sample" (x0, turned into a velocity (x_t - x0) / t). A narrow model cannot reproduce
+    # high-dimensional noise through its hidden width, but can reproduce the clean, low-dimensional
+    # data: "sample" is what makes the tiny model's frames clean (see bench/bench_wm_quality.py).
+    prediction: str = "velocity"
 
     def __post_init__(self) -> None:
         self.patch_size = tuple(int(p) for p in self.patch_size)  # YAML/JSON give lists
@@ -53,6 +58,8 @@ class WorldModelConfig:
             raise ValueError(f"world_model.vae must be identity, kl2d or wan, got {self.vae!r}")
         if self.text_encoder not in ("small", "pretrained"):
             raise ValueError(f"world_model.text_encoder must be small or pretrained, got {self.text_encoder!r}")
+        if self.prediction not in ("velocity", "sample"):
+            raise ValueError(f"world_model.prediction must be velocity or sample, got {self.prediction!r}")
         if self.num_frames < 2:
             raise ValueError(f"world_model.num_frames must be >= 2, got {self.num_frames}")
         if not 1 <= self.cond_frames < self.num_frames:

@@ -12,6 +12,8 @@ are dropped to the empty caption for classifier-free guidance.
 Flow matching: x_t = (1 - t) x0 + t noise, target velocity noise - x0, timestep 1000 t; sampling
 with `FlowMatchEulerDiscreteScheduler`. With `residual` (tiny default) x0 is the latent video minus
 the held start-frame latent, so a static scene is exactly zero and the model only learns the change.
+With `prediction="sample"` (tiny) the transformer outputs x0, trained with an MSE on x0, and the sampler
+uses the velocity (x_t - x0) / t: a narrow model only has to reproduce clean data, not noise.
 """
 from __future__ import annotations
 
@@ -28,6 +30,9 @@ from policies.world_model.checkpoint import load_checkpoint, save_checkpoint
 from policies.world_model.configuration_world_model import WorldModelConfig
 from policies.world_model.modeling_text_encoder import make_text_encoder
 from policies.world_model.modeling_vae import _local_dir, make_vae
+
+
+SIGMA_MIN = 0.05  # sample prediction: smallest noise level the velocity divides by
 
 
 class SuccessHead(nn.Module):
@@ -95,6 +100,9 @@ class WorldModel(nn.Module):
                 text_dim=cfg.text_dim, freq_dim=cfg.freq_dim, ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers,
                 rope_max_seq_len=256,
             )
+            if cfg.prediction == "sample" and cfg.residual:  # start as "nothing changes" (= copy the start frame)
+                nn.init.zeros_(self.transformer.proj_out.weight)
+                nn.init.zeros_(self.transformer.proj_out.bias)
         if self.action_channels:
             self.transformer.patch_embedding = PatchEmbedWithActions(
                 self.transformer.patch_embedding, self.action_channels
@@ -179,8 +187,12 @@ class WorldModel(nn.Module):
         tt = t.view(b, 1, 1, 1, 1)
         x_t = (1 - tt) * x0 + tt * noise
         x_t[:, :, :n_cond] = x0[:, :, :n_cond]
-        v = self.transformer(torch.cat([x_t, chans], 1), t * 1000, ehs, return_dict=False)[0]
-        loss_fm = F.mse_loss(v[:, :, n_cond:].float(), (noise - x0)[:, :, n_cond:])
+        out = self.transformer(torch.cat([x_t, chans], 1), t * 1000, ehs, return_dict=False)[0]
+        if cfg.prediction == "sample":  # loss on x0 itself: every noise level weighs the same, so the
+            # first sampling steps (which set the coarse motion) are learned as well as the last ones
+            loss_fm = F.mse_loss(out[:, :, n_cond:].float(), x0[:, :, n_cond:])
+        else:
+            loss_fm = F.mse_loss(out[:, :, n_cond:].float(), (noise - x0)[:, :, n_cond:])
         loss, logs = loss_fm, {"loss_fm": loss_fm.item()}
 
         success = batch.get("success")
@@ -194,6 +206,13 @@ class WorldModel(nn.Module):
                 logs["loss_success"] = loss_s.item()
         logs["loss"] = loss.item()
         return loss, logs
+
+    def _velocity(self, out: torch.Tensor, x_t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """The transformer's output as a flow velocity: itself, or `(x_t - x0_hat) / sigma` for sample
+        prediction (sigma clamped at SIGMA_MIN so the loss weight 1/sigma^2 stays bounded)."""
+        if self.cfg.prediction == "velocity":
+            return out
+        return (x_t - out.float()) / sigma.clamp(min=SIGMA_MIN)
 
     # ----------------------------------------------------------------------------- sampling
     def _check_frames(self, frames: torch.Tensor) -> torch.Tensor:
@@ -230,10 +249,11 @@ class WorldModel(nn.Module):
         c = x.shape[1]
         reps = 2 if use_cfg else 1
         inp = torch.cat([torch.zeros_like(x), chans], 1).repeat(reps, 1, 1, 1, 1)  # conditioning written once
-        for ts in sched.timesteps:
+        for i, ts in enumerate(sched.timesteps):
             for k in range(reps):
                 inp[k * n:(k + 1) * n, :c] = x
-            v = self.transformer(inp, ts.expand(reps * n), ehs, return_dict=False)[0].float()
+            out = self.transformer(inp, ts.expand(reps * n), ehs, return_dict=False)[0].float()
+            v = self._velocity(out, inp[:, :c], sched.sigmas[i].to(dev))
             if use_cfg:
                 v_c, v_u = v.chunk(2)
                 v = v_u + guidance * (v_c - v_u)
