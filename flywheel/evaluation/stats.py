@@ -75,9 +75,11 @@ def pearson_r(x: Sequence[float], y: Sequence[float]) -> float:
     return math.nan if sxx == 0 or syy == 0 else sxy / math.sqrt(sxx * syy)
 
 
-def pairwise_ranking_accuracy(predicted: Sequence[float], actual: Sequence[float], min_gap: float = 0.15) -> tuple[float, int]:
+def pairwise_ranking_accuracy(predicted: Sequence[float], actual: Sequence[float], min_gap: float = 0.15,
+                              tie_tol: float = 0.0) -> tuple[float, int]:
     """Among pairs whose true success rates differ by at least `min_gap`, the fraction the prediction orders
-    the same way (ties in the prediction count half). Returns (accuracy, number of such pairs)."""
+    the same way. Predictions closer than `tie_tol` are a tie and count half (an evaluator that predicts the
+    same value for everything scores 0.5, not whatever its rounding noise says). Returns (accuracy, pairs)."""
     hits, pairs = 0.0, 0
     for i, j in combinations(range(len(actual)), 2):
         gap = actual[i] - actual[j]
@@ -85,5 +87,5 @@ def pairwise_ranking_accuracy(predicted: Sequence[float], actual: Sequence[float
             continue
         pairs += 1
         pg = predicted[i] - predicted[j]
-        hits += 0.5 if pg == 0 else float((pg > 0) == (gap > 0))
+        hits += 0.5 if abs(pg) <= tie_tol else float((pg > 0) == (gap > 0))
     return (hits / pairs if pairs else math.nan), pairs

@@ -338,11 +338,14 @@ class Ranking:
     min_gap: float = MIN_GAP
 
 
+TIE_TOL = 0.01  # predicted success rates closer than one point do not rank two policies
+
+
 def compare(predicted: list[float], real: list[float], min_gap: float = MIN_GAP) -> Ranking:
     """Pearson r and pairwise ranking accuracy (pairs with true gap >= min_gap) across policies."""
     if len(predicted) != len(real):
         raise FlywheelError(f"{len(predicted)} predictions for {len(real)} real success rates")
-    acc, pairs = pairwise_ranking_accuracy(predicted, real, min_gap)
+    acc, pairs = pairwise_ranking_accuracy(predicted, real, min_gap, tie_tol=TIE_TOL)
     return Ranking(pearson_r(predicted, real), acc, pairs, min_gap)
 
 

@@ -40,3 +40,11 @@ def test_pearson_and_ranking():
     assert pairs == 2 and acc == 1.0  # (0,1) and (0,2); (1,2) gap 0.1 is ignored
     acc, pairs = pairwise_ranking_accuracy([0.9, 0.1], [0.1, 0.9])
     assert pairs == 1 and acc == 0.0
+
+
+def test_ranking_ties_within_tolerance_count_half():
+    # a constant evaluator with rounding noise must not look like a perfect ranker
+    acc, pairs = pairwise_ranking_accuracy([0.662, 0.6619, 0.661], [1.0, 0.5, 0.0], tie_tol=0.01)
+    assert pairs == 3 and acc == 0.5
+    acc, _ = pairwise_ranking_accuracy([0.662, 0.6619, 0.661], [1.0, 0.5, 0.0])
+    assert acc == 1.0  # without the tolerance the noise decides
