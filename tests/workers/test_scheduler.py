@@ -84,12 +84,23 @@ def test_inline_episode_is_recorded_with_its_arrays(cfg):
     assert arrays["proprio"].shape == (T + 1, 32) and arrays["actions"].shape == (T, 16)
 
 
-def test_missing_hook_fails_with_a_clear_recorded_error(cfg):
+def test_hook_errors_are_recorded_clearly(cfg):
     d = InProcessDispatcher(cfg)
-    [run_id] = d.dispatch([{"kind": "retrain"}])
+    [run_id] = d.dispatch([{"kind": "retrain"}])  # no params: the hook refuses, naming what it needs
     [row] = d.wait([run_id], timeout=5)
     assert row.state == "failed"
-    assert "flywheel.hooks.retrain" in row.error
+    assert "retrain needs params.kind" in row.error
+
+
+def test_missing_hook_fails_with_a_clear_recorded_error(cfg, monkeypatch):
+    import flywheel.hooks
+
+    monkeypatch.delattr(flywheel.hooks, "evaluate")
+    d = InProcessDispatcher(cfg)
+    [run_id] = d.dispatch([{"kind": "evaluate"}])
+    [row] = d.wait([run_id], timeout=5)
+    assert row.state == "failed"
+    assert "flywheel.hooks.evaluate" in row.error
 
 
 def test_cancelled_before_it_runs_is_skipped(cfg):
