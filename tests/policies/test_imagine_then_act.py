@@ -60,20 +60,9 @@ def tiny_models(cfg: Any) -> tuple[WorldModel, InverseDynamicsModel]:
 
 
 # ------------------------------------------------------------------ test doubles (fault injection)
+from _doubles import RecordingBackend  # noqa: E402
 
 
-class RecordingBackend:
-    """Delegates to a real backend and keeps a copy of every chunk passed to `step`."""
-
-    def __init__(self, backend: Any) -> None:
-        self.backend, self.sent = backend, []
-
-    def step(self, actions: np.ndarray) -> Any:
-        self.sent.append(np.array(actions, copy=True))
-        return self.backend.step(actions)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.backend, name)
 
 
 class FaultyIDM:

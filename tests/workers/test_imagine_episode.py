@@ -34,18 +34,7 @@ TINY = [
 ]
 
 
-class RecordingBackend:
-    """Delegates to the worker's real backend and keeps every chunk sent to `step`."""
-
-    def __init__(self, backend: Any) -> None:
-        self.backend, self.sent = backend, []
-
-    def step(self, actions: np.ndarray) -> Any:
-        self.sent.append(np.array(actions, copy=True))
-        return self.backend.step(actions)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.backend, name)
+from _doubles import RecordingBackend  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
