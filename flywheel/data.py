@@ -158,19 +158,3 @@ class MixtureDataset(IterableDataset):
             name = self.names[rng.choice(len(self.names), p=self.probs)]
             ds = self.components[name]
             yield ds[int(rng.integers(len(ds)))]
-
-
-def mixture_from_store(
-    store: Any, mixture: dict[str, float], make_dataset: Any, seed: int = 0, cache: dict | None = None
-) -> MixtureDataset:
-    """Build a MixtureDataset whose components are `make_dataset(load_episodes(store, filter))` for each
-    mixture name in `MIXTURE_SOURCES`. `cache` (name -> dataset) avoids reading the same episodes twice."""
-    cache = {} if cache is None else cache
-    comps = {}
-    for name in mixture:
-        if name not in MIXTURE_SOURCES:
-            raise FlywheelError(f"unknown mixture component {name!r}; known: {', '.join(MIXTURE_SOURCES)}")
-        if name not in cache:
-            cache[name] = make_dataset(load_episodes(store, EpisodeFilter(limit=None, **MIXTURE_SOURCES[name])))
-        comps[name] = cache[name]
-    return MixtureDataset(comps, mixture, seed=seed)

@@ -49,7 +49,9 @@ class ScriptedExpertPolicy(Policy):
 
     def __init__(self, cfg: Any, env: Any = None, state_fn: Callable[[], dict] | None = None, seed: int = 0,
                  play: bool = False, **_: Any):
-        if env is None:
+        if env is not None:
+            state_fn = None  # the expert reads the sim it drives: nothing to sync
+        else:
             if state_fn is None:
                 raise PolicyError(f"{'play' if play else 'scripted_expert'} needs the sim env or the backend's get_state")
             from envs.tabletop import HumanoidTabletopEnv

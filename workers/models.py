@@ -36,8 +36,3 @@ def load_model(cfg: Any, store: Any, kind: str, version: int) -> tuple[Any, int]
                 _models.pop(next(iter(_models)))
             _models[key] = (model, reg.id)
         return _models[key]
-
-
-def loaded_versions() -> list[tuple[str, str, int]]:
-    """What this process has loaded (for tests and `status`)."""
-    return list(_models)
