@@ -27,10 +27,11 @@ def main() -> None:
     ap.add_argument("--splits", default="in_distribution,new_tasks,ood_objects")
     ap.add_argument("--families", default="")
     ap.add_argument("--max-steps", type=int, default=EnvConfig().max_steps)
+    ap.add_argument("--physics-dt", type=float, default=EnvConfig().physics_dt, help="MuJoCo timestep (s)")
     args = ap.parse_args()
-    env = HumanoidTabletopEnv(EnvConfig(render=False, max_steps=args.max_steps))
+    env = HumanoidTabletopEnv(EnvConfig(render=False, max_steps=args.max_steps, physics_dt=args.physics_dt))
     expert = ScriptedExpert(env)
-    out: dict = {"episodes_per_family": args.episodes, "max_steps": args.max_steps, "target": TARGET, "splits": {}}
+    out: dict = {"episodes_per_family": args.episodes, "max_steps": args.max_steps, "physics_dt": args.physics_dt, "target": TARGET, "splits": {}}
     t0 = time.perf_counter()
     for split in args.splits.split(","):
         res = {}

@@ -4,7 +4,7 @@ The flywheel's bootstrap, in miniature: a temporary experience store gets expert
 (training-mix tasks, seeds 10_000+i) and play (seeds 20_000+i); the IDM is trained the way the
 flywheel trains it (`StoreTrainer.train_idm`: every stored episode except the held-out ids, the demo
 preset's TrainConfig). Then held-out expert episodes on `in_distribution` split items are recorded with
-their initial states, and the IDM's extraction from their real frames is (a) compared with the true
+their initial states (run to the episode limit, the expert holding its result after success), and the IDM's extraction from their real frames is (a) compared with the true
 actions (DTW/MSE, baseline: repeat the frame-0 joint positions) and (b) replayed open-loop in sim from
 the recorded initial state (the ceiling: replay success / expert success, per family; target >= 0.8).
 Replaying the true actions the same way is the control (must give 1.0); replaying them with seeded
@@ -117,7 +117,10 @@ def main() -> None:
         fams = ("pick", "place")  # both families of the split, balanced
         chosen = [i for f in fams for i in [i for i in split if i.family == f][: args.heldout // len(fams)]]
         for it in chosen:
-            ep = collect_episode(env, ScriptedExpert(env, noise=noise, seed=it.seed), it.task(), it.seed)
+            # the expert keeps going (holding its result) to the episode limit instead of stopping at
+            # the step it first succeeds: a replay that succeeds a step later than the expert counts
+            ep = collect_episode(env, ScriptedExpert(env, noise=noise, seed=it.seed), it.task(), it.seed,
+                                 stop_on_success=False)
             record(held_store, ep, "expert", "scripted_expert", it.seed, split="in_distribution")
     t_collect = time.perf_counter() - t0
     rows = store.episodes(limit=None)

@@ -71,8 +71,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--thread", action="store_true", help="serve the bridge from a thread of this process")
+    ap.add_argument("--physics-dt", type=float, default=EnvConfig().physics_dt, help="MuJoCo timestep (s)")
     args = ap.parse_args()
-    env_cfg = EnvConfig(image_size=args.image_size)
+    env_cfg = EnvConfig(image_size=args.image_size, physics_dt=args.physics_dt)
     token = secrets.token_hex(16)
 
     from envs.neo.bridge import spawn_bridge, start_bridge
@@ -80,7 +81,8 @@ def main() -> None:
     if args.thread:
         bridge = start_bridge(token, env_cfg, BackendConfig(watchdog_s=2.0))
     else:
-        bridge = spawn_bridge(token, [f"env.image_size={args.image_size}", "backend.watchdog_s=2.0"])
+        bridge = spawn_bridge(token, [f"env.image_size={args.image_size}", f"env.physics_dt={args.physics_dt}",
+                                      "backend.watchdog_s=2.0"])
     neo_ms: list[float] = []
     sim_ms: list[float] = []
     transport_ms: list[float] = []
@@ -101,6 +103,7 @@ def main() -> None:
     print(json.dumps({
         "bench": "neo_bridge_loopback",
         "image_size": args.image_size,
+        "physics_dt": args.physics_dt,
         "bridge": "thread" if args.thread else "subprocess",
         "neo_step_ms": neo_s,
         "sim_step_ms": sim_s,

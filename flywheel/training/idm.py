@@ -37,8 +37,9 @@ class WindowDataset(Dataset):
 
     Each episode dict holds frames uint8 (T+1, H, W, 3), proprio float (T+1, P), actions float (T, A).
     Item i: frame0/frame1 float (3, H, W) in [0, 1] W steps apart, proprio (P,) at frame0, actions
-    (W, A) between them. Episodes shorter than W are padded like extraction pads video: the last frame
-    and the last action repeat (the robot holds still).
+    (W, A) between them and qpos (W, A): the joint positions at frames 1..W (the first A proprio dims,
+    which the delta target predicts). Episodes shorter than W are padded like extraction pads video:
+    the last frame, proprio and action repeat (the robot holds still).
     """
 
     def __init__(self, episodes: Sequence[dict[str, Any]], window: int) -> None:
@@ -61,6 +62,7 @@ class WindowDataset(Dataset):
                 pad = window - t
                 frames = torch.cat([frames, frames[-1:].expand(pad, *frames.shape[1:])])
                 actions = torch.cat([actions, actions[-1:].expand(pad, -1)])
+                proprio = torch.cat([proprio, proprio[-1:].expand(pad, -1)])
             k = len(self.episodes)
             self.episodes.append({"frames": frames, "proprio": proprio, "actions": actions, "t": t})
             self.index += [(k, s) for s in range(actions.shape[0] - window + 1)]
@@ -78,12 +80,26 @@ class WindowDataset(Dataset):
             "frame1": to_float_frames(e["frames"][s + w]),  # (3, H, W)
             "proprio": e["proprio"][s],  # (P,)
             "actions": e["actions"][s : s + w],  # (W, A)
+            "qpos": e["proprio"][s + 1 : s + w + 1, : e["actions"].shape[1]],  # (W, A)
         }
+
+    def deltas(self) -> Tensor:
+        """Every window's [actions - q0, qpos - q0] (N, W, 2A), q0 the joint positions at its first frame:
+        the delta target's normalisation data."""
+        out = []
+        for e in self.episodes:
+            a = e["actions"].shape[1]
+            q = e["proprio"][:, :a]  # (T'+1, A)
+            starts = torch.arange(e["actions"].shape[0] - self.window + 1)
+            steps = starts[:, None] + torch.arange(self.window)[None]  # (n, W)
+            q0 = q[starts][:, None]  # (n, 1, A)
+            out.append(torch.cat([e["actions"][steps] - q0, q[steps + 1] - q0], dim=-1))
+        return torch.cat(out)
 
     def stats(self) -> tuple[Tensor, Tensor]:
         """All real (unpadded) actions (N, A) and proprio (M, P), for `fit_normalization`."""
         actions = torch.cat([e["actions"][: e["t"]] for e in self.episodes])
-        proprio = torch.cat([e["proprio"] for e in self.episodes])
+        proprio = torch.cat([e["proprio"][: e["t"] + 1] for e in self.episodes])
         return actions, proprio
 
 
@@ -132,7 +148,8 @@ def train_idm(
     out = Path(out_dir)
     device = resolve_device(cfg.device)
     if resume_from is None and not bool(model.stats_fitted) and hasattr(dataset, "stats"):
-        model.fit_normalization(*dataset.stats())
+        deltas = dataset.deltas() if getattr(model, "delta", False) and hasattr(dataset, "deltas") else None
+        model.fit_normalization(*dataset.stats(), deltas=deltas)
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)

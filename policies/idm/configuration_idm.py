@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 BACKBONES = ("small_cnn", "depth_anything")
+TARGETS = ("absolute", "delta")
 
 
 @dataclass
@@ -32,10 +33,28 @@ class IDMConfig:
     proprio_passes: int = 2  # extraction passes; later passes re-estimate the proprio of later windows
     control_dt: float = 0.1  # seconds between actions (1 / env.control_hz), for the qvel estimate
     max_batch: int = 4096  # largest head batch (windows x K) run in one forward pass
+    # What the flow head denoises. "absolute": the W joint targets, normalised by global stats.
+    # "delta": the W joint targets *and* the W next joint positions, both relative to the joint
+    # positions at the window's first frame (normalised per step); extraction then chains the windows,
+    # each window's first joint positions estimated by the windows before it.
+    target: str = "absolute"
+    # How the two frames meet. "late": one backbone pass per frame, features concatenated (frames are
+    # encoded once per video at extraction). "early" (small_cnn only): one pass over the stacked pair
+    # [frame0, frame1, frame1 - frame0], so the convolutions see the motion itself.
+    fusion: str = "late"
+    proprio_noise: float = 0.0  # training only: std (rad) of noise on the window's base joint positions
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
             raise ValueError(f"idm.backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        if self.target not in TARGETS:
+            raise ValueError(f"idm.target must be one of {TARGETS}, got {self.target!r}")
+        if self.fusion not in ("late", "early"):
+            raise ValueError(f"idm.fusion must be 'late' or 'early', got {self.fusion!r}")
+        if self.fusion == "early" and self.backbone != "small_cnn":
+            raise ValueError("idm.fusion='early' needs idm.backbone='small_cnn' (a pretrained backbone sees one frame)")
+        if self.proprio_noise < 0:
+            raise ValueError(f"idm.proprio_noise must be >= 0, got {self.proprio_noise}")
         if self.window < 1:
             raise ValueError(f"idm.window must be >= 1, got {self.window}")
         if self.noise_samples < 1 or self.flow_steps < 1:

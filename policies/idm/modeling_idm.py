@@ -37,10 +37,10 @@ class Extraction:
 class SmallCNN(nn.Module):
     """Tiny conv encoder trained from scratch: (B, 3, H, W) in [0, 1] -> (B, feature_dim)."""
 
-    def __init__(self, cfg: IDMConfig) -> None:
+    def __init__(self, cfg: IDMConfig, in_channels: int = 3, out_dim: int | None = None) -> None:
         super().__init__()
         c = cfg.cnn_channels
-        chans = [3, c, 2 * c, 4 * c, 4 * c]
+        chans = [in_channels, c, 2 * c, 4 * c, 4 * c]
         layers: list[nn.Module] = []
         for i in range(4):
             layers += [
@@ -49,7 +49,7 @@ class SmallCNN(nn.Module):
                 nn.SiLU(),
             ]
         self.net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(4))  # keeps a 4x4 layout: where things are
-        self.proj = nn.Linear(4 * c * 16, cfg.feature_dim)
+        self.proj = nn.Linear(4 * c * 16, out_dim or cfg.feature_dim)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.net(x * 2.0 - 1.0)  # (B, 4c, 4, 4)
@@ -106,6 +106,8 @@ class DepthAnythingBackbone(nn.Module):
 
 def make_backbone(cfg: IDMConfig, hf_config: dict[str, Any] | None = None) -> nn.Module:
     """Backbone registry: every backbone maps (B, 3, H, W) in [0, 1] to (B, cfg.feature_dim)."""
+    if cfg.backbone == "small_cnn" and cfg.fusion == "early":  # the stacked pair in, both frames' features out
+        return SmallCNN(cfg, in_channels=9, out_dim=2 * cfg.feature_dim)
     if cfg.backbone == "small_cnn":
         return SmallCNN(cfg)
     if cfg.backbone == "depth_anything":
@@ -145,20 +147,21 @@ class _Block(nn.Module):
 class FlowHead(nn.Module):
     """Velocity field v(x_sigma, sigma, cond): a small transformer over the W action steps.
 
-    x (B, W*A) flattened chunk, sigma (B,), cond (B, d) -> (B, W*A). One token per step keeps the
-    width per token (hidden_dim) well above A, so the head can carry x through to v.
+    x (B, W*D) flattened chunk, sigma (B,), cond (B, d) -> (B, W*D), with D the per-step token size
+    (A, or 2A when the joint positions are denoised with the actions). One token per step keeps the
+    width per token (hidden_dim) well above D, so the head can carry x through to v.
     """
 
-    def __init__(self, cfg: IDMConfig) -> None:
+    def __init__(self, cfg: IDMConfig, token_dim: int | None = None) -> None:
         super().__init__()
-        d, self.w, self.a = cfg.hidden_dim, cfg.window, cfg.action_dim
-        self.inp = nn.Linear(cfg.action_dim, d)
+        d, self.w, self.a = cfg.hidden_dim, cfg.window, token_dim or cfg.action_dim
+        self.inp = nn.Linear(self.a, d)
         self.pos = nn.Parameter(torch.randn(1, cfg.window, d) * 0.02)
         self.time = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         self.blocks = nn.ModuleList(_Block(d, cfg.head_heads) for _ in range(cfg.head_layers))
         self.norm = nn.LayerNorm(d, elementwise_affine=False)
         self.ada = nn.Linear(d, 2 * d)
-        self.out = nn.Linear(d, cfg.action_dim)
+        self.out = nn.Linear(d, self.a)
         for lin in (self.ada, self.out):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
@@ -178,8 +181,9 @@ class InverseDynamicsModel(nn.Module):
     """IDM with `forward(batch) -> (loss, logs)` for training and `extract(video, proprio0)` for inference.
 
     batch: frame0, frame1 float (B, 3, H, W) in [0, 1] (W steps apart), proprio (B, P) at frame0,
-    actions (B, W, A) in native units. Normalisation stats live in buffers (saved with the weights);
-    fit them from data with `fit_normalization` before training.
+    actions (B, W, A) in native units and, for `target="delta"`, qpos (B, W, A): the joint positions
+    at frames 1..W. Normalisation stats live in buffers (saved with the weights); fit them from data
+    with `fit_normalization` before training.
     """
 
     def __init__(self, config: IDMConfig | None = None, backbone_hf_config: dict[str, Any] | None = None):
@@ -193,25 +197,63 @@ class InverseDynamicsModel(nn.Module):
         self.cond = nn.Sequential(
             nn.Linear(2 * cfg.feature_dim + cfg.proprio_dim, d), nn.SiLU(), nn.Linear(d, d)
         )
-        self.head = FlowHead(cfg)
+        self.delta = cfg.target == "delta"
+        self.token_dim = 2 * cfg.action_dim if self.delta else cfg.action_dim
+        self.head = FlowHead(cfg, self.token_dim)
         self.register_buffer("action_mean", torch.zeros(cfg.action_dim))
         self.register_buffer("action_std", torch.ones(cfg.action_dim))
         self.register_buffer("proprio_mean", torch.zeros(cfg.proprio_dim))
         self.register_buffer("proprio_std", torch.ones(cfg.proprio_dim))
+        if self.delta:  # per step and joint: [actions - q0, qpos - q0] over the window
+            self.register_buffer("delta_mean", torch.zeros(cfg.window, self.token_dim))
+            self.register_buffer("delta_std", torch.ones(cfg.window, self.token_dim))
         self.register_buffer("stats_fitted", torch.zeros((), dtype=torch.bool))
 
     # -- normalisation
     @torch.no_grad()
-    def fit_normalization(self, actions: Tensor, proprio: Tensor, min_std: float = 1e-3) -> None:
-        """Set the stats from data: actions (N, A), proprio (N, P) in native units."""
+    def fit_normalization(
+        self, actions: Tensor, proprio: Tensor, deltas: Tensor | None = None, min_std: float = 1e-3
+    ) -> None:
+        """Set the stats from data: actions (N, A), proprio (N, P) in native units; for the delta target
+        also deltas (M, W, 2A) = [actions - q0, qpos - q0] per window (see `WindowDataset.deltas`).
+        Without deltas the delta stats default to zero mean and the per-joint action std."""
         self.action_mean.copy_(actions.float().mean(0))
         self.action_std.copy_(actions.float().std(0).clamp_min(min_std))
         self.proprio_mean.copy_(proprio.float().mean(0))
         self.proprio_std.copy_(proprio.float().std(0).clamp_min(min_std))
+        if self.delta:
+            if deltas is None:
+                self.delta_mean.zero_()
+                self.delta_std.copy_(self.action_std.repeat(2).expand_as(self.delta_std))
+            else:
+                want = (self.config.window, self.token_dim)
+                if deltas.dim() != 3 or tuple(deltas.shape[1:]) != want:
+                    raise PolicyError(f"fit_normalization needs deltas (M, {want[0]}, {want[1]}), "
+                                      f"got {tuple(deltas.shape)}")
+                self.delta_mean.copy_(deltas.float().mean(0))
+                self.delta_std.copy_(deltas.float().std(0).clamp_min(min_std))
         self.stats_fitted.fill_(True)
 
     def _norm_proprio(self, p: Tensor) -> Tensor:
         return (p - self.proprio_mean) / self.proprio_std
+
+    def _to_x0(self, actions: Tensor, qpos: Tensor | None, q0: Tensor) -> Tensor:
+        """Native (B, W, A) chunk(s) -> normalised flat (B, W*D) flow target."""
+        b = actions.shape[0]
+        if not self.delta:
+            return ((actions - self.action_mean) / self.action_std).reshape(b, -1)
+        if qpos is None:
+            raise PolicyError("the delta IDM target needs batch['qpos'] (B, W, A): joint positions at frames 1..W")
+        raw = torch.cat([actions - q0[:, None], qpos - q0[:, None]], dim=-1)  # (B, W, 2A)
+        return ((raw - self.delta_mean) / self.delta_std).reshape(b, -1)
+
+    def _from_x0(self, x: Tensor, q0: Tensor | None) -> Tensor:
+        """Normalised flat (B, W*D) -> native actions (B, W, A) (absolute), or (B, W, 2A) [actions,
+        qpos] made absolute by adding q0 (B, A) (delta)."""
+        x = x.reshape(x.shape[0], self.config.window, self.token_dim)
+        if not self.delta:
+            return x * self.action_std + self.action_mean
+        return x * self.delta_std + self.delta_mean + q0[:, None].repeat(1, 1, 2)
 
     # -- pieces
     def encode_frames(self, frames: Tensor) -> Tensor:
@@ -220,6 +262,19 @@ class InverseDynamicsModel(nn.Module):
         if self.config.backbone == "small_cnn" and frames.shape[-2:] != (s, s):
             frames = F.interpolate(frames, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
         return self.backbone(frames)
+
+    def encode_pairs(self, frame0: Tensor, frame1: Tensor) -> Tensor:
+        """Both frames of B windows (B, 3, H, W) each -> (B, 2 * feature_dim)."""
+        if self.config.fusion == "early":
+            s = self.config.image_size
+            pair = torch.cat([frame0, frame1], dim=0)
+            if pair.shape[-2:] != (s, s):
+                pair = F.interpolate(pair, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+            f0, f1 = pair.chunk(2)
+            return self.backbone(torch.cat([f0, f1, f1 - f0], dim=1))
+        b = frame0.shape[0]
+        feats = self.encode_frames(torch.cat([frame0, frame1], dim=0))
+        return torch.cat([feats[:b], feats[b:]], dim=-1)
 
     def condition(self, f0: Tensor, f1: Tensor, proprio: Tensor) -> Tensor:
         """Features of both frames (B, F) + proprio (B, P) -> conditioning vector (B, hidden_dim)."""
@@ -233,25 +288,30 @@ class InverseDynamicsModel(nn.Module):
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         """Flow-matching loss: x_s = (1 - s) x0 + s eps, target velocity eps - x0 (diffusers convention)."""
         cfg = self.config
-        actions = batch["actions"]  # (B, W, A)
-        b = actions.shape[0]
-        feats = self.encode_frames(torch.cat([batch["frame0"], batch["frame1"]], dim=0))  # (2B, F)
-        cond = self.condition(feats[:b], feats[b:], batch["proprio"])  # (B, d)
-        x0 = ((actions - self.action_mean) / self.action_std).reshape(b, -1)  # (B, W*A)
+        actions, proprio = batch["actions"], batch["proprio"]  # (B, W, A), (B, P)
+        b, a = actions.shape[0], cfg.action_dim
+        if self.delta and self.training and cfg.proprio_noise > 0:  # the base joint positions, as estimated
+            proprio = proprio.clone()
+            proprio[:, :a] += cfg.proprio_noise * torch.randn_like(proprio[:, :a])
+        q0 = proprio[:, :a]
+        pair = self.encode_pairs(batch["frame0"], batch["frame1"])  # (B, 2F)
+        cond = self.condition(*pair.chunk(2, dim=-1), proprio)  # (B, d)
+        x0 = self._to_x0(actions, batch.get("qpos"), q0)  # (B, W*D)
         eps = torch.randn_like(x0)
         sigma = torch.rand(b, device=x0.device)
         xs = (1 - sigma[:, None]) * x0 + sigma[:, None] * eps
         v = self.head(xs, sigma, cond)
         loss = F.mse_loss(v.float(), (eps - x0).float())
         # one-step estimate of x0, a readable training signal in native units
-        x0_hat = (xs - sigma[:, None] * v).reshape(b, cfg.window, cfg.action_dim) * self.action_std
-        mae = (x0_hat.detach() + self.action_mean - actions).abs().mean()
+        x0_hat = self._from_x0((xs - sigma[:, None] * v).detach(), q0)[..., :a]
+        mae = (x0_hat - actions).abs().mean()
         return loss, {"loss": float(loss.detach()), "action_mae": float(mae)}
 
     # -- sampling
     @torch.no_grad()
-    def sample(self, cond: Tensor, noise: Tensor) -> Tensor:
-        """Euler-integrate the flow from noise (B, W*A) to actions (B, W, A) in native units."""
+    def sample(self, cond: Tensor, noise: Tensor, q0: Tensor | None = None) -> Tensor:
+        """Euler-integrate the flow from noise (B, W*D) to native units: actions (B, W, A) for the
+        absolute target; [actions, qpos] (B, W, 2A) relative to q0 (B, A), made absolute, for delta."""
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
@@ -260,8 +320,7 @@ class InverseDynamicsModel(nn.Module):
         for t in sched.timesteps:
             sigma = (t / sched.config.num_train_timesteps).expand(x.shape[0]).to(x.dtype)
             x = sched.step(self.head(x, sigma, cond), t, x).prev_sample
-        x = x.reshape(x.shape[0], self.config.window, self.config.action_dim)
-        return x * self.action_std + self.action_mean
+        return self._from_x0(x, q0)
 
     @torch.no_grad()
     def extract(
@@ -271,9 +330,13 @@ class InverseDynamicsModel(nn.Module):
 
         video (T, 3, H, W) float in [0, 1], proprio0 (P,) at frame 0 -> Extraction(actions (T-1, A),
         spread (T-1,)). Windows start at 0..T-1-W (video padded with its last frame when T-1 < W);
-        all windows x K noise draws go through the head as one batch (chunked by `max_batch`).
-        `proprio_passes` > 1 re-runs the head with later windows' proprio estimated from the previous
-        pass's actions (see `window_proprio`). Deterministic for a seed.
+        every window gets K noise draws, and all predictions covering a step are averaged.
+        Absolute target: all windows x K go through the head as one batch (chunked by `max_batch`);
+        `proprio_passes` > 1 re-runs it with later windows' proprio estimated from the previous pass's
+        actions (see `window_proprio`). Delta target: windows run in order (K draws as one batch), each
+        window's first joint positions being the mean of the positions the earlier windows predicted
+        for that frame (frame 0: proprio0), its joint velocities their finite difference.
+        Deterministic for a seed.
         """
         cfg = self.config
         if video.dim() != 4 or video.shape[1] != 3 or video.shape[0] < 2:
@@ -285,20 +348,54 @@ class InverseDynamicsModel(nn.Module):
         video = pad_video(video.to(self.device, torch.float32), cfg.window)
         n_pad = video.shape[0] - 1
         n = num_windows(n_pad, cfg.window)
-        feats = torch.cat([self.encode_frames(c) for c in video.split(cfg.max_batch)])  # (T', F)
-        f0, f1 = feats[:n], feats[cfg.window : cfg.window + n]  # (N, F) each
+        if cfg.fusion == "early":  # one backbone pass per window
+            pair = torch.cat([self.encode_pairs(a, b) for a, b in zip(video[:n].split(cfg.max_batch),
+                                                                     video[cfg.window : cfg.window + n].split(cfg.max_batch))])
+            f0, f1 = pair.chunk(2, dim=-1)  # (N, F) each
+        else:  # one backbone pass per frame, shared by the windows it starts or ends
+            feats = torch.cat([self.encode_frames(c) for c in video.split(cfg.max_batch)])  # (T', F)
+            f0, f1 = feats[:n], feats[cfg.window : cfg.window + n]  # (N, F) each
         gen = torch.Generator().manual_seed(seed)
-        noise = torch.randn(n * k, cfg.window * cfg.action_dim, generator=gen).to(self.device)
+        noise = torch.randn(n * k, cfg.window * self.token_dim, generator=gen).to(self.device)
         proprio0 = proprio0.to(self.device, torch.float32)
-        est: Tensor | None = None
-        for _ in range(cfg.proprio_passes):
-            proprio = window_proprio(proprio0, est, n, cfg.action_dim, cfg.control_dt)  # (N, P)
-            cond = self.condition(f0, f1, proprio).repeat_interleave(k, dim=0)  # (N*K, d)
-            preds = torch.cat(
-                [self.sample(c, z) for c, z in zip(cond.split(cfg.max_batch), noise.split(cfg.max_batch))]
-            ).reshape(n, k, cfg.window, cfg.action_dim)  # (N, K, W, A)
-            est, spread = average_windows(preds, n_pad)  # (T'-1, A), (T'-1,)
+        if self.delta:
+            preds = self._extract_chained(f0, f1, noise, proprio0, n, k, n_pad)
+        else:
+            est: Tensor | None = None
+            for _ in range(cfg.proprio_passes):
+                proprio = window_proprio(proprio0, est, n, cfg.action_dim, cfg.control_dt)  # (N, P)
+                cond = self.condition(f0, f1, proprio).repeat_interleave(k, dim=0)  # (N*K, d)
+                preds = torch.cat(
+                    [self.sample(c, z) for c, z in zip(cond.split(cfg.max_batch), noise.split(cfg.max_batch))]
+                ).reshape(n, k, cfg.window, cfg.action_dim)  # (N, K, W, A)
+                est, _ = average_windows(preds, n_pad)
+        est, spread = average_windows(preds, n_pad)  # (T'-1, A), (T'-1,)
         return Extraction(actions=est[:n_actions].float().cpu(), spread=spread[:n_actions].float().cpu())
+
+    def _extract_chained(
+        self, f0: Tensor, f1: Tensor, noise: Tensor, proprio0: Tensor, n: int, k: int, n_pad: int
+    ) -> Tensor:
+        """Delta target: windows in order, each starting from the joint positions predicted for its
+        first frame by the windows before it. Returns the action predictions (N, K, W, A)."""
+        cfg, a, w = self.config, self.config.action_dim, self.config.window
+        q_sum = torch.zeros(n_pad + 1, a, device=self.device)
+        q_cnt = torch.zeros(n_pad + 1, device=self.device)
+        q_sum[0], q_cnt[0] = proprio0[:a], 1.0
+        q_prev = proprio0[:a]
+        out = torch.empty(n, k, w, a, device=self.device)
+        for i in range(n):
+            q_i = proprio0[:a] if i == 0 else q_sum[i] / q_cnt[i]  # frame i is covered by window i-1
+            proprio = proprio0.clone()
+            proprio[:a] = q_i
+            if i > 0 and proprio.shape[0] >= 2 * a:
+                proprio[a : 2 * a] = (q_i - q_prev) / cfg.control_dt
+            q_prev = q_i
+            cond = self.condition(f0[i : i + 1], f1[i : i + 1], proprio[None]).expand(k, -1)  # (K, d)
+            pred = self.sample(cond, noise[i * k : (i + 1) * k], q_i.expand(k, a))  # (K, W, 2A)
+            out[i] = pred[..., :a]
+            q_sum[i + 1 : i + 1 + w] += pred[..., a:].mean(0)
+            q_cnt[i + 1 : i + 1 + w] += 1.0
+        return out
 
     # -- checkpoints
     def save_pretrained(self, directory: str | Path) -> Path:

@@ -25,10 +25,10 @@ def episode(t: int, seed: int) -> dict[str, np.ndarray]:
     }
 
 
-def tiny_model() -> InverseDynamicsModel:
+def tiny_model(**kw) -> InverseDynamicsModel:
     torch.manual_seed(0)
     cfg = IDMConfig(window=W, image_size=32, cnn_channels=8, feature_dim=32, hidden_dim=32, head_layers=1,
-                    noise_samples=2, flow_steps=2)  # fmt: skip
+                    noise_samples=2, flow_steps=2, **kw)  # fmt: skip
     return InverseDynamicsModel(cfg)
 
 
@@ -40,6 +40,11 @@ def test_window_dataset_cuts_and_pads_episodes():
     assert item["frame0"].shape == (3, 32, 32) and item["actions"].shape == (W, 16)
     assert torch.allclose(item["frame1"], torch.from_numpy(eps[0]["frames"][3 + W]).permute(2, 0, 1) / 255.0)
     assert torch.equal(item["proprio"], torch.from_numpy(eps[0]["proprio"][3]))
+    assert torch.equal(item["qpos"], torch.from_numpy(eps[0]["proprio"][4 : 4 + W, :16]))  # frames 4..3+W
+    deltas = ds.deltas()  # (windows, W, 2A): [actions - q0, qpos - q0]
+    assert deltas.shape == (8, W, 32)
+    q0 = item["proprio"][:16]
+    assert torch.allclose(deltas[3], torch.cat([item["actions"] - q0, item["qpos"] - q0], dim=-1))
     short = ds[7]  # actions of the 2-step episode, then its last action held
     assert torch.equal(short["actions"][2:], torch.from_numpy(eps[1]["actions"][-1:]).expand(2, 16))
     actions, proprio = ds.stats()
@@ -48,13 +53,16 @@ def test_window_dataset_cuts_and_pads_episodes():
         WindowDataset([{**eps[0], "actions": eps[0]["actions"][:5]}], W)
 
 
-def test_train_writes_a_checkpoint_and_fits_stats(tmp_path):
-    model, ds = tiny_model(), WindowDataset([episode(10, 0), episode(8, 1)], W)
+@pytest.mark.parametrize("target", ["absolute", "delta"])
+def test_train_writes_a_checkpoint_and_fits_stats(tmp_path, target):
+    model, ds = tiny_model(target=target), WindowDataset([episode(10, 0), episode(8, 1)], W)
     cfg = TrainConfig(batch_size=4, log_every=2)
     result = train_idm(model, ds, cfg, tmp_path / "run", steps=4, lr=1e-3, progress=False)
     assert result.step == 4 and len(result.losses) == 4 and all(np.isfinite(result.losses))
     assert bool(model.stats_fitted)
     assert torch.allclose(model.action_mean, ds.stats()[0].mean(0))
+    if target == "delta":
+        assert torch.allclose(model.delta_mean, ds.deltas().mean(0))
     assert json.loads((tmp_path / "run" / "trainer_state.json").read_text())["state"]["step"] == 4
     loaded = InverseDynamicsModel.from_pretrained(tmp_path / "run" / "model")
     video, p0 = torch.rand(6, 3, 32, 32), torch.zeros(32)

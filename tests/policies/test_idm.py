@@ -23,6 +23,7 @@ def batch(b: int = 4, w: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
         "frame1": torch.rand(b, 3, 64, 64, generator=g),
         "proprio": torch.randn(b, 32, generator=g),
         "actions": torch.randn(b, w, 16, generator=g),
+        "qpos": torch.randn(b, w, 16, generator=g),
     }
 
 
@@ -39,8 +40,9 @@ def test_forward_and_extract_shapes():
         assert ext.actions.dtype == torch.float32 and bool((ext.spread >= 0).all())
 
 
-def test_extract_is_deterministic_for_a_seed_and_resizes_frames():
-    model = InverseDynamicsModel(tiny()).eval()
+@pytest.mark.parametrize("fusion", ["late", "early"])
+def test_extract_is_deterministic_for_a_seed_and_resizes_frames(fusion):
+    model = InverseDynamicsModel(tiny(fusion=fusion)).eval()
     video, p0 = torch.rand(12, 3, 48, 48), torch.randn(32)  # 48x48 frames resized to image_size 64
     a, b = model.extract(video, p0, seed=3), model.extract(video, p0, seed=3)
     c = model.extract(video, p0, seed=4)
@@ -57,11 +59,14 @@ def test_extract_rejects_bad_inputs():
 
 
 # --------------------------------------------------------------------------------------- learning
-def test_overfits_a_tiny_batch():
+@pytest.mark.parametrize("target,fusion", [("absolute", "late"), ("delta", "late"), ("delta", "early")])
+def test_overfits_a_tiny_batch(target, fusion):
     torch.manual_seed(0)
-    model = InverseDynamicsModel(tiny(flow_steps=8))
+    model = InverseDynamicsModel(tiny(flow_steps=8, target=target, fusion=fusion))
     data = batch(b=4)
-    model.fit_normalization(data["actions"].reshape(-1, 16), data["proprio"])
+    q0 = data["proprio"][:, None, :16]
+    deltas = torch.cat([data["actions"] - q0, data["qpos"] - q0], dim=-1)
+    model.fit_normalization(data["actions"].reshape(-1, 16), data["proprio"], deltas=deltas)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     losses = []
     for _ in range(400):
@@ -75,11 +80,37 @@ def test_overfits_a_tiny_batch():
     # sampling from the learned flow reproduces the memorised chunks far better than the data spread
     model.eval()
     with torch.no_grad():
-        f = model.encode_frames(torch.cat([data["frame0"], data["frame1"]]))
-        cond = model.condition(f[:4], f[4:], data["proprio"])
-        pred = model.sample(cond, torch.randn(4, 8 * 16, generator=torch.Generator().manual_seed(0)))
+        cond = model.condition(*model.encode_pairs(data["frame0"], data["frame1"]).chunk(2, dim=-1), data["proprio"])
+        noise = torch.randn(4, 8 * model.token_dim, generator=torch.Generator().manual_seed(0))
+        pred = model.sample(cond, noise, data["proprio"][:, :16])[..., :16]
     err = (pred - data["actions"]).pow(2).mean()
-    assert err < 0.1 * data["actions"].var(), float(err)
+    spread = data["actions"].var() if target == "absolute" else deltas[..., :16].var()  # what the head denoises
+    assert err < 0.1 * spread, (float(err), float(spread))
+
+
+def test_delta_target_needs_future_joint_positions_and_matching_stats():
+    model = InverseDynamicsModel(tiny(target="delta"))
+    data = batch()
+    with pytest.raises(PolicyError, match="qpos"):
+        model({k: v for k, v in data.items() if k != "qpos"})
+    with pytest.raises(PolicyError, match="deltas"):
+        model.fit_normalization(data["actions"].reshape(-1, 16), data["proprio"], deltas=torch.zeros(5, 8, 16))
+
+
+def test_chained_extraction_integrates_constant_deltas_exactly():
+    """A delta head that always says "each step moves every joint by +1" (zero-init output, ~zero std):
+    window n starts where the windows before it put frame n, so action t is proprio0 + t + 1."""
+    w = 4
+    model = InverseDynamicsModel(tiny(target="delta", window=w, noise_samples=2)).eval()
+    steps = torch.arange(1.0, w + 1)[:, None].expand(w, 16)
+    model.fit_normalization(torch.randn(8, 16), torch.randn(8, 32))
+    model.delta_mean.copy_(torch.cat([steps, steps], dim=-1))
+    model.delta_std.fill_(1e-12)  # the zero-initialised head outputs v = 0: x0 = noise * std + mean
+    p0 = torch.randn(32)
+    ext = model.extract(torch.rand(11, 3, 64, 64), p0)
+    expected = p0[:16] + torch.arange(1.0, 11.0)[:, None]
+    assert torch.allclose(ext.actions, expected, atol=1e-4), (ext.actions - expected).abs().max()
+    assert float(ext.spread.max()) < 1e-6
 
 
 # ------------------------------------------------------------------------------ window averaging
