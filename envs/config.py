@@ -10,7 +10,7 @@ class EnvConfig:
 
     image_size: int = 64  # egocentric RGB is (image_size, image_size, 3)
     control_hz: float = 10.0  # policy/action rate
-    physics_dt: float = 0.002  # MuJoCo timestep; n_substeps = 1 / (control_hz * physics_dt)
+    physics_dt: float = 0.004  # MuJoCo timestep; n_substeps = 1 / (control_hz * physics_dt)
     max_steps: int = 60  # episode step limit at control rate
     action_space: str = "joint"  # "joint" (native joint-position targets) or "ee_delta" (IK)
     randomize: bool = True  # seeded domain randomisation

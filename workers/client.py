@@ -232,7 +232,7 @@ class Scheduler:
                 raise WorkerError(f"unknown task run ids {missing[:20]}")
             pending = [r for r in pending if current[r] not in TERMINAL]
             if not pending:
-                rows = {r: self.status(r) for r in dict.fromkeys(int(r) for r in run_ids)}
+                rows = ledger.rows(self.store, list(dict.fromkeys(int(r) for r in run_ids)))  # one query
                 return [rows[int(r)] for r in run_ids]
             if deadline is not None and time.monotonic() > deadline:
                 raise WorkerError(f"timed out after {timeout}s waiting for runs {pending[:20]}")

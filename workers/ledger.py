@@ -50,6 +50,20 @@ def states(store: Any, run_ids: Sequence[int]) -> dict[int, str]:
     return out
 
 
+def rows(store: Any, run_ids: Sequence[int]) -> dict[int, Any]:
+    """`{run_id: TaskRunRow}` for the ids that exist, in one transaction (what `wait` returns)."""
+    from db.models import TaskRun
+    from db.records import TaskRunRow, from_orm
+
+    out: dict[int, Any] = {}
+    ids = list(run_ids)
+    with store._tx("reading task runs") as s:
+        for i in range(0, len(ids), 500):
+            for run in s.scalars(select(TaskRun).where(TaskRun.id.in_(ids[i:i + 500]))):
+                out[run.id] = from_orm(TaskRunRow, run)
+    return out
+
+
 # -- the worker's hot path: one Core statement per step (the ORM round trips cost ~10 ms each on SQLite)
 
 

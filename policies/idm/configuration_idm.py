@@ -42,7 +42,7 @@ class IDMConfig:
     # encoded once per video at extraction). "early" (small_cnn only): one pass over the stacked pair
     # [frame0, frame1, frame1 - frame0], so the convolutions see the motion itself.
     fusion: str = "late"
-    proprio_noise: float = 0.0  # training only: std (rad) of noise on the window's base joint positions
+    proprio_noise: float = 0.0  # training only: std (rad) of noise on the joint positions in the proprio input
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:

@@ -290,7 +290,7 @@ class InverseDynamicsModel(nn.Module):
         cfg = self.config
         actions, proprio = batch["actions"], batch["proprio"]  # (B, W, A), (B, P)
         b, a = actions.shape[0], cfg.action_dim
-        if self.delta and self.training and cfg.proprio_noise > 0:  # the base joint positions, as estimated
+        if self.training and cfg.proprio_noise > 0:  # later windows' joint positions are estimates
             proprio = proprio.clone()
             proprio[:, :a] += cfg.proprio_noise * torch.randn_like(proprio[:, :a])
         q0 = proprio[:, :a]
