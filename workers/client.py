@@ -166,24 +166,33 @@ class Scheduler:
         `key` makes the call idempotent: the same key returns the same runs (nothing sent twice)."""
         return self.enqueue_many([spec], key=key)[0]
 
+    ENQUEUE_BATCH = 32  # ledger rows written per transaction before their messages go out
+
     def enqueue_many(self, specs: Sequence[TaskSpec | dict], *, key: str | None = None) -> list[list[int]]:
         """`enqueue` for a batch: every spec is validated before the first ledger write."""
         from workers.app import queue_for
 
         planned = [self.payloads(spec) for spec in specs]
         key = key or uuid.uuid4().hex
-        rows: list[list[Any]] = []
+        ids: list[list[int]] = []
         for j, (spec, payloads) in enumerate(planned):
             name = TASK_NAMES[spec.kind]
             queue = queue_for(self.cfg, name, spec.backend)
-            rows.append(ledger.create_runs(
-                self.store, name, [f"{key}:{j}:{i}" for i in range(len(payloads))], payloads, queue=queue,
-                priority=spec.priority, max_attempts=self.cfg.broker.max_retries + 1, deadline=spec.deadline,
-            ))
-        for row in (r for group in rows for r in group):
-            if row.state == "queued" and row.attempts == 0:
-                self.send(row)
-        return [[row.id for row in group] for group in rows]
+            keys = [f"{key}:{j}:{i}" for i in range(len(payloads))]
+            ids.append([])
+            # ledger rows first, then their messages, a batch at a time: workers start on the first
+            # batch while the next is written
+            for lo in range(0, len(payloads), self.ENQUEUE_BATCH):
+                hi = lo + self.ENQUEUE_BATCH
+                rows = ledger.create_runs(
+                    self.store, name, keys[lo:hi], payloads[lo:hi], queue=queue, priority=spec.priority,
+                    max_attempts=self.cfg.broker.max_retries + 1, deadline=spec.deadline,
+                )
+                for row in rows:
+                    if row.state == "queued" and row.attempts == 0:
+                        self.send(row)
+                ids[-1] += [row.id for row in rows]
+        return ids
 
     def send(self, row: Any) -> None:
         """Send the message for a queued ledger row (enqueue, and the sweeper's requeue)."""

@@ -82,28 +82,39 @@ def execute(task: Any, name: str, args: tuple, kwargs: dict, body: Body, heartbe
         record_reject(cfg.data_path, str(exc), task=name, celery_id=task.request.id)
         return {"rejected": str(exc)}
     store = open_store(cfg)
-    run = ledger.read_run(store, msg.run_id)
+    worker = worker_name()
+    now = datetime.now(UTC)
+
+    sent = json.dumps(msg.payload, sort_keys=True)
+
+    def matches(row: dict[str, Any]) -> bool:  # the message is the one the ledger holds for this run
+        return row["name"] == name and json.dumps(row["payload"], sort_keys=True) == sent
+
+    def expired(row: dict[str, Any]) -> bool:
+        return row["state"] == "queued" and row["deadline"] is not None and row["deadline"] < now
+
+    def claimable(row: dict[str, Any]) -> bool:
+        return matches(row) and not expired(row)
+
+    run, won = ledger.read_and_claim(store, msg.run_id, worker, task.request.id, claimable)
     if run is None:
         reason = f"unknown task run id {msg.run_id}"
         record_reject(cfg.data_path, reason, task=name, run_id=msg.run_id)
         return {"rejected": reason}
-    if run["name"] != name or json.dumps(run["payload"], sort_keys=True) != json.dumps(msg.payload, sort_keys=True):
+    if not matches(run):
         reason = f"message does not match ledger run {msg.run_id} ({run['name']})"
         record_reject(cfg.data_path, reason, task=name, run_id=msg.run_id)
         return {"rejected": reason}
-    deadline = run["deadline"]
-    if run["state"] == "queued" and deadline is not None and deadline < datetime.now(UTC):
-        store.mark_dead(msg.run_id, f"deadline {deadline.isoformat()} passed before a worker took it")
+    if not won and expired(run):
+        store.mark_dead(msg.run_id, f"deadline {run['deadline'].isoformat()} passed before a worker took it")
         return {"skipped": "deadline"}
-    worker = worker_name()
-    if not ledger.claim(store, msg.run_id, worker, task.request.id):
+    if not won:
         log.info("run %s is %s, not queued: skipping this delivery", msg.run_id, run["state"])
         return {"skipped": run["state"]}
     claimed = SimpleNamespace(id=msg.run_id, attempts=run["attempts"] + 1, task_spec_id=run["task_spec_id"])
-    hb = Heartbeat(store, claimed.id, worker, cfg.broker.heartbeat_s)
     try:
         if heartbeat:
-            with hb:
+            with Heartbeat(store, claimed.id, worker, cfg.broker.heartbeat_s) as hb:
                 result = body(cfg, store, claimed, payload, hb.stopped)
         else:
             result = body(cfg, store, claimed, payload, lambda: False)
