@@ -2,10 +2,12 @@
 written first, worker claims and finishes the run) vs plain Celery `delay` of a no-op task on the same
 broker and the same worker, for Redis, RabbitMQ and the embedded SQLite broker.
 
-    .venv/bin/python bench/bench_dispatch.py [--n 300] [--brokers redis,rabbitmq,embedded]
+    .venv/bin/python bench/bench_dispatch.py [--n 600] [--rounds 6] [--brokers redis,rabbitmq,embedded]
 
 Each figure is end to end: from the first enqueue until every task has run (ledger states for the
-product; Celery results for the baseline). Prints one JSON object; `ratio` = product / plain Celery.
+product; Celery results for the baseline), summed over `rounds` blocks of n / rounds tasks that
+alternate between the two paths (ABBA), so both see the same load on a shared machine. Prints one
+JSON object; `ratio` = product / plain Celery throughput.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ BROKERS = {
 }
 
 
-def bench_broker(name: str, n: int, root: Path) -> dict:
+def bench_broker(name: str, n: int, root: Path, rounds: int = 6) -> dict:
     from flywheel.compose import compose
     from workers.pool import WorkerPool
 
@@ -48,17 +50,31 @@ def bench_broker(name: str, n: int, root: Path) -> dict:
         sched.wait(sched.enqueue({"kind": "noop", "attempts": 5}), timeout=120)
         [r.get(timeout=120) for r in [ping.apply_async(queue=q) for _ in range(5)]]
 
-        t0 = time.perf_counter()
-        results = [ping.apply_async(queue=q) for _ in range(n)]  # what `delay` does, on our queue
-        for r in results:
-            r.get(timeout=600)
-        plain_s = time.perf_counter() - t0
+        def plain(k: int) -> float:
+            t0 = time.perf_counter()
+            results = [ping.apply_async(queue=q) for _ in range(k)]  # what `delay` does, on our queue
+            for r in results:
+                r.get(timeout=600)
+            return time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        ids = sched.enqueue({"kind": "noop", "attempts": n})
-        rows = sched.wait(ids, timeout=600, poll_s=0.01)  # Celery's own get() is notified by pub/sub
-        product_s = time.perf_counter() - t0
-        assert all(r.state == "succeeded" for r in rows)
+        def product(k: int) -> float:
+            t0 = time.perf_counter()
+            ids = sched.enqueue({"kind": "noop", "attempts": k})
+            rows = sched.wait(ids, timeout=600, poll_s=0.01)  # Celery's own get() is notified by pub/sub
+            assert all(r.state == "succeeded" for r in rows)
+            return time.perf_counter() - t0
+
+        # interleaved blocks, ABBA order, so both paths see the same machine load (it is shared)
+        block = max(n // rounds, 1)
+        plain_s = product_s = 0.0
+        for i in range(rounds):
+            if i % 2 == 0:
+                plain_s += plain(block)
+                product_s += product(block)
+            else:
+                product_s += product(block)
+                plain_s += plain(block)
+        n = block * rounds
     if url and url.startswith("redis"):
         import redis
 
@@ -67,18 +83,19 @@ def bench_broker(name: str, n: int, root: Path) -> dict:
             for key in r.scan_iter(match=f"*{prefix}*"):
                 r.delete(key)
     return {"plain_celery_tasks_per_s": round(n / plain_s, 1), "product_tasks_per_s": round(n / product_s, 1),
-            "ratio": round(plain_s / product_s, 3)}
+            "ratio": round(plain_s / product_s, 3), "tasks_per_path": n, "rounds": rounds}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=300)
+    ap.add_argument("--n", type=int, default=600, help="tasks per path, split into --rounds interleaved blocks")
+    ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--brokers", default="redis,rabbitmq,embedded")
     args = ap.parse_args()
     out: dict = {"bench": "dispatch", "n_tasks": args.n, "workers": 1, "store": "sqlite (embedded)"}
     with tempfile.TemporaryDirectory(prefix="bench-dispatch-") as tmp:
         for name in args.brokers.split(","):
-            out[name] = bench_broker(name, args.n, Path(tmp))
+            out[name] = bench_broker(name, args.n, Path(tmp), args.rounds)
     out["ratio_redis"] = out.get("redis", {}).get("ratio")
     out["target_ratio_redis"] = 0.8
     print(json.dumps(out))
