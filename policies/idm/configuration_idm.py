@@ -22,6 +22,7 @@ class IDMConfig:
     image_size: int = 64  # frames are resized to (image_size, image_size) before the backbone
     cnn_channels: int = 32  # width of the first small_cnn stage (doubled per stage)
     feature_dim: int = 128  # per-frame feature size after the backbone projection
+    keypoints: int = 0  # small_cnn: spatial-softmax keypoints from the H/4 feature maps (0: none)
     window: int = 8  # W
     action_dim: int = 16
     proprio_dim: int = 32

@@ -34,26 +34,45 @@ class Extraction:
 
 
 # ----------------------------------------------------------------------------------------- backbones
+class SpatialSoftmax(nn.Module):
+    """Feature maps (B, C, h, w) -> the expected (x, y) image position of each map's softmax (B, 2C) in
+    [-1, 1]: sub-pixel keypoints, the precise "where is the hand" signal pooling throws away."""
+
+    def forward(self, h: Tensor) -> Tensor:
+        b, c, hh, ww = h.shape
+        p = torch.softmax(h.flatten(2).float(), dim=-1).view(b, c, hh, ww)
+        ys = torch.linspace(-1.0, 1.0, hh, device=h.device)
+        xs = torch.linspace(-1.0, 1.0, ww, device=h.device)
+        return torch.cat([(p.sum(2) * xs).sum(-1), (p.sum(3) * ys).sum(-1)], dim=-1).to(h.dtype)
+
+
 class SmallCNN(nn.Module):
-    """Tiny conv encoder trained from scratch: (B, 3, H, W) in [0, 1] -> (B, feature_dim)."""
+    """Tiny conv encoder trained from scratch: (B, in_channels, H, W) in [0, 1] -> (B, out_dim).
+
+    Four stride-2 stages pooled to a 4x4 layout; with `cfg.keypoints` > 0, also that many spatial-softmax
+    keypoints from the second stage (H/4 resolution)."""
 
     def __init__(self, cfg: IDMConfig, in_channels: int = 3, out_dim: int | None = None) -> None:
         super().__init__()
         c = cfg.cnn_channels
         chans = [in_channels, c, 2 * c, 4 * c, 4 * c]
-        layers: list[nn.Module] = []
+        stages: list[nn.Module] = []
         for i in range(4):
-            layers += [
+            stages.append(nn.Sequential(
                 nn.Conv2d(chans[i], chans[i + 1], 3, stride=2, padding=1),
                 nn.GroupNorm(8 if chans[i + 1] % 8 == 0 else 1, chans[i + 1]),
                 nn.SiLU(),
-            ]
-        self.net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(4))  # keeps a 4x4 layout: where things are
-        self.proj = nn.Linear(4 * c * 16, out_dim or cfg.feature_dim)
+            ))
+        self.low, self.high = nn.Sequential(*stages[:2]), nn.Sequential(*stages[2:], nn.AdaptiveAvgPool2d(4))
+        self.kp = (nn.Sequential(nn.Conv2d(2 * c, cfg.keypoints, 1), SpatialSoftmax()) if cfg.keypoints else None)
+        self.proj = nn.Linear(4 * c * 16 + 2 * cfg.keypoints, out_dim or cfg.feature_dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.net(x * 2.0 - 1.0)  # (B, 4c, 4, 4)
-        return self.proj(h.flatten(1))  # (B, feature_dim)
+        low = self.low(x * 2.0 - 1.0)  # (B, 2c, H/4, W/4)
+        h = self.high(low).flatten(1)  # (B, 4c * 16): a 4x4 layout, where things are
+        if self.kp is not None:
+            h = torch.cat([h, self.kp(low)], dim=-1)  # + (B, 2K) keypoints
+        return self.proj(h)  # (B, out_dim)
 
 
 class DepthAnythingBackbone(nn.Module):

@@ -113,6 +113,19 @@ def test_chained_extraction_integrates_constant_deltas_exactly():
     assert float(ext.spread.max()) < 1e-6
 
 
+def test_spatial_softmax_finds_a_peak_and_keypoints_reach_the_features():
+    from policies.idm.modeling_idm import SpatialSoftmax
+
+    h = torch.full((1, 2, 5, 9), -1e4)
+    h[0, 0, 0, 8] = 0.0  # top right: x = 1, y = -1
+    h[0, 1, 2, 4] = 0.0  # centre
+    assert torch.allclose(SpatialSoftmax()(h), torch.tensor([[1.0, 0.0, -1.0, 0.0]]), atol=1e-5)
+    model = InverseDynamicsModel(tiny(keypoints=8))
+    assert model.backbone.proj.in_features == 8 * 4 * 16 + 16
+    model.backbone(batch()["frame0"]).pow(2).sum().backward()
+    assert model.backbone.kp[0].weight.grad.abs().sum() > 0  # the keypoints feed the features
+
+
 # ------------------------------------------------------------------------------ window averaging
 def test_average_windows_constant_prediction_per_window_is_exact():
     n_windows, k, w, n_actions = 6, 3, 4, 9  # windows start 0..5 and cover steps n..n+3
