@@ -44,6 +44,10 @@ class Policy(ABC):
     def act(self, obs: dict[str, np.ndarray]) -> PolicyOutput:
         """Return the next action chunk for observation `obs` (rgb uint8 (H,W,3), proprio (32,))."""
 
+    def observe(self, obs: dict[str, np.ndarray]) -> None:
+        """An observation the policy did not act on (the steps inside an executed chunk, in order); the
+        runner calls it before `act` on the chunk's last observation. Default: ignored."""
+
     def logs(self) -> dict[str, Any]:
         """Per-episode summary this policy wants recorded with the episode (JSON-able)."""
         return {}

@@ -1,7 +1,7 @@
 """Configuration of the policy that a worker runs."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -16,7 +16,14 @@ class PolicyConfig:
     guidance: float = 2.0
     min_feasibility: float = 0.5
     min_success_prob: float = 0.0
-    score_weights: dict[str, float] | None = None
+    # weights of the scores in the combined score; empty: the measured default (policies.imagine_then_act)
+    score_weights: dict[str, float] = field(default_factory=dict)
+    # frames of context the world model imagines from: the current one and the ones observed just before
+    # it (None: as many as the world model was trained with, world_model.cond_frames)
+    context_frames: int | None = None
+    # score each candidate by how well the world model's action-conditioned prediction of its extracted
+    # actions reproduces the imagined video (one extra batched world-model pass per planning step)
+    consistency: bool = False
     expert_noise: float = 0.0
     caption_upsampler: str = "scene"  # "scene" (grounded, no model) or "openai" (VLM endpoint)
     upsampler_url: str | None = None
@@ -24,5 +31,7 @@ class PolicyConfig:
     def __post_init__(self) -> None:
         if self.n_candidates < 1:
             raise ValueError(f"policy.n_candidates must be >= 1, got {self.n_candidates}")
+        if self.context_frames is not None and self.context_frames < 1:
+            raise ValueError(f"policy.context_frames must be >= 1, got {self.context_frames}")
         if self.horizon < 1:
             raise ValueError(f"policy.horizon must be >= 1, got {self.horizon}")

@@ -10,6 +10,7 @@ joint-velocity limit, so the filter never has to refuse a chosen plan.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -84,27 +85,51 @@ class ImagineThenActPolicy(Policy):
         vmax, hz = getattr(safety, "max_joint_velocity", None), getattr(env, "control_hz", None)
         self.max_step = vmax / hz * (1 - 1e-3) if vmax and hz else None
         self.last_target: np.ndarray | None = None  # (A,) the last target sent, the filter's reference
+        wm_cfg = getattr(world_model, "cfg", None)
+        self.context = int(self.pcfg.context_frames or getattr(wm_cfg, "cond_frames", 1))
+        if self.context >= self.pcfg.imagine_frames:
+            raise PolicyError(f"policy.context_frames ({self.context}) must be below policy.imagine_frames "
+                              f"({self.pcfg.imagine_frames})")
+        self.recent: deque[torch.Tensor] = deque(maxlen=self.context)  # the last frames seen, oldest first
 
     def reset(self, task: dict[str, Any], instruction: str, scene: dict[str, Any] | None = None) -> None:
         self.caption = self.upsampler.upsample(instruction, scene)
         self.plan_step = 0
         self.last_target = None
+        self.recent.clear()
+
+    def observe(self, obs: dict[str, np.ndarray]) -> None:
+        self.recent.append(frame_to_tensor(obs["rgb"]))
+
+    def context_frames(self, frame: torch.Tensor) -> torch.Tensor:
+        """The world model's start frames (K, 3, H, W), oldest first, ending with `frame` (the current
+        one); before K frames have been seen the oldest is repeated (the scene held still)."""
+        self.recent.append(frame)
+        frames = list(self.recent)
+        return torch.stack([frames[0]] * (self.context - len(frames)) + frames)
 
     # -- planning -----------------------------------------------------------------------------------
     def act(self, obs: dict[str, np.ndarray]) -> PolicyOutput:
         p = self.pcfg
-        frame = frame_to_tensor(obs["rgb"])
+        start = self.context_frames(frame_to_tensor(obs["rgb"]))  # (K, 3, H, W)
         proprio = np.asarray(obs["proprio"], np.float32)
         seed = self.seed * 100_003 + self.plan_step
-        self.timings = dict.fromkeys(("imagine_s", "success_s", "extract_s", "feasibility_s"), 0.0)
+        self.timings = dict.fromkeys(("imagine_s", "success_s", "extract_s", "feasibility_s", "consistency_s"), 0.0)
         t0 = time.perf_counter()
-        videos = self.wm.imagine(frame, self.caption, n=p.n_candidates, steps=p.sampling_steps,
-                                 guidance=p.guidance, seed=seed, num_frames=p.imagine_frames)  # (N, T, 3, H, W)
+        imagined = self.wm.imagine(start[0] if self.context == 1 else start, self.caption, n=p.n_candidates,
+                                   steps=p.sampling_steps, guidance=p.guidance, seed=seed,
+                                   num_frames=p.imagine_frames)  # (N, T, 3, H, W), the K start frames first
+        videos = imagined[:, self.context - 1:]  # from the current frame on: what the robot is to do
         t1 = time.perf_counter()
         success = self.wm.success_probs(videos, self.caption).numpy() if getattr(self.wm, "success_head", 1) is not None \
             else np.full(len(videos), np.nan)
         self.timings["imagine_s"], self.timings["success_s"] = t1 - t0, time.perf_counter() - t1
         cands = [self._score(i, v, proprio, float(success[i]), seed) for i, v in enumerate(videos)]
+        if p.consistency:
+            self._score_consistency(cands, start, videos, proprio, seed)
+        for c in cands:
+            c.scores["combined"] = float(sum(w * c.scores.get(k, 0.0) for k, w in self.weights.items()
+                                             if np.isfinite(c.scores.get(k, 0.0))))
         self.timings["plan_s"] = time.perf_counter() - t0
         self.plan_step += 1
         ok = [c for c in cands if c.rejected_reason is None]
@@ -165,9 +190,31 @@ class ImagineThenActPolicy(Policy):
                 reason = f"feasibility {rep.score:.2f} below {self.pcfg.min_feasibility}"
         if reason is None and np.isfinite(success) and success < self.pcfg.min_success_prob:
             reason = f"success probability {success:.2f} below {self.pcfg.min_success_prob}"
-        scores["combined"] = float(sum(w * scores.get(k, 0.0) for k, w in self.weights.items()
-                                       if np.isfinite(scores.get(k, 0.0))))
         return Candidate(index=index, actions=actions, scores=scores, rejected_reason=reason)
+
+    def _score_consistency(self, cands: list[Candidate], start: torch.Tensor, videos: torch.Tensor,
+                           proprio: np.ndarray, seed: int) -> None:
+        """Score "consistency" in [0, 1]: PSNR / 40 dB between each acceptable candidate's imagined future
+        and the world model's action-conditioned prediction of its extracted actions (one batch); the
+        PSNR itself is logged as `consistency_psnr`. Rejected candidates get 0. The transitions between
+        the K start frames are not known to the planner and are given as holding the current joints."""
+        t0 = time.perf_counter()
+        ok = [c for c in cands if c.rejected_reason is None]
+        for c in cands:
+            c.scores["consistency"] = 0.0
+        if ok:
+            future = torch.as_tensor(np.stack([c.actions for c in ok]), dtype=torch.float32)  # (M, T-K, A)
+            held = torch.as_tensor(proprio[: future.shape[2]]).expand(len(ok), self.context - 1, -1)  # the past
+            actions = torch.cat([held, future], dim=1)  # (M, T-1, A)
+            pred = self.wm.predict_many(start, actions, self.caption, seed=seed, steps=self.pcfg.sampling_steps)
+            pred = pred[:, self.context - 1:]  # (M, T, 3, H, W), from the current frame on
+            imag = videos[[c.index for c in ok]]
+            mse = (pred[:, 1:] - imag[:, 1:]).nan_to_num(1.0).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+            psnr = (-10.0 * torch.log10(mse)).numpy()
+            for c, db in zip(ok, psnr):
+                c.scores["consistency_psnr"] = float(db)
+                c.scores["consistency"] = float(np.clip(db / 40.0, 0.0, 1.0))
+        self.timings["consistency_s"] = time.perf_counter() - t0
 
     def logs(self) -> dict[str, Any]:
         return {"caption": self.caption, "plan_steps": self.plan_step}

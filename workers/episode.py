@@ -189,6 +189,8 @@ def run_episode(cfg: Any, payload: EpisodePayload, should_stop: Callable[[], boo
             reward += float(res.info.get("reward", 0.0))
             success = bool(res.success)
             if res.observations:
+                for o in res.observations[:-1] if hasattr(policy, "observe") else ():
+                    policy.observe(o)  # context for the next plan (imagine-then-act's last frames)
                 obs = res.observations[-1]
             if res.done or success or not res.observations:
                 break

@@ -272,16 +272,28 @@ class WorldModel(nn.Module):
                 steps: int = 8, guidance: float = 1.0) -> tuple[torch.Tensor, float]:
         """Evaluation mode: what happens under exactly these `actions (T-1, A)`. Returns the video
         `(T, 3, H, W)` and the success head's probability on its final frame (NaN without a head)."""
+        actions = torch.as_tensor(actions, dtype=torch.float32)
+        if actions.ndim != 2:
+            raise PolicyError(f"actions must be (T-1, {self.cfg.action_dim}), got {tuple(actions.shape)}")
+        video = self.predict_many(frames, actions[None], caption, seed, steps, guidance)
+        p = float(self.success_probs(video, caption)[0]) if self.success_head is not None else float("nan")
+        return video[0], p
+
+    @torch.no_grad()
+    def predict_many(self, frames: torch.Tensor, actions: torch.Tensor, caption: str = "", seed: int = 0,
+                     steps: int = 8, guidance: float = 1.0) -> torch.Tensor:
+        """Evaluation mode for N action sequences from the same start frame(s), as one batch: `actions
+        (N, T-1, A)` (action t leads from frame t to t+1; with T0 start frames the first T0-1 are the
+        past ones) -> videos `(N, T, 3, H, W)` on the CPU."""
         if not self.cfg.action_conditioning:
             raise PolicyError("this world model was built with action_conditioning=False; it cannot predict")
         start = self._check_frames(frames)
         actions = torch.as_tensor(actions, dtype=torch.float32)
-        if actions.ndim != 2 or actions.shape[1] != self.cfg.action_dim:
-            raise PolicyError(f"actions must be (T-1, {self.cfg.action_dim}), got {tuple(actions.shape)}")
-        t_frames = actions.shape[0] + 1
-        video = self._sample(start, caption, 1, steps, guidance, seed, t_frames, actions[None].to(self.device))
-        p = float(self.success_probs(video, caption)[0]) if self.success_head is not None else float("nan")
-        return video[0].cpu(), p
+        if actions.ndim != 3 or actions.shape[2] != self.cfg.action_dim:
+            raise PolicyError(f"actions must be (N, T-1, {self.cfg.action_dim}), got {tuple(actions.shape)}")
+        t_frames = actions.shape[1] + 1
+        return self._sample(start, caption, actions.shape[0], steps, guidance, seed, t_frames,
+                            actions.to(self.device)).cpu()
 
     @torch.no_grad()
     def success_probs(self, videos: torch.Tensor, caption: str) -> torch.Tensor:

@@ -315,3 +315,63 @@ def test_no_acceptable_candidate_is_a_hold_not_a_crash(tmp_path, models, checker
 def test_a_policy_without_models_is_a_clear_error(cfg):
     with pytest.raises(PolicyError, match="world model and an IDM"):
         ImagineThenActPolicy(cfg)
+
+
+# ------------------------------------------------------------------ context frames and consistency
+
+
+class RecordingWorldModel:
+    """The real world model; keeps the start frames of every `imagine` call."""
+
+    def __init__(self, wm: WorldModel) -> None:
+        self.wm, self.starts = wm, []
+
+    def imagine(self, frames: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        self.starts.append(torch.as_tensor(frames).clone())
+        return self.wm.imagine(frames, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wm, name)
+
+
+def test_replanning_imagines_from_the_last_observed_frames(tmp_path, checker, sim):
+    from policies.imagine_then_act import frame_to_tensor
+
+    cfg = tiny_config(tmp_path, "world_model.cond_frames=2")  # a world model trained on 2 start frames
+    wm, idm = tiny_models(cfg)
+    rec_wm = RecordingWorldModel(wm)
+    policy = make(cfg, rec_wm, idm, checker, sim)
+    assert policy.context == 2
+    task = sample_task("pick", 3)
+    obs = sim.reset(task=task, seed=3)
+    policy.reset(task.to_dict(), task.instruction, sim.scene_description())
+    first = policy.act(obs)
+    res = sim.step(first.actions)
+    for o in res.observations[:-1]:  # what the episode runner does between plans
+        policy.observe(o)
+    second = policy.act(res.observations[-1])
+    s0, s1 = rec_wm.starts
+    assert s0.shape == s1.shape == (2, 3, S, S)
+    assert torch.equal(s0[0], s0[1]) and torch.equal(s0[1], frame_to_tensor(obs["rgb"]))  # held at the start
+    assert torch.equal(s1[0], frame_to_tensor(res.observations[-2]["rgb"]))  # the frame before the current
+    assert torch.equal(s1[1], frame_to_tensor(res.observations[-1]["rgb"]))
+    # the IDM extracts from the current frame on: 4 of the 5 imagined frames, 3 actions (H=4 is capped)
+    assert second.info["videos"].shape == (N, cfg.policy.imagine_frames - 1, S, S, 3)
+    assert second.actions.shape == (cfg.policy.imagine_frames - 2, 16)
+    with pytest.raises(PolicyError, match="context_frames"):
+        make(tiny_config(tmp_path, "policy.context_frames=5"), wm, idm, checker, sim)
+
+
+def test_consistency_scores_each_candidate_by_the_action_conditioned_prediction(tmp_path, models, checker, sim):
+    cfg = tiny_config(tmp_path, "policy.consistency=true", "+policy.score_weights.consistency=1.0")
+    wm, idm = models
+    out = make(cfg, wm, idm, checker, sim).act(sim.reset(task=sample_task("pick", 3), seed=3))
+    cands = out.info["candidates"]
+    ok = [c for c in cands if c["rejected_reason"] is None]
+    assert ok, "no acceptable candidate to score"
+    for c in ok:
+        assert 0.0 <= c["scores"]["consistency"] <= 1.0 and np.isfinite(c["scores"]["consistency_psnr"])
+        assert c["scores"]["consistency"] == pytest.approx(min(max(c["scores"]["consistency_psnr"] / 40, 0), 1))
+        assert c["scores"]["combined"] == pytest.approx(c["scores"]["consistency"])
+    chosen = next(c for c in cands if c["chosen"])
+    assert chosen["scores"]["consistency"] == max(c["scores"]["consistency"] for c in ok)
