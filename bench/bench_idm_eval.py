@@ -6,7 +6,9 @@ flywheel trains it (`StoreTrainer.train_idm`: every stored episode except the he
 preset's TrainConfig). Then held-out expert episodes on `in_distribution` split items are recorded with
 their initial states (run to the episode limit, the expert holding its result after success), and the IDM's extraction from their real frames is (a) compared with the true
 actions (DTW/MSE, baseline: repeat the frame-0 joint positions) and (b) replayed open-loop in sim from
-the recorded initial state (the ceiling: replay success / expert success, per family; target >= 0.8).
+the recorded initial state (the ceiling: replay success / expert success, per family; target >= 0.8),
+once from the frame-0 proprio alone (open loop over the whole episode) and once re-extracted every
+`--replan` steps from the recorded proprio there (as the imagine-then-act planner replans).
 Replaying the true actions the same way is the control (must give 1.0); replaying them with seeded
 per-step noise on the arm joints shows how precise an IDM has to be for open-loop replay to succeed.
 Prints one JSON object and writes it to bench/results/idm_eval.json.
@@ -70,6 +72,8 @@ def main() -> None:
     ap.add_argument("--preset", default="demo")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (more oversubscribes a shared CPU)")
     ap.add_argument("--settle", type=int, default=0, help="extra steps holding the last extracted action")
+    ap.add_argument("--replan", type=int, default=None,
+                    help="chunk length of the per-plan ceiling (default: the preset's policy.horizon)")
     ap.add_argument("--override", action="append", default=[], help="extra config overrides, e.g. idm.window=4")
     ap.add_argument("--data-dir", default=None, help="keep the stores and models here (reused when present)")
     ap.add_argument("--out", default="bench/results/idm_eval.json")
@@ -141,6 +145,10 @@ def main() -> None:
         pred = [extract_actions(idm, e, seed=k) for k, e in enumerate(held)]
     t_extract = time.perf_counter() - t0
     ceiling = idm_ceiling(idm, held, env=env, settle_steps=args.settle, actions=pred)
+    replan = args.replan or cfg.policy.horizon
+    with torch.no_grad():
+        pred_plan = [extract_actions(idm, e, seed=k, replan_every=replan) for k, e in enumerate(held)]
+    per_plan = idm_ceiling(idm, held, env=env, settle_steps=args.settle, actions=pred_plan)
     settled = idm_ceiling(idm, held, env=env, settle_steps=3, actions=pred)
     control = idm_ceiling(None, held, env=env, actions=[e.actions for e in held])
     # how precise must an IDM be? the true actions with seeded per-step noise on the 14 arm joints
@@ -175,6 +183,11 @@ def main() -> None:
         "ceiling_target": 0.8,
         "ceiling_meets_target": bool(rel is not None and rel >= 0.8),
         "ceiling_settle3_relative": settled["overall"]["relative"],
+        # as the planner gets it: a fresh extraction every `replan` steps from the recorded proprio there
+        "ceiling_per_plan": per_plan["families"] | {"overall": per_plan["overall"], "replan_every": replan},
+        "ceiling_per_plan_relative": per_plan["overall"]["relative"],
+        "idm_mae_arm_rad_per_plan": float(np.concatenate(
+            [np.abs(p - e.actions)[:, :14] for p, e in zip(pred_plan, held)]).mean()),
         "control_true_actions_relative": control["overall"]["relative"],
         "control_true_actions_with_arm_noise_relative": sensitivity,
         "idm_mae_arm_rad": float(err[:, :14].mean()),

@@ -81,15 +81,27 @@ def replay(env: Any, initial_state: dict[str, np.ndarray], actions: np.ndarray, 
     return False
 
 
-def extract_actions(idm: Any, ep: CeilingEpisode, seed: int = 0) -> np.ndarray:
-    """The IDM's actions (T, A) from the episode's real frames and its frame-0 proprio."""
+def extract_actions(idm: Any, ep: CeilingEpisode, seed: int = 0, replan_every: int | None = None) -> np.ndarray:
+    """The IDM's actions (T, A) from the episode's real frames.
+
+    Default: one extraction over the whole video with only the frame-0 proprio (as for one imagined
+    video). `replan_every=H`: one extraction per chunk of H actions, each from its own H+1 frames and
+    the recorded proprio at its first frame, as the imagine-then-act planner gets a fresh observation
+    every H steps."""
     import torch
 
     from policies.idm.processor_idm import to_float_frames
 
     video = to_float_frames(torch.as_tensor(np.asarray(ep.frames)))  # (T+1, 3, H, W)
-    proprio0 = torch.as_tensor(np.asarray(ep.proprio)[0], dtype=torch.float32)  # (P,)
-    return idm.extract(video, proprio0, seed=seed).actions.numpy()
+    proprio = torch.as_tensor(np.asarray(ep.proprio), dtype=torch.float32)  # (T+1, P)
+    if not replan_every:
+        return idm.extract(video, proprio[0], seed=seed).actions.numpy()
+    if replan_every < 1:
+        raise FlywheelError(f"replan_every must be >= 1, got {replan_every}")
+    t = video.shape[0] - 1
+    chunks = [idm.extract(video[s : s + replan_every + 1], proprio[s], seed=seed + s).actions.numpy()
+              for s in range(0, t, replan_every)]
+    return np.concatenate(chunks)[:t]
 
 
 def idm_ceiling(
@@ -101,6 +113,7 @@ def idm_ceiling(
     seed: int = 0,
     settle_steps: int = 0,
     actions: Sequence[np.ndarray] | None = None,
+    replan_every: int | None = None,
 ) -> dict[str, Any]:
     """Replay the IDM's extraction of each episode from its initial state; success per family vs the expert.
 
@@ -109,8 +122,8 @@ def idm_ceiling(
     among the expert's successes) and `relative` = replay_success / expert_success (None when the expert
     never succeeded). `actions` (one (T, A) array per episode) replays those instead of extracting with
     `idm`: the IDM's extraction computed elsewhere, or the recorded actions (a check of the replay
-    machinery, which must reproduce the expert exactly). `env` (a `HumanoidTabletopEnv`) is built from
-    `env_cfg` when not given.
+    machinery, which must reproduce the expert exactly). `replan_every` extracts per chunk of that many
+    actions (see `extract_actions`). `env` (a `HumanoidTabletopEnv`) is built from `env_cfg` when not given.
     """
     if not episodes:
         raise FlywheelError("idm_ceiling got no episodes")
@@ -124,12 +137,13 @@ def idm_ceiling(
         env = HumanoidTabletopEnv(env_cfg)
     rows = []
     for k, ep in enumerate(episodes):
-        acts = actions[k] if actions is not None else extract_actions(idm, ep, seed=seed + k)
+        acts = actions[k] if actions is not None else extract_actions(idm, ep, seed=seed + k, replan_every=replan_every)
         ok = replay(env, ep.initial_state, acts, settle_steps)
         rows.append({"id": ep.id, "family": ep.family, "expert_success": bool(ep.success), "replay_success": ok,
                      "length": len(ep.actions)})
     families = {f: _summary([r for r in rows if r["family"] == f]) for f in sorted({r["family"] for r in rows})}
-    return {"families": families, "overall": _summary(rows), "settle_steps": settle_steps, "episodes": rows}
+    return {"families": families, "overall": _summary(rows), "settle_steps": settle_steps,
+            "replan_every": replan_every, "episodes": rows}
 
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:

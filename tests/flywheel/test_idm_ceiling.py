@@ -89,3 +89,30 @@ def test_bad_inputs_raise(env, episodes):
         idm_ceiling(None, eps, env=env, actions=[eps[0].actions])
     with pytest.raises(FlywheelError, match="needs an IDM"):
         idm_ceiling(None, eps, env=env)
+
+
+def test_replanning_extraction_uses_each_chunks_frames_and_recorded_proprio(episodes):
+    from types import SimpleNamespace
+
+    from flywheel.evaluation.idm_ceiling import extract_actions
+
+    class ConstantIDM:  # every action of a chunk = the chunk's first joint positions + its call number
+        def __init__(self) -> None:
+            self.calls: list[tuple[int, torch.Tensor]] = []
+
+        def extract(self, video, proprio0, seed=0):
+            self.calls.append((video.shape[0], proprio0.clone()))
+            acts = proprio0[:16].expand(video.shape[0] - 1, 16) + len(self.calls)
+            return SimpleNamespace(actions=acts.clone(), spread=torch.zeros(video.shape[0] - 1))
+
+    ep = CeilingEpisode.from_episode_data(episodes[1])
+    t, h = len(ep.actions), 8
+    idm = ConstantIDM()
+    out = extract_actions(idm, ep, replan_every=h)
+    starts = list(range(0, t, h))
+    assert out.shape == (t, 16) and len(idm.calls) == len(starts)
+    for k, (s, (frames, p0)) in enumerate(zip(starts, idm.calls)):
+        assert frames == min(h, t - s) + 1 and torch.equal(p0, torch.as_tensor(ep.proprio[s]))
+        assert (out[s : s + h] == ep.proprio[s][:16] + (k + 1)).all()
+    with pytest.raises(FlywheelError, match="replan_every"):
+        extract_actions(idm, ep, replan_every=-1)
