@@ -17,7 +17,7 @@ class PolicyConfig:
     min_feasibility: float = 0.5
     min_success_prob: float = 0.0
     # weights of the scores in the combined score; empty: the measured default (policies.imagine_then_act)
-    score_weights: dict[str, float] = field(default_factory=dict)
+    score_weights: dict[str, float] | None = field(default_factory=dict)
     # frames of context the world model imagines from: the current one and the ones observed just before
     # it (None: as many as the world model was trained with, world_model.cond_frames)
     context_frames: int | None = None

@@ -26,7 +26,8 @@ from policies.errors import PolicyError
 # executed outcome). On the demo models (bootstrap v1) no rollout succeeded yet, so no AUROC is defined;
 # what was measured: feasibility decides every choice, the success head varies ~0.001 between candidates.
 # Kept as is until a data dir with successes ranks the scores.
-DEFAULT_WEIGHTS = {"success": 1.0, "feasibility": 0.5, "idm_spread": -0.5}
+# "consistency" only exists with policy.consistency=true; its weight is a guess, not yet measured either.
+DEFAULT_WEIGHTS = {"success": 1.0, "feasibility": 0.5, "idm_spread": -0.5, "consistency": 0.5}
 # Extracted targets beyond a joint limit by at most this much (rad, or m for grippers) are projected onto
 # the limit; further out, the candidate is rejected as a limit violation.
 LIMIT_PROJECTION = 0.05
@@ -90,20 +91,35 @@ class ImagineThenActPolicy(Policy):
         if self.context >= self.pcfg.imagine_frames:
             raise PolicyError(f"policy.context_frames ({self.context}) must be below policy.imagine_frames "
                               f"({self.pcfg.imagine_frames})")
+        r = int(getattr(wm_cfg, "temporal_factor", 1))
+        if (self.context - 1) % r:  # otherwise the current frame would be a generated one, not the observation
+            raise PolicyError(f"policy.context_frames ({self.context}) must be 1 + a multiple of the world "
+                              f"model's temporal factor ({r})")
+        if self.pcfg.consistency and not getattr(wm_cfg, "action_conditioning", True):
+            raise PolicyError("policy.consistency needs a world model with action conditioning (it predicts "
+                              "each candidate's extracted actions)")
         self.recent: deque[torch.Tensor] = deque(maxlen=self.context)  # the last frames seen, oldest first
+        self.observed = 0  # observe() calls since the last act()
+        self.sent = 0  # actions in the chunk the last act() returned
 
     def reset(self, task: dict[str, Any], instruction: str, scene: dict[str, Any] | None = None) -> None:
         self.caption = self.upsampler.upsample(instruction, scene)
         self.plan_step = 0
         self.last_target = None
         self.recent.clear()
+        self.observed = self.sent = 0
 
     def observe(self, obs: dict[str, np.ndarray]) -> None:
         self.recent.append(frame_to_tensor(obs["rgb"]))
+        self.observed += 1
 
     def context_frames(self, frame: torch.Tensor) -> torch.Tensor:
         """The world model's start frames (K, 3, H, W), oldest first, ending with `frame` (the current
-        one); before K frames have been seen the oldest is repeated (the scene held still)."""
+        one); before K frames have been seen the oldest is repeated (the scene held still). A runner that
+        did not `observe` every step of the last chunk leaves gaps: then only `frame` is used, held."""
+        if self.observed < self.sent - 1:  # frames H steps apart are not consecutive context
+            self.recent.clear()
+        self.observed = 0
         self.recent.append(frame)
         frames = list(self.recent)
         return torch.stack([frames[0]] * (self.context - len(frames)) + frames)
@@ -137,6 +153,7 @@ class ImagineThenActPolicy(Policy):
         info = {"caption": self.caption, "timings": dict(self.timings),
                 "videos": shown.permute(0, 1, 3, 4, 2).numpy()}  # (N, T, H, W, 3) uint8
         if not ok:
+            self.sent = 0
             info["candidates"] = [c.record() for c in cands]
             reasons = sorted({c.rejected_reason or "" for c in cands})
             return PolicyOutput(actions=np.zeros((0, len(proprio) // 2), np.float32), hold=True,
@@ -146,6 +163,7 @@ class ImagineThenActPolicy(Policy):
         info["candidates"] = [c.record() for c in cands]
         chunk = self._rate_limited(best.actions[: p.horizon], proprio)  # (H, A)
         self.last_target = chunk[-1].copy()
+        self.sent = len(chunk)
         return PolicyOutput(actions=chunk.astype(np.float32), info=info)
 
     def _rate_limited(self, actions: np.ndarray, proprio: np.ndarray) -> np.ndarray:

@@ -163,7 +163,8 @@ class Scheduler:
     def enqueue(self, spec: TaskSpec | dict, *, key: str | None = None) -> list[int]:
         """Validate, write one ledger row per attempt, then send; returns the run ids.
 
-        `key` makes the call idempotent: the same key returns the same runs (nothing sent twice)."""
+        `key` makes the call idempotent: the same key returns the same runs; a run still queued and never
+        claimed is sent again, which is harmless (one worker claims it, other deliveries are skipped)."""
         return self.enqueue_many([spec], key=key)[0]
 
     ENQUEUE_BATCH = 32  # ledger rows written per transaction before their messages go out
@@ -188,9 +189,17 @@ class Scheduler:
                     self.store, name, keys[lo:hi], payloads[lo:hi], queue=queue, priority=spec.priority,
                     max_attempts=self.cfg.broker.max_retries + 1, deadline=spec.deadline,
                 )
-                for row in rows:
-                    if row.state == "queued" and row.attempts == 0:
+                for k, row in enumerate(rows):
+                    if row.state != "queued" or row.attempts != 0:
+                        continue
+                    try:
                         self.send(row)
+                    except WorkerError as exc:  # this run is dead; the rest of its batch would be orphans
+                        for rest in rows[k + 1:]:
+                            if rest.state == "queued" and rest.attempts == 0:
+                                self.store.mark_dead(rest.id, "not sent: an earlier send of the batch failed")
+                        sent = [i for group in ids for i in group] + [r.id for r in rows[:k]]
+                        raise WorkerError(f"{exc} (enqueue key {key!r}; runs already sent: {sent[:50]})") from None
                 ids[-1] += [row.id for row in rows]
         return ids
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -195,6 +196,19 @@ class FlowHead(nn.Module):
         return self.out(self.norm(h) * (1 + scale) + shift).reshape(b, -1)  # (B, W*A)
 
 
+def _legacy_small_cnn_keys(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Checkpoints written before the small CNN was split in two stage groups name its layers
+    `backbone.net.{3 * stage + layer}`; map them to `backbone.low|high.{stage}.{layer}`."""
+    out = {}
+    for k, v in tensors.items():
+        m = re.fullmatch(r"backbone\.net\.(\d+)\.(weight|bias)", k)
+        if m:
+            stage, layer = divmod(int(m.group(1)), 3)
+            k = f"backbone.{'low' if stage < 2 else 'high'}.{stage % 2}.{layer}.{m.group(2)}"
+        out[k] = v
+    return out
+
+
 # ------------------------------------------------------------------------------------------ model
 class InverseDynamicsModel(nn.Module):
     """IDM with `forward(batch) -> (loss, logs)` for training and `extract(video, proprio0)` for inference.
@@ -333,6 +347,8 @@ class InverseDynamicsModel(nn.Module):
         absolute target; [actions, qpos] (B, W, 2A) relative to q0 (B, A), made absolute, for delta."""
         from diffusers import FlowMatchEulerDiscreteScheduler
 
+        if self.delta and q0 is None:
+            raise PolicyError("the delta IDM samples relative to q0: pass the first joint positions (B, A)")
         sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
         sched.set_timesteps(self.config.flow_steps, device=cond.device)
         x = noise
@@ -432,7 +448,7 @@ class InverseDynamicsModel(nn.Module):
             raise CheckpointError(f"{directory} is not an IDM checkpoint (format {meta.get('format')!r})")
         try:
             model = cls(IDMConfig(**meta["config"]), backbone_hf_config=meta.get("backbone_hf_config"))
-            model.load_state_dict(tensors, strict=True)
+            model.load_state_dict(_legacy_small_cnn_keys(tensors), strict=True)
         except (ValueError, KeyError, TypeError, RuntimeError) as e:
             raise CheckpointError(f"IDM checkpoint {directory} does not fit its config: {e}") from e
         return model.to(map_location).eval()

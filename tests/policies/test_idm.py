@@ -231,3 +231,28 @@ def test_depth_anything_backbone_from_a_local_checkpoint(tmp_path):
     (tmp_path / "da" / "config.json").unlink()  # the IDM checkpoint is self-contained
     loaded = InverseDynamicsModel.from_pretrained(tmp_path / "idm")
     assert torch.equal(model.extract(video, p0).actions, loaded.extract(video, p0).actions)
+
+
+def test_checkpoints_from_before_the_cnn_split_still_load(tmp_path):
+    """Session-1 checkpoints name the small CNN's layers backbone.net.{3 * stage + layer}."""
+    import json
+    import re
+    from dataclasses import asdict
+
+    from policies.idm.modeling_idm import CHECKPOINT_FORMAT
+    from policies.world_model.checkpoint import save_checkpoint
+
+    model = InverseDynamicsModel(tiny()).eval()
+    legacy = {}
+    for k, v in model.state_dict().items():
+        m = re.fullmatch(r"backbone\.(low|high)\.(\d)\.(\d)\.(weight|bias)", k)
+        if m:
+            stage = int(m.group(2)) + (2 if m.group(1) == "high" else 0)
+            k = f"backbone.net.{3 * stage + int(m.group(3))}.{m.group(4)}"
+        legacy[k] = v
+    assert "backbone.net.9.weight" in legacy
+    meta = {"format": CHECKPOINT_FORMAT, "config": asdict(model.config), "backbone_hf_config": None}
+    save_checkpoint(tmp_path / "old", legacy, json.loads(json.dumps(meta)))
+    loaded = InverseDynamicsModel.from_pretrained(tmp_path / "old")
+    video, p0 = torch.rand(10, 3, 64, 64), torch.randn(32)
+    assert torch.equal(loaded.extract(video, p0).actions, model.extract(video, p0).actions)

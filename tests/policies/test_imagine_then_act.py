@@ -358,6 +358,11 @@ def test_replanning_imagines_from_the_last_observed_frames(tmp_path, checker, si
     # the IDM extracts from the current frame on: 4 of the 5 imagined frames, 3 actions (H=4 is capped)
     assert second.info["videos"].shape == (N, cfg.policy.imagine_frames - 1, S, S, 3)
     assert second.actions.shape == (cfg.policy.imagine_frames - 2, 16)
+    # a runner that does not observe the steps inside the chunk: no stale frame H steps back as context
+    res = sim.step(second.actions)
+    policy.act(res.observations[-1])
+    current = frame_to_tensor(res.observations[-1]["rgb"])
+    assert torch.equal(rec_wm.starts[2][0], current) and torch.equal(rec_wm.starts[2][1], current)
     with pytest.raises(PolicyError, match="context_frames"):
         make(tiny_config(tmp_path, "policy.context_frames=5"), wm, idm, checker, sim)
 

@@ -142,3 +142,23 @@ def test_sweeper_reexecutes_a_stale_run_exactly_once_then_gives_up(cfg):
     assert report.dead == [run_id]
     row = sched.status(run_id)
     assert row.state == "dead" and "stopped heartbeating" in row.error
+
+
+def test_a_failed_send_leaves_no_orphan_run(cfg, monkeypatch):
+    """The broker fails on the third message: that run is dead, so are the unsent rest of its batch, and
+    the error names the key and the runs already sent (they will run)."""
+    sched = Scheduler(cfg)
+    calls = []
+
+    def flaky(name, **kw):
+        calls.append(kw["kwargs"]["run_id"])
+        if len(calls) == 3:
+            raise OSError("broker went away")
+
+    monkeypatch.setattr(sched.app, "send_task", flaky)
+    with pytest.raises(WorkerError, match=r"could not send run .*broker went away.*key 'k1'.*already sent"):
+        sched.enqueue({"kind": "noop", "attempts": 5}, key="k1")
+    runs = sorted(sched.store.task_runs(), key=lambda r: r.id)
+    assert [r.state for r in runs] == ["queued", "queued", "dead", "dead", "dead"]
+    assert "could not send" in runs[2].error and all("not sent" in r.error for r in runs[3:])
+    assert calls == [r.id for r in runs[:3]]
