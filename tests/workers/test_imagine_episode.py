@@ -68,8 +68,9 @@ def setup_store(tmp_path: Path, *extra: str, nan_idm: bool = False) -> tuple[Any
     home = torch.as_tensor(robot.HOME_QPOS, dtype=torch.float32)
     idm.fit_normalization(home + 1e-3 * torch.randn(64, 16, generator=g),
                           torch.cat([home, torch.zeros(16)]) + 1e-3 * torch.randn(64, 32, generator=g))
-    if nan_idm:
-        idm.action_mean[3] = float("nan")  # every extraction now has a NaN joint target
+    if nan_idm:  # every extraction now has a NaN joint target (whatever the IDM's target parameterisation)
+        with torch.no_grad():
+            idm.head.out.bias[3] = float("nan")
     reg = ModelRegistry(sched.store, cfg.data_path)
     for kind, model in (("world_model", wm), ("idm", idm)):
         model.save_pretrained(tmp_path / kind)
