@@ -20,7 +20,21 @@ _ENGINE_ONLY_DROP = ("polling_interval",)
 
 
 class Channel(kombu_sqla.Channel):
-    """kombu's SQLAlchemy channel, minus the transport options that are not engine arguments."""
+    """kombu's SQLAlchemy channel, minus the transport options that are not engine arguments, and safe
+    when several processes declare the same queue at once (kombu's lock is per process: the loser of the
+    race got an IntegrityError on the queue's unique name and its worker died)."""
+
+    def _get_or_create(self, queue):
+        from sqlalchemy.exc import IntegrityError
+
+        try:
+            return super()._get_or_create(queue)
+        except IntegrityError:  # another process created it first: use theirs
+            self.session.rollback()
+            obj = self.session.query(self.queue_cls).filter(self.queue_cls.name == queue).first()
+            if obj is None:
+                raise
+            return obj
 
     def _engine_from_config(self):
         client = self.connection.client
