@@ -101,7 +101,7 @@ def execute(task: Any, name: str, args: tuple, kwargs: dict, body: Body, heartbe
         reason = f"unknown task run id {msg.run_id}"
         record_reject(cfg.data_path, reason, task=name, run_id=msg.run_id)
         return {"rejected": reason}
-    if not matches(run):
+    if not won and not matches(run):  # a claimed run matched already (claimable checked it)
         reason = f"message does not match ledger run {msg.run_id} ({run['name']})"
         record_reject(cfg.data_path, reason, task=name, run_id=msg.run_id)
         return {"rejected": reason}

@@ -395,16 +395,16 @@ class InverseDynamicsModel(nn.Module):
         proprio0 = proprio0.to(self.device, torch.float32)
         if self.delta:
             preds = self._extract_chained(f0, f1, noise, proprio0, n, k, n_pad)
+            est, spread = average_windows(preds, n_pad)  # (T'-1, A), (T'-1,)
         else:
-            est: Tensor | None = None
+            est = None
             for _ in range(cfg.proprio_passes):
                 proprio = window_proprio(proprio0, est, n, cfg.action_dim, cfg.control_dt)  # (N, P)
                 cond = self.condition(f0, f1, proprio).repeat_interleave(k, dim=0)  # (N*K, d)
                 preds = torch.cat(
                     [self.sample(c, z) for c, z in zip(cond.split(cfg.max_batch), noise.split(cfg.max_batch))]
                 ).reshape(n, k, cfg.window, cfg.action_dim)  # (N, K, W, A)
-                est, _ = average_windows(preds, n_pad)
-        est, spread = average_windows(preds, n_pad)  # (T'-1, A), (T'-1,)
+                est, spread = average_windows(preds, n_pad)  # (T'-1, A), (T'-1,)
         return Extraction(actions=est[:n_actions].float().cpu(), spread=spread[:n_actions].float().cpu())
 
     def _extract_chained(
