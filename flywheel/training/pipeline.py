@@ -63,6 +63,9 @@ class StoreTrainer:
 
     # -- world model -----------------------------------------------------------------------------
     def train_world_model(self, parent: RegisteredModel | None, phase: str) -> RegisteredModel:
+        import numpy as np
+        import torch
+
         from flywheel.training.world_model import Stage, train_world_model
         from policies.world_model import WorldModel
 
@@ -70,6 +73,10 @@ class StoreTrainer:
             return done
         wcfg, tcfg = self.cfg.world_model, self.cfg.train
         model = WorldModel.from_pretrained(parent.path) if parent else WorldModel(wcfg)
+        if parent is None and wcfg.action_conditioning and wcfg.normalize_actions:  # a fine-tune keeps its stats
+            acts = [e.actions for e in self.episodes("all") if len(e.actions)]
+            if acts:
+                model.fit_action_stats(torch.from_numpy(np.concatenate(acts)))
         clip = lambda eps: ClipDataset(eps, num_frames=wcfg.num_frames, stride=2)
         if parent is None:
             recipe = [(s.name, s.mixture, s.steps, s.lr) for s in tcfg.wm_stages]

@@ -36,12 +36,15 @@ class WorldModelConfig:
     kl_latent_channels: int = 4
     action_dim: int = 16
     action_conditioning: bool = True
+    normalize_actions: bool = False  # standardise actions with per-joint stats fitted from data
+    action_hidden: int = 0  # 0: the action chunk is embedded linearly; > 0: by an MLP of this width
     action_dropout: float = 0.5  # training: drop the action chunk so one model serves both modes
     text_dropout: float = 0.1  # training: empty caption, for classifier-free guidance
     success_head: bool = True
     success_hidden: int = 64
     success_loss_weight: float = 0.5
     flow_shift: float = 1.0  # FlowMatchEulerDiscreteScheduler shift
+    pos_embed: bool = False  # learned spatial position embedding added to the tokens (see PatchEmbedWithActions)
     residual: bool = True  # diffuse the change from the start-frame latent (False: plain latents, as Wan)
     # what the transformer outputs: "velocity" (noise - x0, as Wan; needed for pretrained weights) or
     # "sample" (x0, turned into a velocity (x_t - x0) / t). A narrow model cannot reproduce

@@ -55,20 +55,42 @@ class SuccessHead(nn.Module):
 class PatchEmbedWithActions(nn.Module):
     """Wan's patch Conv3d on the latent channels, plus a linear embedding of the trailing per-frame
     action channels (constant over space, so a conv over them would waste compute), added to every
-    token of its frame. Zero-initialised: a pretrained backbone is unchanged at step 0."""
+    token of its frame, plus (optionally) a learned spatial position embedding per token.
 
-    def __init__(self, conv: nn.Conv3d, action_channels: int) -> None:
+    Wan's tokens carry their position only through RoPE inside attention, so a token's MLP cannot
+    compute "is the arm over me for these actions": the position embedding gives it that. The action
+    embedding is zero-initialised and the position embedding too when loading pretrained weights, so a
+    pretrained backbone is unchanged at step 0."""
+
+    def __init__(self, conv: nn.Conv3d, action_channels: int, grid: tuple[int, int] | None = None,
+                 zero_init: bool = True, action_hidden: int = 0) -> None:
         super().__init__()
         self.conv = conv
-        self.action = nn.Linear(action_channels, conv.out_channels)
-        nn.init.zeros_(self.action.weight)
-        nn.init.zeros_(self.action.bias)
+        self.action_channels = action_channels
+        self.action: nn.Module | None = None
+        if action_channels:
+            d = conv.out_channels
+            last = nn.Linear(action_hidden or action_channels, d)
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+            # a linear embedding, or an MLP: the joint targets -> "where the arm is" map is far from linear
+            self.action = last if not action_hidden else nn.Sequential(
+                nn.Linear(action_channels, action_hidden), nn.SiLU(), last)
+        self.pos = None
+        if grid is not None:
+            self.pos = nn.Parameter(torch.zeros(conv.out_channels, 1, *grid))
+            if not zero_init:
+                nn.init.normal_(self.pos, std=0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in + C_a, t, H, W) -> (B, D, t, h, w)
-        ca = self.action.in_features
-        h = self.conv(x[:, :-ca])
-        a = self.action(x[:, -ca:, :, 0, 0].transpose(1, 2)).to(h.dtype)  # (B, t, D)
-        return h + a.transpose(1, 2)[..., None, None]
+        ca = self.action_channels
+        h = self.conv(x[:, :-ca] if ca else x)
+        if self.action is not None:
+            a = self.action(x[:, -ca:, :, 0, 0].transpose(1, 2)).to(h.dtype)  # (B, t, D)
+            h = h + a.transpose(1, 2)[..., None, None]
+        if self.pos is not None:
+            h = h + self.pos.to(h.dtype)
+        return h
 
 
 class WorldModel(nn.Module):
@@ -103,11 +125,29 @@ class WorldModel(nn.Module):
             if cfg.prediction == "sample" and cfg.residual:  # start as "nothing changes" (= copy the start frame)
                 nn.init.zeros_(self.transformer.proj_out.weight)
                 nn.init.zeros_(self.transformer.proj_out.bias)
-        if self.action_channels:
+        if self.action_channels or cfg.pos_embed:
+            grid = (cfg.latent_size // cfg.patch_size[1], cfg.latent_size // cfg.patch_size[2])
             self.transformer.patch_embedding = PatchEmbedWithActions(
-                self.transformer.patch_embedding, self.action_channels
+                self.transformer.patch_embedding, self.action_channels, grid if cfg.pos_embed else None,
+                zero_init=bool(cfg.pretrained_path) or transformer_config is not None,
+                action_hidden=cfg.action_hidden,
             )
         self.success_head = SuccessHead(c, cfg.text_dim, cfg.success_hidden) if cfg.success_head else None
+        if cfg.action_conditioning and cfg.normalize_actions:  # saved with the weights
+            self.register_buffer("action_mean", torch.zeros(cfg.action_dim))
+            self.register_buffer("action_std", torch.ones(cfg.action_dim))
+
+    def fit_action_stats(self, actions: torch.Tensor) -> None:
+        """Per-joint mean and std of native actions `(N, A)`: the action chunk is standardised with
+        them before it is embedded (joint targets span ~0.3 rad, the gripper ~0.02: unscaled, the
+        gripper is invisible to the embedding). A no-op unless `normalize_actions`."""
+        if not hasattr(self, "action_mean"):
+            return
+        a = torch.as_tensor(actions, dtype=torch.float32).reshape(-1, self.cfg.action_dim)
+        if len(a) < 2 or not torch.isfinite(a).all():
+            raise PolicyError(f"action stats need >= 2 finite actions, got {tuple(a.shape)}")
+        self.action_mean.copy_(a.mean(0))
+        self.action_std.copy_(a.std(0).clamp(min=1e-3))
 
     @property
     def device(self) -> torch.device:
@@ -148,6 +188,8 @@ class WorldModel(nn.Module):
                 if actions.shape[1] != (t - 1) * r:
                     raise PolicyError(f"got {actions.shape[1]} actions for {(t - 1) * r + 1} frames")
                 keep = present.to(cond.dtype).view(b, 1, 1)
+                if hasattr(self, "action_mean"):
+                    actions = (actions - self.action_mean) / self.action_std
                 a[:, 1:, :-1] = actions.to(cond.dtype).reshape(b, t - 1, r * ad) * keep
                 a[:, :, -1:] = keep
             chans.append(a.permute(0, 2, 1)[..., None, None].expand(-1, -1, -1, h, w))

@@ -184,3 +184,32 @@ def test_plain_latent_mode_trains_and_keeps_the_start_frame():
     frame = torch.rand(3, S, S)
     videos = m.eval().imagine(frame, "pick", n=2, steps=2, seed=0)
     assert torch.allclose(videos[:, 0], frame.expand(2, -1, -1, -1), atol=1e-5)
+
+
+def test_position_embedding_and_action_mlp_round_trip(tmp_path):
+    torch.manual_seed(0)
+    m = WorldModel(tiny_cfg(pos_embed=True, action_hidden=32)).eval()
+    pe = m.transformer.patch_embedding
+    assert pe.pos.shape == (m.transformer.config.num_attention_heads * 32, 1, S // 4, S // 4)
+    assert pe.pos.std() > 0  # from scratch: random, so tokens differ by position from step 0
+    assert torch.count_nonzero(pe.action[-1].weight) == 0  # actions start with no effect
+    m.save_pretrained(tmp_path / "wm")
+    loaded = WorldModel.from_pretrained(tmp_path / "wm")
+    assert torch.equal(loaded.transformer.patch_embedding.pos, pe.pos)
+    frame, acts = torch.rand(3, S, S), torch.randn(2, 16)
+    assert torch.equal(m.predict(frame, acts, "pick", steps=2)[0], loaded.predict(frame, acts, "pick", steps=2)[0])
+    # a checkpoint of the default config (no position embedding) is not mistaken for this one
+    assert not hasattr(WorldModel(tiny_cfg()).transformer.patch_embedding.pos, "shape")
+
+
+def test_action_stats_standardise_the_chunk_and_survive_a_round_trip(tmp_path):
+    torch.manual_seed(0)
+    m = WorldModel(tiny_cfg(normalize_actions=True)).eval()
+    acts = torch.randn(100, 16) * torch.linspace(0.01, 1.0, 16) + 2.0
+    m.fit_action_stats(acts)
+    assert torch.allclose(m.action_mean, acts.mean(0)) and torch.allclose(m.action_std, acts.std(0))
+    m.save_pretrained(tmp_path / "wm")
+    assert torch.equal(WorldModel.from_pretrained(tmp_path / "wm").action_std, m.action_std)
+    with pytest.raises(PolicyError, match="finite"):
+        m.fit_action_stats(torch.full((4, 16), float("nan")))
+    WorldModel(tiny_cfg()).fit_action_stats(acts)  # without normalize_actions: nothing to fit, no error
