@@ -39,7 +39,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    cfg = WorldModelConfig()  # the tiny config
+    from flywheel.compose import compose, to_object
+
+    cfg = to_object(compose(["preset=demo"])).world_model  # the tiny config, as configs/world_model/tiny.yaml sets it
+    assert isinstance(cfg, WorldModelConfig)
     model = WorldModel(cfg).eval()
     frame = torch.rand(3, cfg.image_size, cfg.image_size)
     n1 = timed(model, frame, 1, 16, args.steps, args.guidance, args.repeats)
