@@ -113,6 +113,24 @@ class TaskRunRow:
 
 
 @dataclass(kw_only=True)
+class TrainingRunRow:
+    """One training job: its recipe, the data it saw, and its final metrics."""
+
+    id: int
+    kind: str
+    state: str
+    config: dict[str, Any]
+    data_snapshot: dict[str, Any]
+    metrics: dict[str, Any]
+    error: str | None
+    started_at: datetime
+    finished_at: datetime | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self)
+
+
+@dataclass(kw_only=True)
 class ModelVersionRow:
     """One registered checkpoint."""
 

@@ -52,6 +52,7 @@ from db.records import (
     ModelVersionRow,
     SuccessRate,
     TaskRunRow,
+    TrainingRunRow,
     from_orm,
 )
 from db.schema import check_schema, current_revision, is_empty, upgrade
@@ -474,6 +475,14 @@ class ExperienceStore:
             if run is None:
                 raise StoreError(f"unknown training run id {run_id}")
             run.state, run.metrics, run.error, run.finished_at = state, metrics or {}, error, utcnow()
+
+    def training_run(self, run_id: int) -> TrainingRunRow:
+        """Training run `run_id` with its recipe and metrics (StoreError if there is none)."""
+        with self._tx("reading a training run") as s:
+            run = s.get(TrainingRun, run_id)
+            if run is None:
+                raise StoreError(f"unknown training run id {run_id}")
+            return from_orm(TrainingRunRow, run)
 
     def record_evaluation(
         self, suite: str, model_version_id: int | None, metric: str, value: float, n: int = 0, *,

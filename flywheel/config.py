@@ -42,6 +42,8 @@ class TrainConfig:
             StageConfig(name="robot", mixture={"rollouts": 0.7, "expert": 0.3}, steps=100, lr=2e-4),
         ]
     )
+    vae_steps: int = 1000  # world_model.vae=kl2d without vae_path: autoencoder steps before the first stage
+    vae_lr: float = 1e-3
     idm_steps: int = 400
     idm_lr: float = 1e-3
     finetune_steps: int = 100
@@ -53,6 +55,8 @@ class TrainConfig:
             raise ValueError(f"train.precision must be fp32, bf16 or fp16, got {self.precision!r}")
         if self.batch_size < 1:
             raise ValueError(f"train.batch_size must be >= 1, got {self.batch_size}")
+        if self.vae_steps < 0 or self.vae_lr <= 0:
+            raise ValueError(f"train.vae_steps must be >= 0 and train.vae_lr > 0, got {self.vae_steps}, {self.vae_lr}")
 
 
 @dataclass

@@ -89,13 +89,23 @@ class StoreTrainer:
         run_id = self.store.start_training_run("world_model", {"recipe": [list(r) for r in recipe]},
                                                self.snapshot())
         out = self.work / f"world_model-{phase}"
+        vae_logs: dict[str, float] = {}
         try:
+            if parent is None and wcfg.vae == "kl2d" and not wcfg.vae_path and tcfg.vae_steps > 0:
+                # latent diffusion: the autoencoder first, on every stored frame, then frozen (fine-tunes keep it)
+                from flywheel.training.vae import frame_pool, train_vae
+
+                vae_logs = train_vae(model.vae, frame_pool([e.frames for e in self.episodes("all")]),
+                                     tcfg.vae_steps, tcfg.vae_lr, seed=tcfg.seed, device=tcfg.device,
+                                     precision=tcfg.precision, progress=self.progress)
+                self.say(f"autoencoder: reconstruction MSE {vae_logs['vae_rec_first']:.4f} -> "
+                         f"{vae_logs['vae_rec_last']:.4f} in {tcfg.vae_steps} steps")
             res = train_world_model(model, stages, tcfg, out, progress=self.progress)
         except Exception as exc:
             self.store.finish_training_run(run_id, "failed", error=str(exc)[:500])
             raise
         self.store.finish_training_run(run_id, "succeeded", {"final_loss": res.final_loss, "steps": res.steps,
-                                                             "clips_per_s": res.clips_per_s})
+                                                             "clips_per_s": res.clips_per_s, **vae_logs})
         return self._register("world_model", Path(res.model_dir), model.cfg, parent, phase, run_id,
                               {"recipe": [list(r[:2]) for r in recipe]})
 

@@ -77,18 +77,31 @@ class KL2DVAE(VideoVAE):
         self.latent_channels = self.ae.config.latent_channels
         self.spatial_factor = 2 ** (len(self.ae.config.block_out_channels) - 1)
         self.ae.requires_grad_(False)
+        # latents are multiplied by this so the denoiser sees ~unit variance; set from data after training
+        # (`fit_latent_scale`) and saved with the weights, unlike the autoencoder's own config
+        self.register_buffer("latent_scale", torch.tensor(float(self.ae.config.scaling_factor)))
+
+    @torch.no_grad()
+    def fit_latent_scale(self, video: torch.Tensor) -> float:
+        """Set `latent_scale` to 1 / std of the latents of `video (B, T, 3, H, W)`; returns it."""
+        self.latent_scale.fill_(1.0)
+        std = float(self.encode(video).std())
+        if not std > 0:
+            raise PolicyError(f"the autoencoder's latents have std {std}: it cannot be scaled")
+        self.latent_scale.fill_(1.0 / std)
+        return 1.0 / std
 
     def _frames(self, video: torch.Tensor) -> torch.Tensor:
         return video.flatten(0, 1) * 2.0 - 1.0  # (B*T, 3, H, W) in [-1, 1]
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         b, t = video.shape[:2]
-        z = self.ae.encode(self._frames(video)).latent_dist.mode() * self.ae.config.scaling_factor
+        z = self.ae.encode(self._frames(video)).latent_dist.mode() * self.latent_scale
         return z.unflatten(0, (b, t)).permute(0, 2, 1, 3, 4)  # (B, C, T, h, w)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         b, _, t = latents.shape[:3]
-        z = latents.permute(0, 2, 1, 3, 4).flatten(0, 1) / self.ae.config.scaling_factor
+        z = latents.permute(0, 2, 1, 3, 4).flatten(0, 1) / self.latent_scale
         x = self.ae.decode(z).sample.unflatten(0, (b, t))
         return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
 

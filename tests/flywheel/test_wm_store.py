@@ -68,3 +68,26 @@ def test_store_trainer_registers_root_and_fine_tuned_child(tmp_path):
     assert again.train_world_model(parent=None, phase="bootstrap").id == root.id
     assert [r.version for r in store.list_models("world_model")] == [root.version, child.version]
     store.close()
+
+
+def test_bootstrap_trains_the_kl_autoencoder_first_and_a_fine_tune_keeps_it(tmp_path):
+    cfg = _config(tmp_path)
+    cfg.world_model = WorldModelConfig(image_size=S, num_frames=3, vae="kl2d", kl_block_out_channels=(8, 8),
+                                       patch_size=(1, 2, 2), text_layers=1, text_vocab_size=256, max_text_tokens=12,
+                                       success_hidden=16, prediction="sample")
+    cfg.train.vae_steps = 20
+    store = ExperienceStore.from_config(cfg.db, tmp_path, create=True)
+    _fill(store)
+    trainer = StoreTrainer(cfg, store, ModelRegistry(store, tmp_path), progress=False, say=lambda s: None)
+    torch.manual_seed(0)
+    untrained = WorldModel(cfg.world_model).vae.state_dict()
+    root = trainer.train_world_model(parent=None, phase="bootstrap")
+    run = store.get_model("world_model", root.version).training_run_id
+    metrics = store.training_run(run).metrics
+    assert metrics["vae_steps"] == 20 and metrics["vae_rec_last"] < metrics["vae_rec_first"]
+    vae = WorldModel.from_pretrained(root.path).vae.state_dict()
+    assert any(not torch.equal(vae[k], untrained[k]) for k in vae)  # the autoencoder was trained
+    child = trainer.train_world_model(parent=root, phase="iter1")
+    tuned = WorldModel.from_pretrained(child.path).vae.state_dict()
+    assert all(torch.equal(tuned[k], vae[k]) for k in vae)  # frozen under the fine-tuned denoiser
+    store.close()
