@@ -1,11 +1,12 @@
 """The world model: a Wan video diffusion transformer trained with flow matching, conditioned on the
 start frame(s), a caption and optionally an action chunk, with a success head on the final frame.
 
-Conditioning, all as extra input channels of the denoiser (Wan I2V style), so every token sees the
-start frame at its own location and the actions of its own frame:
-    [x_t (C) | start-frame latent broadcast over time (C) | mask (1) | actions (r*A) | actions-given (1)]
-where the mask marks the conditioning latent frames (kept clean, not trained on) and latent frame f
-gets the r actions that lead into it (r = VAE temporal factor). Actions are dropped at random in
+Conditioning: extra input channels of the denoiser (Wan I2V style), so every token sees the start
+frame at its own location,
+    [x_t (C) | start-frame latent broadcast over time (C) | mask (1)],
+where the mask marks the conditioning latent frames (kept clean, not trained on); and a per-frame
+action vector [actions (r*A) | actions-given (1)] embedded and added to every token of its frame by the
+patch embedding: latent frame f gets the r actions that lead into it (r = VAE temporal factor). Actions are dropped at random in
 training so one model serves imagine mode (text + frame) and evaluation mode (+ actions); captions
 are dropped to the empty caption for classifier-free guidance.
 
@@ -82,11 +83,16 @@ class PatchEmbedWithActions(nn.Module):
             if not zero_init:
                 nn.init.normal_(self.pos, std=0.02)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in + C_a, t, H, W) -> (B, D, t, h, w)
-        ca = self.action_channels
-        h = self.conv(x[:, :-ca] if ca else x)
+    frame_actions: torch.Tensor | None = None  # (B, t, C_a), set by WorldModel._denoise around each call
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, t, H, W) -> (B, D, t, h, w)
+        h = self.conv(x)
         if self.action is not None:
-            a = self.action(x[:, -ca:, :, 0, 0].transpose(1, 2)).to(h.dtype)  # (B, t, D)
+            fa = self.frame_actions
+            if fa is None or fa.shape[:2] != (h.shape[0], h.shape[2]):
+                raise PolicyError(f"the patch embedding needs per-frame actions {(h.shape[0], h.shape[2])}, "
+                                  f"got {None if fa is None else tuple(fa.shape)}")
+            a = self.action(fa.to(self.conv.weight.dtype)).to(h.dtype)  # (B, t, D)
             h = h + a.transpose(1, 2)[..., None, None]
         if self.pos is not None:
             h = h + self.pos.to(h.dtype)
@@ -175,12 +181,14 @@ class WorldModel(nn.Module):
         return z, n_cond
 
     def _cond_channels(self, cond: torch.Tensor, n_cond: int, actions: torch.Tensor | None,
-                       present: torch.Tensor | None) -> torch.Tensor:
-        """`(B, C + 1 + action_channels, t, h, w)`: start latent, mask, per-frame actions, flag."""
+                       present: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`(B, C + 1, t, h, w)` start latent and mask channels, and the per-frame action vectors
+        `(B, t, action_channels)` (actions, flag) that the patch embedding adds to every token of
+        their frame (None without action conditioning). The actions are not broadcast over pixels."""
         b, _, t, h, w = cond.shape
         mask = torch.zeros(b, 1, t, h, w, device=cond.device, dtype=cond.dtype)
         mask[:, :, :n_cond] = 1.0
-        chans = [cond, mask]
+        a = None
         if self.action_channels:
             a = torch.zeros(b, t, self.action_channels, device=cond.device, dtype=cond.dtype)
             if actions is not None:
@@ -192,8 +200,19 @@ class WorldModel(nn.Module):
                     actions = (actions - self.action_mean) / self.action_std
                 a[:, 1:, :-1] = actions.to(cond.dtype).reshape(b, t - 1, r * ad) * keep
                 a[:, :, -1:] = keep
-            chans.append(a.permute(0, 2, 1)[..., None, None].expand(-1, -1, -1, h, w))
-        return torch.cat(chans, dim=1)
+        return torch.cat([cond, mask], dim=1), a
+
+    def _denoise(self, x: torch.Tensor, timestep: torch.Tensor, ehs: torch.Tensor,
+                 frame_actions: torch.Tensor | None) -> torch.Tensor:
+        """One transformer call, with the per-frame actions handed to the patch embedding."""
+        pe = self.transformer.patch_embedding
+        if isinstance(pe, PatchEmbedWithActions):
+            pe.frame_actions = frame_actions
+        try:
+            return self.transformer(x, timestep, ehs, return_dict=False)[0]
+        finally:
+            if isinstance(pe, PatchEmbedWithActions):
+                pe.frame_actions = None
 
     def _text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden `(B, L, D)` and masked-mean pooled `(B, D)` caption states."""
@@ -215,7 +234,7 @@ class WorldModel(nn.Module):
         if actions is not None:
             actions = actions.to(dev, torch.float32)
             present = torch.rand(b, device=dev) >= cfg.action_dropout
-        chans = self._cond_channels(cond, n_cond, actions, present)
+        chans, frame_actions = self._cond_channels(cond, n_cond, actions, present)
 
         hidden, pooled = self._text(list(batch["caption"]))
         null, _ = self._text([""])
@@ -229,7 +248,7 @@ class WorldModel(nn.Module):
         tt = t.view(b, 1, 1, 1, 1)
         x_t = (1 - tt) * x0 + tt * noise
         x_t[:, :, :n_cond] = x0[:, :, :n_cond]
-        out = self.transformer(torch.cat([x_t, chans], 1), t * 1000, ehs, return_dict=False)[0]
+        out = self._denoise(torch.cat([x_t, chans], 1), t * 1000, ehs, frame_actions)
         if cfg.prediction == "sample":  # loss on x0 itself: every noise level weighs the same, so the
             # first sampling steps (which set the coarse motion) are learned as well as the last ones
             loss_fm = F.mse_loss(out[:, :, n_cond:].float(), x0[:, :, n_cond:])
@@ -276,7 +295,7 @@ class WorldModel(nn.Module):
         cond, n_cond = self._cond_latents(start[None], num_frames)
         cond = cond.expand(n, -1, -1, -1, -1)
         present = torch.ones(n, dtype=torch.bool, device=dev) if actions is not None else None
-        chans = self._cond_channels(cond, n_cond, actions, present)
+        chans, frame_actions = self._cond_channels(cond, n_cond, actions, present)
         hidden, _ = self._text([caption])
         ehs = hidden.expand(n, -1, -1)
         use_cfg = guidance != 1.0
@@ -291,10 +310,12 @@ class WorldModel(nn.Module):
         c = x.shape[1]
         reps = 2 if use_cfg else 1
         inp = torch.cat([torch.zeros_like(x), chans], 1).repeat(reps, 1, 1, 1, 1)  # conditioning written once
+        if frame_actions is not None:
+            frame_actions = frame_actions.repeat(reps, 1, 1)
         for i, ts in enumerate(sched.timesteps):
             for k in range(reps):
                 inp[k * n:(k + 1) * n, :c] = x
-            out = self.transformer(inp, ts.expand(reps * n), ehs, return_dict=False)[0].float()
+            out = self._denoise(inp, ts.expand(reps * n), ehs, frame_actions).float()
             v = self._velocity(out, inp[:, :c], sched.sigmas[i].to(dev))
             if use_cfg:
                 v_c, v_u = v.chunk(2)
