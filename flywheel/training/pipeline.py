@@ -64,7 +64,6 @@ class StoreTrainer:
     # -- world model -----------------------------------------------------------------------------
     def train_world_model(self, parent: RegisteredModel | None, phase: str) -> RegisteredModel:
         import numpy as np
-        import torch
 
         from flywheel.training.world_model import Stage, train_world_model
         from policies.world_model import WorldModel
@@ -76,7 +75,7 @@ class StoreTrainer:
         if parent is None and wcfg.action_conditioning and wcfg.normalize_actions:  # a fine-tune keeps its stats
             acts = [e.actions for e in self.episodes("all") if len(e.actions)]
             if acts:
-                model.fit_action_stats(torch.from_numpy(np.concatenate(acts)))
+                model.fit_action_stats(np.concatenate(acts))
         clip = lambda eps: ClipDataset(eps, num_frames=wcfg.num_frames, stride=2)
         if parent is None:
             recipe = [(s.name, s.mixture, s.steps, s.lr) for s in tcfg.wm_stages]

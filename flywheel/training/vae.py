@@ -14,8 +14,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from flywheel.data import frames_to_video
 from flywheel.errors import FlywheelError
 from flywheel.training.common import autocast, progress_bar, resolve_device
+from policies.world_model.modeling_vae import KL2DVAE
 
 
 def frame_pool(frames: Sequence[np.ndarray]) -> np.ndarray:
@@ -29,14 +31,14 @@ def frame_pool(frames: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate(pool)
 
 
-def train_vae(vae: torch.nn.Module, frames: np.ndarray, steps: int, lr: float, batch_size: int = 32,
+def train_vae(vae: KL2DVAE, frames: np.ndarray, steps: int, lr: float, batch_size: int = 32,
               seed: int = 0, device: str = "cpu", precision: str = "fp32", kl_weight: float = 1e-4,
               progress: bool = False) -> dict[str, float]:
-    """Train `vae` (a `KL2DVAE`) on uint8 frames `(N, H, W, 3)` for `steps` AdamW steps, in place, and
+    """Train `vae` on uint8 frames `(N, H, W, 3)` for `steps` AdamW steps, in place, and
     leave it frozen with its latents scaled to unit variance. Returns the first and last reconstruction
     MSE (in [-1, 1] units, averaged over the first / last tenth of the steps), the KL term, the latent
     scale and the throughput."""
-    if not hasattr(vae, "loss") or not hasattr(vae, "ae"):
+    if not isinstance(vae, KL2DVAE):
         raise FlywheelError(f"{type(vae).__name__} is not a trainable autoencoder (world_model.vae=kl2d is)")
     if steps < 1 or not math.isfinite(lr) or lr <= 0:
         raise FlywheelError(f"autoencoder training needs steps >= 1 and lr > 0, got steps={steps}, lr={lr}")
@@ -57,7 +59,7 @@ def train_vae(vae: torch.nn.Module, frames: np.ndarray, steps: int, lr: float, b
             for g in opt.param_groups:  # short linear warm-up
                 g["lr"] = lr * min(1.0, (step + 1) / max(1, min(50, steps // 10)))
             idx = rng.integers(len(frames), size=batch_size)
-            x = torch.from_numpy(frames[idx]).to(dev).permute(0, 3, 1, 2).float().div_(255.0)[:, None]
+            x = frames_to_video(frames[idx]).to(dev)[:, None]  # (B, 1, 3, H, W): single frames
             with autocast(dev, precision):
                 loss, logs = vae.loss(x, kl_weight=kl_weight)
             if not torch.isfinite(loss):
@@ -75,8 +77,8 @@ def train_vae(vae: torch.nn.Module, frames: np.ndarray, steps: int, lr: float, b
         vae.ae.requires_grad_(False)
         vae.eval()
     wall = time.perf_counter() - t0
-    sample = torch.from_numpy(frames[rng.integers(len(frames), size=min(len(frames), 256))])
-    scale = vae.fit_latent_scale(sample.to(dev).permute(0, 3, 1, 2).float().div_(255.0)[:, None])
+    sample = frames_to_video(frames[rng.integers(len(frames), size=min(len(frames), 256))])
+    scale = vae.fit_latent_scale(sample.to(dev)[:, None])
     k = max(1, steps // 10)
     return {"vae_steps": steps, "vae_rec_first": float(np.mean(recs[:k])), "vae_rec_last": float(np.mean(recs[-k:])),
             "vae_kl_last": float(np.mean(kls[-k:])), "vae_latent_scale": scale,

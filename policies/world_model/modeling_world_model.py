@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,9 @@ from policies.world_model.checkpoint import load_checkpoint, save_checkpoint
 from policies.world_model.configuration_world_model import WorldModelConfig
 from policies.world_model.modeling_text_encoder import make_text_encoder
 from policies.world_model.modeling_vae import _local_dir, make_vae
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 SIGMA_MIN = 0.05  # sample prediction: smallest noise level the velocity divides by
@@ -54,14 +58,17 @@ class SuccessHead(nn.Module):
 
 
 class PatchEmbedWithActions(nn.Module):
-    """Wan's patch Conv3d on the latent channels, plus a linear embedding of the trailing per-frame
-    action channels (constant over space, so a conv over them would waste compute), added to every
-    token of its frame, plus (optionally) a learned spatial position embedding per token.
+    """Wan's patch Conv3d on the latent channels, plus an embedding (linear or MLP) of the per-frame
+    action vectors `frame_actions (B, t, C_a)` added to every token of its frame, plus (optionally) a
+    learned spatial position embedding per token. `WorldModel._denoise` sets `frame_actions` around each
+    transformer call: the actions are constant over space, so they are not broadcast into pixel channels.
 
     Wan's tokens carry their position only through RoPE inside attention, so a token's MLP cannot
     compute "is the arm over me for these actions": the position embedding gives it that. The action
     embedding is zero-initialised and the position embedding too when loading pretrained weights, so a
     pretrained backbone is unchanged at step 0."""
+
+    frame_actions: torch.Tensor | None = None  # (B, t, C_a), set by WorldModel._denoise around each call
 
     def __init__(self, conv: nn.Conv3d, action_channels: int, grid: tuple[int, int] | None = None,
                  zero_init: bool = True, action_hidden: int = 0) -> None:
@@ -82,8 +89,6 @@ class PatchEmbedWithActions(nn.Module):
             self.pos = nn.Parameter(torch.zeros(conv.out_channels, 1, *grid))
             if not zero_init:
                 nn.init.normal_(self.pos, std=0.02)
-
-    frame_actions: torch.Tensor | None = None  # (B, t, C_a), set by WorldModel._denoise around each call
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, t, H, W) -> (B, D, t, h, w)
         h = self.conv(x)
@@ -143,8 +148,8 @@ class WorldModel(nn.Module):
             self.register_buffer("action_mean", torch.zeros(cfg.action_dim))
             self.register_buffer("action_std", torch.ones(cfg.action_dim))
 
-    def fit_action_stats(self, actions: torch.Tensor) -> None:
-        """Per-joint mean and std of native actions `(N, A)`: the action chunk is standardised with
+    def fit_action_stats(self, actions: torch.Tensor | np.ndarray) -> None:
+        """Per-joint mean and std of native actions `(N, A)` (tensor or array): the action chunk is standardised with
         them before it is embedded (joint targets span ~0.3 rad, the gripper ~0.02: unscaled, the
         gripper is invisible to the embedding). A no-op unless `normalize_actions`."""
         if not hasattr(self, "action_mean"):
