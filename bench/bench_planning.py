@@ -57,7 +57,8 @@ def main() -> None:
     from policies.world_model import WorldModel
 
     with TemporaryDirectory() as tmp:
-        cfg = to_object(compose([f"data_dir={tmp}", "preset=demo", f"policy.sampling_steps={args.steps}"]))
+        cfg = to_object(compose([f"data_dir={tmp}", "preset=demo", f"policy.sampling_steps={args.steps}",
+                                 "policy.resample_rounds=0"]))  # one batch per planning step
     backend = make_backend("sim", cfg.backend, cfg.env)
     task = sample_task("pick", 0)
     obs = backend.reset(task=task, seed=0)
@@ -69,7 +70,8 @@ def main() -> None:
     idm.fit_normalization(home + 1e-3 * torch.randn(64, 16, generator=g),
                           torch.cat([home, torch.zeros(16)]) + 1e-3 * torch.randn(64, 32, generator=g))
     policy = ImagineThenActPolicy(cfg, world_model=wm, idm=idm, feasibility=default_checker(0.1).check,
-                                  action_low=backend.action_low, action_high=backend.action_high)
+                                  action_low=backend.action_low, action_high=backend.action_high,
+                                  workspace=backend.safety.workspace)
     policy.reset(task.to_dict(), task.instruction, backend.scene_description())
     n1 = measure(policy, obs, 1, args.repeats)
     n8 = measure(policy, obs, 8, args.repeats)

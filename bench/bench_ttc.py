@@ -164,7 +164,8 @@ def main() -> None:
         wm, idm = WorldModel.from_pretrained(wm_reg.path), InverseDynamicsModel.from_pretrained(idm_reg.path)
         backend = make_backend("sim", cfg.backend, cfg.env)
         policy = ImagineThenActPolicy(cfg, world_model=wm, idm=idm, feasibility=default_checker(1 / cfg.env.control_hz).check,
-                                      action_low=backend.action_low, action_high=backend.action_high)
+                                      action_low=backend.action_low, action_high=backend.action_high,
+                                      workspace=backend.safety.workspace)
         with results.open("a") as f:
             for index in range(max(counts.values())):
                 for split in SPLITS:

@@ -16,6 +16,9 @@ class PolicyConfig:
     guidance: float = 2.0
     min_feasibility: float = 0.5
     min_success_prob: float = 0.0
+    # rejection sampling: when no candidate of a batch is acceptable, imagine a fresh batch (new seed) up
+    # to this many more times before holding (0: hold at once)
+    resample_rounds: int = 2
     # weights of the scores in the combined score; empty: the measured default (policies.imagine_then_act)
     score_weights: dict[str, float] | None = field(default_factory=dict)
     # frames of context the world model imagines from: the current one and the ones observed just before
@@ -33,5 +36,7 @@ class PolicyConfig:
             raise ValueError(f"policy.n_candidates must be >= 1, got {self.n_candidates}")
         if self.context_frames is not None and self.context_frames < 1:
             raise ValueError(f"policy.context_frames must be >= 1, got {self.context_frames}")
+        if self.resample_rounds < 0:
+            raise ValueError(f"policy.resample_rounds must be >= 0, got {self.resample_rounds}")
         if self.horizon < 1:
             raise ValueError(f"policy.horizon must be >= 1, got {self.horizon}")

@@ -61,6 +61,9 @@ class ImagineThenActPolicy(Policy):
     """Best-of-N imagine-then-act with closed-loop replanning.
 
     `feasibility(actions (T, A), q0 (A,)) -> report` with `.score` and `.violations` (kind per violation).
+    `workspace(targets (H, A)) -> bool (H,)`: the backend safety filter's workspace check (which targets
+    keep the hands in the workspace); a candidate whose executed chunk leaves it is rejected, since the
+    filter would refuse it.
     `cfg` is the product config (uses `cfg.policy`); `action_low/high` bound the native action space.
     """
 
@@ -68,11 +71,12 @@ class ImagineThenActPolicy(Policy):
 
     def __init__(self, cfg: Any, world_model: Any = None, idm: Any = None,
                  feasibility: Callable[[np.ndarray, np.ndarray], Any] | None = None,
-                 action_low: np.ndarray | None = None, action_high: np.ndarray | None = None, seed: int = 0):
+                 action_low: np.ndarray | None = None, action_high: np.ndarray | None = None, seed: int = 0,
+                 workspace: Callable[[np.ndarray], np.ndarray] | None = None):
         if world_model is None or idm is None:
             raise PolicyError("imagine_then_act needs a world model and an IDM (none registered yet?)")
         self.pcfg = cfg.policy
-        self.wm, self.idm, self.feasibility = world_model, idm, feasibility
+        self.wm, self.idm, self.feasibility, self.workspace = world_model, idm, feasibility, workspace
         self.low, self.high = action_low, action_high
         self.weights = dict(self.pcfg.score_weights or DEFAULT_WEIGHTS)
         self.upsampler = make_upsampler(self.pcfg.caption_upsampler, self.pcfg.upsampler_url)
@@ -132,26 +136,23 @@ class ImagineThenActPolicy(Policy):
         seed = self.seed * 100_003 + self.plan_step
         self.timings = dict.fromkeys(("imagine_s", "success_s", "extract_s", "feasibility_s", "consistency_s"), 0.0)
         t0 = time.perf_counter()
-        imagined = self.wm.imagine(start[0] if self.context == 1 else start, self.caption, n=p.n_candidates,
-                                   steps=p.sampling_steps, guidance=p.guidance, seed=seed,
-                                   num_frames=p.imagine_frames)  # (N, T, 3, H, W), the K start frames first
-        videos = imagined[:, self.context - 1:]  # from the current frame on: what the robot is to do
-        t1 = time.perf_counter()
-        success = self.wm.success_probs(videos, self.caption).numpy() if getattr(self.wm, "success_head", 1) is not None \
-            else np.full(len(videos), np.nan)
-        self.timings["imagine_s"], self.timings["success_s"] = t1 - t0, time.perf_counter() - t1
-        cands = [self._score(i, v, proprio, float(success[i]), seed) for i, v in enumerate(videos)]
-        if p.consistency:
-            self._score_consistency(cands, start, videos, proprio, seed)
-        for c in cands:
-            c.scores["combined"] = float(sum(w * c.scores.get(k, 0.0) for k, w in self.weights.items()
-                                             if np.isfinite(c.scores.get(k, 0.0))))
+        cands: list[Candidate] = []
+        batches: list[torch.Tensor] = []
+        for rnd in range(1 + p.resample_rounds):  # rejection sampling: a fresh batch while none is acceptable
+            videos = self._imagine_batch(start, seed + 7919 * rnd)
+            batch = self._score_batch(len(cands), start, videos, proprio, seed + 7919 * rnd)
+            cands += batch
+            batches.append(videos)
+            if any(c.rejected_reason is None for c in batch):
+                break
         self.timings["plan_s"] = time.perf_counter() - t0
+        self.timings["rounds"] = len(batches)
         self.plan_step += 1
         ok = [c for c in cands if c.rejected_reason is None]
+        videos = torch.cat(batches)
         shown = (videos.nan_to_num(0.0).clamp(0, 1) * 255).round().to(torch.uint8)  # a NaN future logs as black
         info = {"caption": self.caption, "timings": dict(self.timings),
-                "videos": shown.permute(0, 1, 3, 4, 2).numpy()}  # (N, T, H, W, 3) uint8
+                "videos": shown.permute(0, 1, 3, 4, 2).numpy()}  # (rounds * N, T, H, W, 3) uint8
         if not ok:
             self.sent = 0
             info["candidates"] = [c.record() for c in cands]
@@ -165,6 +166,31 @@ class ImagineThenActPolicy(Policy):
         self.last_target = chunk[-1].copy()
         self.sent = len(chunk)
         return PolicyOutput(actions=chunk.astype(np.float32), info=info)
+
+    def _imagine_batch(self, start: torch.Tensor, seed: int) -> torch.Tensor:
+        """N imagined futures (N, T, 3, H, W) from the current frame on, as one batch."""
+        p = self.pcfg
+        t0 = time.perf_counter()
+        imagined = self.wm.imagine(start[0] if self.context == 1 else start, self.caption, n=p.n_candidates,
+                                   steps=p.sampling_steps, guidance=p.guidance, seed=seed,
+                                   num_frames=p.imagine_frames)  # (N, T, 3, H, W), the K start frames first
+        self.timings["imagine_s"] += time.perf_counter() - t0
+        return imagined[:, self.context - 1:]  # from the current frame on: what the robot is to do
+
+    def _score_batch(self, first: int, start: torch.Tensor, videos: torch.Tensor, proprio: np.ndarray,
+                     seed: int) -> list[Candidate]:
+        """Score and screen one batch of imagined futures; candidate indices start at `first`."""
+        t0 = time.perf_counter()
+        success = self.wm.success_probs(videos, self.caption).numpy() if getattr(self.wm, "success_head", 1) is not None \
+            else np.full(len(videos), np.nan)
+        self.timings["success_s"] += time.perf_counter() - t0
+        cands = [self._score(first + i, v, proprio, float(success[i]), seed + i) for i, v in enumerate(videos)]
+        if self.pcfg.consistency:
+            self._score_consistency(cands, start, videos, proprio, seed, first)
+        for c in cands:
+            c.scores["combined"] = float(sum(w * c.scores.get(k, 0.0) for k, w in self.weights.items()
+                                             if np.isfinite(c.scores.get(k, 0.0))))
+        return cands
 
     def _rate_limited(self, actions: np.ndarray, proprio: np.ndarray) -> np.ndarray:
         """Shorten each step of `actions (H, A)` to `max_step` from the previous target (the last one sent,
@@ -181,7 +207,7 @@ class ImagineThenActPolicy(Policy):
 
     def _score(self, index: int, video: torch.Tensor, proprio: np.ndarray, success: float, seed: int) -> Candidate:
         t0 = time.perf_counter()
-        ext = self.idm.extract(video, torch.from_numpy(proprio), seed=seed + index)
+        ext = self.idm.extract(video, torch.from_numpy(proprio), seed=seed)
         self.timings["extract_s"] += time.perf_counter() - t0
         actions = ext.actions.numpy().astype(np.float64)
         spread = float(ext.spread.mean()) if ext.spread.numel() else 0.0
@@ -206,12 +232,16 @@ class ImagineThenActPolicy(Policy):
                 reason = "infeasible: " + ", ".join(hard)
             elif rep.score < self.pcfg.min_feasibility:
                 reason = f"feasibility {rep.score:.2f} below {self.pcfg.min_feasibility}"
+        if reason is None and self.workspace is not None:
+            inside = np.asarray(self.workspace(self._rate_limited(actions[: self.pcfg.horizon], proprio)), bool)
+            if not inside.all():
+                reason = f"leaves the workspace at step {int(np.argmin(inside))}"
         if reason is None and np.isfinite(success) and success < self.pcfg.min_success_prob:
             reason = f"success probability {success:.2f} below {self.pcfg.min_success_prob}"
         return Candidate(index=index, actions=actions, scores=scores, rejected_reason=reason)
 
     def _score_consistency(self, cands: list[Candidate], start: torch.Tensor, videos: torch.Tensor,
-                           proprio: np.ndarray, seed: int) -> None:
+                           proprio: np.ndarray, seed: int, first: int = 0) -> None:
         """Score "consistency" in [0, 1]: PSNR / 40 dB between each acceptable candidate's imagined future
         and the world model's action-conditioned prediction of its extracted actions (one batch); the
         PSNR itself is logged as `consistency_psnr`. Rejected candidates get 0. The transitions between
@@ -226,13 +256,13 @@ class ImagineThenActPolicy(Policy):
             actions = torch.cat([held, future], dim=1)  # (M, T-1, A)
             pred = self.wm.predict_many(start, actions, self.caption, seed=seed, steps=self.pcfg.sampling_steps)
             pred = pred[:, self.context - 1:]  # (M, T, 3, H, W), from the current frame on
-            imag = videos[[c.index for c in ok]]
+            imag = videos[[c.index - first for c in ok]]
             mse = (pred[:, 1:] - imag[:, 1:]).nan_to_num(1.0).pow(2).flatten(1).mean(1).clamp_min(1e-10)
             psnr = (-10.0 * torch.log10(mse)).numpy()
             for c, db in zip(ok, psnr):
                 c.scores["consistency_psnr"] = float(db)
                 c.scores["consistency"] = float(np.clip(db / 40.0, 0.0, 1.0))
-        self.timings["consistency_s"] = time.perf_counter() - t0
+        self.timings["consistency_s"] += time.perf_counter() - t0
 
     def logs(self) -> dict[str, Any]:
         return {"caption": self.caption, "plan_steps": self.plan_step}

@@ -115,7 +115,8 @@ def build_policy(cfg: Any, payload: EpisodePayload, backend: Any, store: Any = N
         (wm, ids["world_model"]), (idm, ids["idm"]) = (load_model(full, store, k, versions[k]) for k in ("world_model", "idm"))
         checker = default_checker(1.0 / cfg.env.control_hz)
         kwargs = {"world_model": wm, "idm": idm, "feasibility": checker.check,
-                  "action_low": backend.action_low, "action_high": backend.action_high}
+                  "action_low": backend.action_low, "action_high": backend.action_high,
+                  "workspace": getattr(getattr(backend, "safety", None), "workspace", None)}
     key = (name, f"{full.db.url or full.data_path}:{sorted(versions.items())}")  # versions are per store
     if key not in _policies:
         _policies[key] = make_policy(name, full, **kwargs)

@@ -213,12 +213,14 @@ class EvalContext:
         if spec.kind == "random":
             pol = make_policy("random", self.cfg, seed=seed, chunk=chunk)
         else:
+            from envs.backend import HandWorkspace
             from flywheel.evaluation.feasibility import default_checker
 
             wm, idm = self.models[spec]
             pol = make_policy("imagine_then_act", self.cfg, world_model=wm, idm=idm,
                               feasibility=default_checker(1.0 / self.cfg.env.control_hz).check,
-                              action_low=ACTION_LOW, action_high=ACTION_HIGH, seed=seed)
+                              action_low=ACTION_LOW, action_high=ACTION_HIGH, seed=seed,
+                              workspace=HandWorkspace(self.cfg.backend.safety.workspace_margin))
         pol.reset(st.task, st.instruction, scene)
         return _PolicyActor(pol)
 

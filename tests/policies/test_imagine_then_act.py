@@ -309,7 +309,63 @@ def test_no_acceptable_candidate_is_a_hold_not_a_crash(tmp_path, models, checker
     outs, _ = rollout(make(cfg, wm, idm, checker, rec), rec, seed=3)
     [out] = outs
     assert out.hold and out.failure_reason.startswith("no acceptable candidate: success probability")
-    assert rec.sent == [] and len(out.info["candidates"]) == N
+    rounds = 1 + cfg.policy.resample_rounds  # rejection sampling tried fresh batches before holding
+    assert rounds > 1 and out.info["timings"]["rounds"] == rounds
+    assert rec.sent == [] and len(out.info["candidates"]) == N * rounds == len(out.info["videos"])
+    assert [c["index"] for c in out.info["candidates"]] == list(range(N * rounds))
+
+
+class FirstBatchBadWorldModel:
+    """The real world model, but the first imagine call of each planning step returns NaN videos."""
+
+    def __init__(self, wm: WorldModel) -> None:
+        self.wm, self.cfg, self.calls = wm, wm.cfg, 0
+
+    def imagine(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        self.calls += 1
+        out = self.wm.imagine(*args, **kwargs)
+        return torch.full_like(out, float("nan")) if self.calls == 1 else out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wm, name)
+
+
+def test_rejection_sampling_draws_a_fresh_batch_when_none_is_acceptable(cfg, models, checker, sim):
+    wm, idm = models
+    rec = RecordingBackend(sim)
+    bad = FirstBatchBadWorldModel(wm)
+    outs, _ = rollout(make(cfg, bad, idm, checker, rec), rec, seed=3, max_plans=1)
+    [out] = outs
+    cands = out.info["candidates"]
+    assert not out.hold and bad.calls == 2 and out.info["timings"]["rounds"] == 2
+    assert all("non-finite" in c["rejected_reason"] for c in cands[:N])  # the first batch, all rejected
+    assert [c["index"] for c in cands if c["chosen"]][0] >= N  # the choice comes from the second batch
+    assert len(rec.sent) == 1 and np.isfinite(rec.sent[0]).all()
+
+
+def test_a_candidate_leaving_the_workspace_is_never_executed(tmp_path, models, checker, sim):
+    cfg = tiny_config(tmp_path, "policy.resample_rounds=0")
+    wm, idm = models
+    rec = RecordingBackend(sim)
+    seen = []
+
+    def nowhere(targets: np.ndarray) -> np.ndarray:  # a workspace no target is inside
+        seen.append(np.array(targets))
+        return np.zeros(len(targets), bool)
+
+    policy = ImagineThenActPolicy(cfg, world_model=wm, idm=idm, feasibility=checker.check,
+                                  action_low=rec.action_low, action_high=rec.action_high, workspace=nowhere)
+    outs, _ = rollout(policy, rec, seed=3, max_plans=1)
+    [out] = outs
+    assert out.hold and "leaves the workspace at step 0" in out.failure_reason and rec.sent == []
+    assert len(seen) == N and all(len(t) == cfg.policy.horizon for t in seen)  # the chunk that would be sent
+    # the real check (the sim backend's safety filter's) passes the home pose, refuses a hand under the table
+    ws = sim.safety.workspace
+    from envs import robot
+    assert ws(robot.HOME_QPOS[None]).all()
+    low = robot.HOME_QPOS.copy()
+    low[robot.ARM_SLICE["left"]] = [-0.2, 0.3, 0.0, 0.0, 0.0, 0.0, 0.0]  # arm hanging straight down
+    assert not ws(low[None]).any()
 
 
 def test_a_policy_without_models_is_a_clear_error(cfg):
