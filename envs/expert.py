@@ -59,8 +59,12 @@ class ScriptedExpert:
 
     NEAR_BODY_FAMILIES = ("push", "drawer")
 
-    def __init__(self, env, noise: float = 0.0, seed: int = 0) -> None:
+    def __init__(self, env, noise: float = 0.0, seed: int = 0, smoothing: float = 0.3) -> None:
         self.env = env.unwrapped if hasattr(env, "unwrapped") else env
+        if not 0.0 <= smoothing < 1.0:
+            raise EnvError(f"ScriptedExpert smoothing must be in [0, 1), got {smoothing}")
+        self.smoothing = float(smoothing)
+        self._smooth: np.ndarray | None = None
         if self.env.cfg.action_space != "joint":
             raise EnvError("ScriptedExpert drives the 'joint' action space; set env.action_space='joint'")
         self.noise = float(noise)
@@ -87,6 +91,7 @@ class ScriptedExpert:
         self.home = {s: self.cmd[s] for s in self.cmd}
         self._gen = getattr(self, f"_script_{self.task.family}")()
         self._last = self.q.astype(np.float32)
+        self._smooth = None
 
     def act(self, obs: dict | None = None) -> np.ndarray:
         """The next joint-target action (16,) float32."""
@@ -101,6 +106,10 @@ class ScriptedExpert:
     # ------------------------------------------------------------------ motion primitives
     def _emit(self) -> np.ndarray:
         a = self.q.copy()
+        if self.smoothing > 0:  # first-order low-pass on the arm targets (grippers pass straight through)
+            if self._smooth is not None:
+                a[:14] = self.smoothing * self._smooth[:14] + (1 - self.smoothing) * a[:14]
+            self._smooth = a.copy()
         if self.noise > 0:
             a[:14] += self.rng.normal(0.0, 0.02 * self.noise, 14)
         return np.clip(a, ACTION_LOW, ACTION_HIGH).astype(np.float32)
