@@ -19,8 +19,8 @@ def env():
     e.close()
 
 
-def self_collisions(env, expert, item) -> tuple[int, bool]:
-    """(steps of the expert's episode whose targets self-collide, success)."""
+def run(env, expert, item) -> tuple[np.ndarray, bool]:
+    """The expert's actions (T, 16) in one episode of `item`, and its success."""
     obs, info = env.reset(options={"task": item.task()})
     expert.reset()
     actions = []
@@ -30,8 +30,14 @@ def self_collisions(env, expert, item) -> tuple[int, bool]:
         obs, _, term, trunc, info = env.step(a)
         if term or trunc:
             break
-    rep = default_checker(1.0 / env.cfg.control_hz).check(np.array(actions))
-    return len({v.t for v in rep.violations if v.kind == "self_collision"}), bool(info["success"])
+    return np.array(actions), bool(info["success"])
+
+
+def self_collisions(env, expert, item) -> tuple[int, bool]:
+    """(steps of the expert's episode whose targets self-collide, success)."""
+    actions, ok = run(env, expert, item)
+    rep = default_checker(1.0 / env.cfg.control_hz).check(actions)
+    return len({v.t for v in rep.violations if v.kind == "self_collision"}), ok
 
 
 # in_distribution items whose expert motion, without the torso clearance, swings a forearm through the body
@@ -47,3 +53,18 @@ def test_expert_demonstrations_do_not_self_collide(env, monkeypatch):
     monkeypatch.setattr(ScriptedExpert, "NEAR_BODY_FAMILIES", ("pick", "place"))
     plain = [self_collisions(env, expert, it)[0] for it in ITEMS]
     assert sum(plain) > 0, plain
+
+
+def test_smoothing_takes_the_jerk_out_of_the_expert_targets(env):
+    def jerk(smoothing: float) -> float:
+        expert = ScriptedExpert(env, smoothing=smoothing)
+        return float(np.mean([np.abs(np.diff(run(env, expert, it)[0][:, :14], n=2, axis=0)).mean() for it in ITEMS[:6]]))
+
+    assert jerk(0.3) < 0.85 * jerk(0.0)
+
+
+def test_smoothing_out_of_range_is_a_clear_error(env):
+    from envs.errors import EnvError
+
+    with pytest.raises(EnvError, match="smoothing must be in"):
+        ScriptedExpert(env, smoothing=1.0)
