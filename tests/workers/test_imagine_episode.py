@@ -95,16 +95,18 @@ def run_one(sched: Scheduler, **spec: Any) -> Any:
     return sched.store.get_episode(row.result["episode_id"])
 
 
-def assert_candidates_recorded(sched: Scheduler, ep: Any, plans: int) -> list[Any]:
+def assert_candidates_recorded(sched: Scheduler, ep: Any, plans: int, rounds: int = 1) -> list[Any]:
+    """`rounds`: batches imagined per planning step (1 + policy.resample_rounds when none was acceptable)."""
     cands = sched.store.candidates(ep.id)
-    assert [(c.plan_step, c.index) for c in cands] == [(p, i) for p in range(plans) for i in range(N)]
+    n = N * rounds
+    assert [(c.plan_step, c.index) for c in cands] == [(p, i) for p in range(plans) for i in range(n)]
     assert len(ep.meta["plan_steps"]) == plans
     for p in range(plans):
         step = [c for c in cands if c.plan_step == p]
         assert {"success", "feasibility", "idm_spread", "combined"} <= set(step[0].scores)
         assert step[0].artifact_uri and step[0].artifact_uri == step[1].artifact_uri  # one video file per step
         videos = sched.store.artifacts.get_arrays(step[0].artifact_uri, step[0].artifact_sha256)["videos"]
-        assert videos.shape == (N, 5, S, S, 3) and videos.dtype == np.uint8
+        assert videos.shape == (n, 5, S, S, 3) and videos.dtype == np.uint8
     return cands
 
 
@@ -161,7 +163,7 @@ def test_no_acceptable_candidate_is_a_recorded_failure(tmp_path):
     ep = run_one(sched)
     assert not ep.success and ep.length == 0
     assert ep.meta["failure_reason"].startswith("no acceptable candidate: success probability")
-    cands = assert_candidates_recorded(sched, ep, plans=1)
+    cands = assert_candidates_recorded(sched, ep, plans=1, rounds=1 + cfg.policy.resample_rounds)
     assert not any(c.chosen for c in cands) and all("success probability" in c.rejected_reason for c in cands)
     assert rec.sent == []
 
@@ -172,6 +174,6 @@ def test_nan_from_a_registered_model_never_reaches_the_backend(tmp_path):
     ep = run_one(sched)
     assert not ep.success and ep.length == 0 and rec.sent == []
     assert ep.meta["failure_reason"] == "no acceptable candidate: non-finite actions"
-    cands = assert_candidates_recorded(sched, ep, plans=1)
+    cands = assert_candidates_recorded(sched, ep, plans=1, rounds=1 + cfg.policy.resample_rounds)
     assert all(c.rejected_reason == "non-finite actions" and not c.chosen for c in cands)
     assert sched.store.load_arrays(ep.id)["actions"].shape == (0, 16)
