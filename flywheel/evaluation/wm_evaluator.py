@@ -27,6 +27,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -213,14 +214,13 @@ class EvalContext:
         if spec.kind == "random":
             pol = make_policy("random", self.cfg, seed=seed, chunk=chunk)
         else:
-            from envs.backend import HandWorkspace
             from flywheel.evaluation.feasibility import default_checker
 
             wm, idm = self.models[spec]
             pol = make_policy("imagine_then_act", self.cfg, world_model=wm, idm=idm,
                               feasibility=default_checker(1.0 / self.cfg.env.control_hz).check,
                               action_low=ACTION_LOW, action_high=ACTION_HIGH, seed=seed,
-                              workspace=HandWorkspace(self.cfg.backend.safety.workspace_margin))
+                              workspace=_workspace(self.cfg.backend.safety.workspace_margin))
         pol.reset(st.task, st.instruction, scene)
         return _PolicyActor(pol)
 
@@ -449,3 +449,11 @@ def json_number(x: float) -> float | None:
 def fmt_number(x: float) -> str:
     """Two decimals, or n/a for NaN."""
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.2f}"
+
+
+@lru_cache(maxsize=4)
+def _workspace(margin: float) -> Any:
+    """The safety filter's hand-workspace check (loads the robot MJCF once per process, not per episode)."""
+    from envs.backend import HandWorkspace
+
+    return HandWorkspace(margin)
