@@ -6,9 +6,12 @@ flywheel trains it (`StoreTrainer.train_idm`: every stored episode except the he
 preset's TrainConfig). Then held-out expert episodes on `in_distribution` split items are recorded with
 their initial states (run to the episode limit, the expert holding its result after success), and the IDM's extraction from their real frames is (a) compared with the true
 actions (DTW/MSE, baseline: repeat the frame-0 joint positions) and (b) replayed open-loop in sim from
-the recorded initial state (the ceiling: replay success / expert success, per family; target >= 0.8),
-once from the frame-0 proprio alone (open loop over the whole episode) and once re-extracted every
-`--replan` steps from the recorded proprio there (as the imagine-then-act planner replans).
+the recorded initial state (replay success / expert success, per family): from the frame-0 proprio
+alone (open loop over the whole episode); re-extracted every `--replan` steps from the recorded proprio
+there (as the imagine-then-act planner replans), with the chunk's frames or `--lookahead` frames; and
+per step, each action read off by the window that starts at it (the IDM ceiling; target >= 0.8).
+Closed-loop tracking is the contrast: the IDM follows the recorded video from the sim's own frame and
+proprio each step, so its errors feed back (`track_video`).
 Replaying the true actions the same way is the control (must give 1.0); replaying them with seeded
 per-step noise on the arm joints shows how precise an IDM has to be for open-loop replay to succeed.
 Prints one JSON object and writes it to bench/results/idm_eval.json.
@@ -74,6 +77,8 @@ def main() -> None:
     ap.add_argument("--settle", type=int, default=0, help="extra steps holding the last extracted action")
     ap.add_argument("--replan", type=int, default=None,
                     help="chunk length of the per-plan ceiling (default: the preset's policy.horizon)")
+    ap.add_argument("--lookahead", type=int, default=None,
+                    help="frames each per-plan extraction sees (default: the planner's, policy.imagine_frames - 1)")
     ap.add_argument("--override", action="append", default=[], help="extra config overrides, e.g. idm.window=4")
     ap.add_argument("--data-dir", default=None, help="keep the stores and models here (reused when present)")
     ap.add_argument("--out", default="bench/results/idm_eval.json")
@@ -88,7 +93,12 @@ def main() -> None:
     from envs.tasks import sample_task
     from flywheel.compose import compose, to_object
     from flywheel.data import is_held_out
-    from flywheel.evaluation.idm_ceiling import ceiling_episodes_from_store, extract_actions, idm_ceiling
+    from flywheel.evaluation.idm_ceiling import (
+        ceiling_episodes_from_store,
+        extract_actions,
+        idm_ceiling,
+        track_video,
+    )
     from flywheel.registry import ModelRegistry
     from flywheel.training.pipeline import StoreTrainer
     from policies.idm import InverseDynamicsModel
@@ -149,6 +159,25 @@ def main() -> None:
     with torch.no_grad():
         pred_plan = [extract_actions(idm, e, seed=k, replan_every=replan) for k, e in enumerate(held)]
     per_plan = idm_ceiling(idm, held, env=env, settle_steps=args.settle, actions=pred_plan)
+    # as the planner really extracts: from a whole imagined video (here the real next frames), keeping H actions
+    lookahead = args.lookahead or cfg.policy.imagine_frames - 1
+    with torch.no_grad():
+        pred_look = [extract_actions(idm, e, seed=k, replan_every=replan, lookahead=max(lookahead, replan))
+                     for k, e in enumerate(held)]
+    per_plan_look = idm_ceiling(idm, held, env=env, settle_steps=args.settle, actions=pred_look)
+    # the ceiling proper: every action read off the real frames by the window that starts at it (its
+    # recorded proprio, W frames ahead), replayed open loop
+    w = cfg.idm.window
+    with torch.no_grad():
+        pred_step = [extract_actions(idm, e, seed=k, replan_every=1, lookahead=w) for k, e in enumerate(held)]
+    per_step = idm_ceiling(idm, held, env=env, settle_steps=args.settle, actions=pred_step)
+    # closed loop: the sim's own frame and proprio each step, the recording's next W frames as the goal
+    tracked = [track_video(idm, env, e, lookahead=w, seed=k) for k, e in enumerate(held)]
+    tracked_rel = {}
+    for fam in sorted({e.family for e in held}) + [None]:
+        sel = [(t, e) for t, e in zip(tracked, held) if fam is None or e.family == fam]
+        exp = sum(e.success for _t, e in sel)
+        tracked_rel[fam or "overall"] = (sum(t for t, _e in sel) / exp) if exp else None
     settled = idm_ceiling(idm, held, env=env, settle_steps=3, actions=pred)
     control = idm_ceiling(None, held, env=env, actions=[e.actions for e in held])
     # how precise must an IDM be? the true actions with seeded per-step noise on the 14 arm joints
@@ -179,13 +208,28 @@ def main() -> None:
         "dtw_mse_store_held_out": dtw_mse([a["actions"] for a in sh], sh_pred, [a["proprio"][0] for a in sh])
         if sh else None,
         "ceiling": ceiling["families"] | {"overall": ceiling["overall"]},
-        "ceiling_relative": rel,
+        "ceiling_relative": rel,  # open loop over the whole episode from the frame-0 proprio alone
+        # the IDM ceiling against its target: each action extracted by the window starting at it (recorded
+        # proprio there, the next W real frames), the whole sequence replayed open loop
+        "ceiling_per_step": per_step["families"] | {"overall": per_step["overall"], "lookahead": w},
+        "ceiling_per_step_relative": per_step["overall"]["relative"],
         "ceiling_target": 0.8,
-        "ceiling_meets_target": bool(rel is not None and rel >= 0.8),
+        "ceiling_meets_target": bool(per_step["overall"]["relative"] is not None
+                                     and per_step["overall"]["relative"] >= 0.8),
+        "idm_mae_arm_rad_per_step": float(np.concatenate(
+            [np.abs(p - e.actions)[:, :14] for p, e in zip(pred_step, held)]).mean()),
+        # closed-loop tracking of the recorded video (`track_video`): success relative to the expert's
+        "closed_loop_tracking_relative": tracked_rel,
         "ceiling_settle3_relative": settled["overall"]["relative"],
         # as the planner gets it: a fresh extraction every `replan` steps from the recorded proprio there
         "ceiling_per_plan": per_plan["families"] | {"overall": per_plan["overall"], "replan_every": replan},
         "ceiling_per_plan_relative": per_plan["overall"]["relative"],
+        # the planner's case: each extraction sees `lookahead` real frames ahead, the first `replan` actions run
+        "ceiling_per_plan_lookahead": per_plan_look["families"] | {"overall": per_plan_look["overall"],
+                                                                   "replan_every": replan, "lookahead": lookahead},
+        "ceiling_per_plan_lookahead_relative": per_plan_look["overall"]["relative"],
+        "idm_mae_arm_rad_per_plan_lookahead": float(np.concatenate(
+            [np.abs(p - e.actions)[:, :14] for p, e in zip(pred_look, held)]).mean()),
         "idm_mae_arm_rad_per_plan": float(np.concatenate(
             [np.abs(p - e.actions)[:, :14] for p, e in zip(pred_plan, held)]).mean()),
         "control_true_actions_relative": control["overall"]["relative"],

@@ -81,13 +81,17 @@ def replay(env: Any, initial_state: dict[str, np.ndarray], actions: np.ndarray, 
     return False
 
 
-def extract_actions(idm: Any, ep: CeilingEpisode, seed: int = 0, replan_every: int | None = None) -> np.ndarray:
+def extract_actions(idm: Any, ep: CeilingEpisode, seed: int = 0, replan_every: int | None = None,
+                    lookahead: int | None = None) -> np.ndarray:
     """The IDM's actions (T, A) from the episode's real frames.
 
     Default: one extraction over the whole video with only the frame-0 proprio (as for one imagined
     video). `replan_every=H`: one extraction per chunk of H actions, each from its own H+1 frames and
     the recorded proprio at its first frame, as the imagine-then-act planner gets a fresh observation
-    every H steps."""
+    every H steps. `lookahead=L` (>= H): each extraction sees the next L frames instead of H, of which
+    the first H actions are kept, as the planner extracts from a whole imagined video (L = its imagined
+    frames - 1) and executes the first H: without it the IDM sees the chunk's last frame repeated,
+    a robot that stops, which it only saw at the ends of episodes."""
     import torch
 
     from policies.idm.processor_idm import to_float_frames
@@ -98,10 +102,42 @@ def extract_actions(idm: Any, ep: CeilingEpisode, seed: int = 0, replan_every: i
         return idm.extract(video, proprio[0], seed=seed).actions.numpy()
     if replan_every < 1:
         raise FlywheelError(f"replan_every must be >= 1, got {replan_every}")
-    t = video.shape[0] - 1
-    chunks = [idm.extract(video[s : s + replan_every + 1], proprio[s], seed=seed + s).actions.numpy()
+    if lookahead is not None and lookahead < replan_every:
+        raise FlywheelError(f"lookahead ({lookahead}) must be >= replan_every ({replan_every})")
+    t, span = video.shape[0] - 1, lookahead or replan_every
+    chunks = [idm.extract(video[s : s + span + 1], proprio[s], seed=seed + s).actions.numpy()[:replan_every]
               for s in range(0, t, replan_every)]
     return np.concatenate(chunks)[:t]
+
+
+def track_video(idm: Any, env: Any, ep: CeilingEpisode, lookahead: int, seed: int = 0) -> bool:
+    """Closed loop: from the episode's initial state, at every step extract from the sim's *own* current
+    frame and proprio followed by the recorded frames of the next `lookahead` steps, execute the first
+    action. True if the task succeeds. Unlike the open-loop replays above, the IDM's errors feed back
+    into what it sees next, as they do for the imagine-then-act planner (whose imagination, unlike the
+    recording here, starts from where the robot really is)."""
+    import torch
+
+    from policies.idm.processor_idm import to_float_frames
+
+    if lookahead < 1:
+        raise FlywheelError(f"lookahead must be >= 1, got {lookahead}")
+    video = to_float_frames(torch.as_tensor(np.asarray(ep.frames)))  # (T+1, 3, H, W)
+    obs, _ = env.reset(options={"state": ep.initial_state})
+    t_max = len(ep.actions)
+    for t in range(t_max):
+        now = to_float_frames(torch.as_tensor(np.ascontiguousarray(obs["rgb"])))[None]
+        ahead = video[t + 1 : min(t + lookahead, t_max) + 1]
+        clip = torch.cat([now, ahead if len(ahead) else now])
+        with torch.no_grad():
+            action = idm.extract(clip, torch.as_tensor(obs["proprio"], dtype=torch.float32),
+                                 seed=seed + t).actions[0].numpy()
+        obs, _r, terminated, truncated, info = env.step(action)
+        if info["success"]:
+            return True
+        if terminated or truncated:
+            break
+    return False
 
 
 def idm_ceiling(
@@ -114,6 +150,7 @@ def idm_ceiling(
     settle_steps: int = 0,
     actions: Sequence[np.ndarray] | None = None,
     replan_every: int | None = None,
+    lookahead: int | None = None,
 ) -> dict[str, Any]:
     """Replay the IDM's extraction of each episode from its initial state; success per family vs the expert.
 
@@ -137,13 +174,14 @@ def idm_ceiling(
         env = HumanoidTabletopEnv(env_cfg)
     rows = []
     for k, ep in enumerate(episodes):
-        acts = actions[k] if actions is not None else extract_actions(idm, ep, seed=seed + k, replan_every=replan_every)
+        acts = (actions[k] if actions is not None
+                else extract_actions(idm, ep, seed=seed + k, replan_every=replan_every, lookahead=lookahead))
         ok = replay(env, ep.initial_state, acts, settle_steps)
         rows.append({"id": ep.id, "family": ep.family, "expert_success": bool(ep.success), "replay_success": ok,
                      "length": len(ep.actions)})
     families = {f: _summary([r for r in rows if r["family"] == f]) for f in sorted({r["family"] for r in rows})}
     return {"families": families, "overall": _summary(rows), "settle_steps": settle_steps,
-            "replan_every": replan_every, "episodes": rows}
+            "replan_every": replan_every, "lookahead": lookahead, "episodes": rows}
 
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:

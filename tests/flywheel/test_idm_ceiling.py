@@ -116,3 +116,65 @@ def test_replanning_extraction_uses_each_chunks_frames_and_recorded_proprio(epis
         assert (out[s : s + h] == ep.proprio[s][:16] + (k + 1)).all()
     with pytest.raises(FlywheelError, match="replan_every"):
         extract_actions(idm, ep, replan_every=-1)
+
+
+def test_lookahead_extraction_sees_frames_ahead_but_keeps_the_chunk(episodes):
+    from types import SimpleNamespace
+
+    from flywheel.evaluation.idm_ceiling import extract_actions
+
+    class CountingIDM:  # actions = the window's first joint positions + how many frames it was given
+        def __init__(self) -> None:
+            self.frames: list[int] = []
+
+        def extract(self, video, proprio0, seed=0):
+            self.frames.append(video.shape[0])
+            acts = proprio0[:16].expand(video.shape[0] - 1, 16) + video.shape[0]
+            return SimpleNamespace(actions=acts.clone(), spread=torch.zeros(video.shape[0] - 1))
+
+    ep = CeilingEpisode.from_episode_data(episodes[1])
+    t, h, look = len(ep.actions), 2, 8
+    idm = CountingIDM()
+    out = extract_actions(idm, ep, replan_every=h, lookahead=look)
+    starts = list(range(0, t, h))
+    assert out.shape == (t, 16)
+    assert idm.frames == [min(look, t - s) + 1 for s in starts]  # the frames ahead, up to the episode's end
+    for s, n in zip(starts, idm.frames):
+        assert (out[s : s + h] == ep.proprio[s][:16] + n).all()  # only the chunk's first h actions are kept
+    with pytest.raises(FlywheelError, match="lookahead"):
+        extract_actions(idm, ep, replan_every=4, lookahead=2)
+
+
+def test_closed_loop_tracking_feeds_back_what_the_sim_shows(env, episodes):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from flywheel.evaluation.idm_ceiling import track_video
+    from policies.idm.processor_idm import to_float_frames
+
+    class ReplayIDM:  # returns the recorded action of each step, recording what it was shown
+        def __init__(self, actions) -> None:
+            self.actions, self.seen = actions, []
+
+        def extract(self, video, proprio0, seed=0):
+            self.seen.append((video.clone(), proprio0.clone()))
+            t = len(self.seen) - 1
+            acts = torch.as_tensor(self.actions[t : t + video.shape[0] - 1].copy())
+            return SimpleNamespace(actions=acts, spread=torch.zeros(len(acts)))
+
+    ep = CeilingEpisode.from_episode_data(episodes[0])
+    idm = ReplayIDM(ep.actions)
+    assert track_video(idm, env, ep, lookahead=4) is True  # the expert's own actions succeed
+    video, p0 = idm.seen[0]
+    assert video.shape[0] == 5 and torch.allclose(video, to_float_frames(torch.as_tensor(ep.frames[:5])))
+    assert torch.allclose(p0, torch.as_tensor(ep.proprio[0]))
+    # holding still: the sim's own observation comes back each step, and the task fails
+    still = np.repeat(ep.proprio[:1, :16], len(ep.actions), axis=0)
+    idm = ReplayIDM(still)
+    assert track_video(idm, env, ep, lookahead=4) is False
+    later, p_later = idm.seen[5]
+    assert torch.allclose(p_later[:16], torch.as_tensor(ep.proprio[0][:16]), atol=0.05)  # the arm stayed put
+    assert torch.allclose(later[1:], to_float_frames(torch.as_tensor(ep.frames[6:10])))  # the recording ahead
+    with pytest.raises(FlywheelError, match="lookahead"):
+        track_video(idm, env, ep, lookahead=0)
