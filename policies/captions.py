@@ -33,6 +33,16 @@ def _describe_object(obj: dict[str, Any]) -> str:
     return words
 
 
+def _relation_text(r: Any) -> str:
+    """A relation as words: the env's {"subject", "relation", "object"} dict, a (subject, relation, object)
+    sequence, or text already."""
+    if isinstance(r, str):
+        return r
+    if isinstance(r, dict):
+        return " ".join(str(r[k]) for k in ("subject", "relation", "object") if r.get(k) is not None)
+    return " ".join(str(x) for x in r)
+
+
 class SceneCaptionUpsampler:
     """Deterministic, grounded captions: robot view, the instruction, the objects and their relations."""
 
@@ -45,7 +55,7 @@ class SceneCaptionUpsampler:
         if objects:
             parts.append("On the table: " + "; ".join(_describe_object(o) for o in objects) + ".")
         relations = scene.get("relations") or []
-        rel_txt = [r if isinstance(r, str) else " ".join(str(x) for x in r) for r in relations[:6]]
+        rel_txt = [_relation_text(r) for r in relations[:6]]
         if rel_txt:
             parts.append("Relations: " + "; ".join(rel_txt) + ".")
         parts.append("The robot's arms move smoothly and complete the task.")

@@ -29,6 +29,22 @@ def test_scene_caption_is_grounded_and_deterministic():
     assert "red cube left of bowl" in cap
 
 
+def test_env_scene_relations_become_words():
+    """The env describes relations as {"subject", "relation", "object"} dicts: the caption names them."""
+    from envs.tabletop import HumanoidTabletopEnv
+    from envs.tasks import sample_task
+
+    env = HumanoidTabletopEnv()
+    env.reset(seed=3, options={"task": sample_task(None, 3)})
+    scene = env.scene_description()
+    assert scene["relations"] and all(isinstance(r, dict) for r in scene["relations"])
+    cap = SceneCaptionUpsampler().upsample("do the task", scene)
+    first = scene["relations"][0]
+    assert f"{first['subject']} {first['relation']} {first['object']}" in cap
+    assert "subject relation object" not in cap
+    env.close()
+
+
 class _Fake(BaseHTTPRequestHandler):
     reply: object = None
 
