@@ -143,10 +143,14 @@ def main() -> None:
     # -- train like the flywheel (a phase per training setup, so a kept data dir reuses its models)
     t0 = time.perf_counter()
     trainer = StoreTrainer(cfg, store, ModelRegistry(store, data_dir), progress=False, say=lambda s: None)
-    key = json.dumps([dataclasses.asdict(cfg.idm), cfg.train.idm_steps, cfg.train.idm_lr, cfg.train.batch_size])
+    decode = ("gripper_dims", "gripper_closed", "gripper_open", "gripper_snap")  # inference only: not retrained
+    trained = {k: v for k, v in dataclasses.asdict(cfg.idm).items() if k not in decode}
+    key = json.dumps([trained, cfg.train.idm_steps, cfg.train.idm_lr, cfg.train.batch_size])
     reg = trainer.train_idm(None, f"bench-{hashlib.sha256(key.encode()).hexdigest()[:12]}")
     t_train = time.perf_counter() - t0
     idm = InverseDynamicsModel.from_pretrained(reg.path)
+    for k in decode:  # this run's gripper decoding, whatever the reused checkpoint was trained with
+        setattr(idm.config, k, getattr(cfg.idm, k))
 
     # -- held-out: in_distribution expert episodes (ceiling + DTW/MSE), and the store's held-out ids
     held = ceiling_episodes_from_store(held_store, [r.id for r in held_store.episodes(limit=None)])

@@ -304,7 +304,7 @@ class HumanoidTabletopEnv(gym.Env):
         """The sim state in the form `envs.tasks.success` reads."""
         objs = {}
         for i, name in self._names.items():
-            objs[name] = {"pos": self.data.xpos[self._slot_body[i]], "rest_z": self._rest_z[i]}
+            objs[name] = {"pos": self.data.xpos[self._slot_body[i]].copy(), "rest_z": self._rest_z[i]}  # not a live view
         needs_held = self._task is None or self._task.family not in ("drawer", "tissue")
         return {"table_z": TABLE_Z, "objects": objs, "held": self.held() if needs_held else {"left": [], "right": []},
                 "joints": {"drawer": float(self.data.qpos[self._drawer_q]), "tissue": float(self.data.qpos[self._tissue_q])}}

@@ -44,6 +44,15 @@ class IDMConfig:
     # [frame0, frame1, frame1 - frame0], so the convolutions see the motion itself.
     fusion: str = "late"
     proprio_noise: float = 0.0  # training only: std (rad) of noise on the joint positions in the proprio input
+    # Gripper decoding. The demonstrations command a gripper fully open or fully closed, but while it holds
+    # an object its fingers stop at the object's width: a delta-target IDM then reads "no change" and
+    # commands that width, which squeezes with no force, and the object slips out on the way (place fails).
+    # With `gripper_snap` > 0 the extracted commands of `gripper_dims` snap to `gripper_closed` below that
+    # fraction of the closed -> open range and to `gripper_open` at or above it (0: no snapping).
+    gripper_dims: tuple[int, ...] = (14, 15)
+    gripper_closed: float = 0.0
+    gripper_open: float = 0.045
+    gripper_snap: float = 0.0
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -68,5 +77,12 @@ class IDMConfig:
             raise ValueError(
                 f"idm.hidden_dim ({self.hidden_dim}) must be a multiple of idm.head_heads ({self.head_heads})"
             )
+        self.gripper_dims = tuple(int(d) for d in self.gripper_dims)  # YAML/JSON give lists
+        if any(not 0 <= d < self.action_dim for d in self.gripper_dims):
+            raise ValueError(f"idm.gripper_dims must index the {self.action_dim} actions, got {self.gripper_dims}")
+        if not 0.0 <= self.gripper_snap < 1.0:
+            raise ValueError(f"idm.gripper_snap must be in [0, 1), got {self.gripper_snap}")
+        if self.gripper_snap > 0 and self.gripper_open == self.gripper_closed:
+            raise ValueError("idm.gripper_open and idm.gripper_closed must differ to snap gripper commands")
         if self.image_size < 16:
             raise ValueError(f"idm.image_size must be >= 16, got {self.image_size}")

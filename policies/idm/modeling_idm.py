@@ -34,6 +34,18 @@ class Extraction:
     spread: Tensor
 
 
+def snap_grippers(actions: Tensor, cfg: IDMConfig) -> Tensor:
+    """Snap the gripper commands of `actions (T, A)` to fully open / closed (see `IDMConfig.gripper_snap`)."""
+    if cfg.gripper_snap <= 0 or not cfg.gripper_dims:
+        return actions
+    dims = list(cfg.gripper_dims)
+    lo, hi = cfg.gripper_closed, cfg.gripper_open
+    frac = (actions[:, dims] - lo) / (hi - lo)  # 0 closed .. 1 open
+    out = actions.clone()
+    out[:, dims] = torch.where(frac >= cfg.gripper_snap, torch.tensor(hi), torch.tensor(lo)).to(actions.dtype)
+    return out
+
+
 # ----------------------------------------------------------------------------------------- backbones
 class SpatialSoftmax(nn.Module):
     """Feature maps (B, C, h, w) -> the expected (x, y) image position of each map's softmax (B, 2C) in
@@ -405,7 +417,8 @@ class InverseDynamicsModel(nn.Module):
                     [self.sample(c, z) for c, z in zip(cond.split(cfg.max_batch), noise.split(cfg.max_batch))]
                 ).reshape(n, k, cfg.window, cfg.action_dim)  # (N, K, W, A)
                 est, spread = average_windows(preds, n_pad)  # (T'-1, A), (T'-1,)
-        return Extraction(actions=est[:n_actions].float().cpu(), spread=spread[:n_actions].float().cpu())
+        actions = snap_grippers(est[:n_actions].float().cpu(), cfg)
+        return Extraction(actions=actions, spread=spread[:n_actions].float().cpu())
 
     def _extract_chained(
         self, f0: Tensor, f1: Tensor, noise: Tensor, proprio0: Tensor, n: int, k: int, n_pad: int

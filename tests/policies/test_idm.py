@@ -27,6 +27,38 @@ def batch(b: int = 4, w: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
+# ------------------------------------------------------------------------------- gripper decoding
+def test_gripper_snap_makes_grip_commands_binary_and_leaves_the_arm_alone():
+    from policies.idm.modeling_idm import snap_grippers
+
+    cfg = tiny(gripper_snap=0.75)
+    acts = torch.rand(6, 16)
+    acts[:, 14] = torch.tensor([0.0, 0.02, 0.033, 0.034, 0.045, 0.05])  # held at the cube's width, opening
+    acts[:, 15] = torch.tensor([0.045, 0.04, 0.0, -0.01, 0.022, 0.0338])
+    out = snap_grippers(acts, cfg)
+    assert torch.equal(out[:, :14], acts[:, :14])  # the arm is untouched
+    assert out[:, 14].tolist() == pytest.approx([0.0, 0.0, 0.0, 0.045, 0.045, 0.045])  # open from 0.03375 on
+    assert out[:, 15].tolist() == pytest.approx([0.045, 0.045, 0.0, 0.0, 0.0, 0.045])
+    assert torch.equal(snap_grippers(acts, tiny()), acts)  # gripper_snap 0: no snapping
+    with pytest.raises(ValueError, match="gripper_snap"):
+        tiny(gripper_snap=1.0)
+    with pytest.raises(ValueError, match="gripper_dims"):
+        tiny(gripper_dims=(16,))
+
+
+def test_extract_snaps_the_grippers_when_configured():
+    torch.manual_seed(0)
+    video, p0 = torch.rand(10, 3, 64, 64), torch.zeros(32)
+    plain = InverseDynamicsModel(tiny()).eval()
+    snapped = InverseDynamicsModel(tiny(gripper_snap=0.5)).eval()
+    snapped.load_state_dict(plain.state_dict())
+    a, b = plain.extract(video, p0, seed=1).actions, snapped.extract(video, p0, seed=1).actions
+    assert torch.equal(a[:, :14], b[:, :14])
+    grip = b[:, 14:]
+    assert bool(((grip == 0.0) | ((grip - 0.045).abs() < 1e-7)).all())  # only fully closed or fully open
+    assert torch.equal(b[:, 14:] > 0, a[:, 14:] >= 0.0225)
+
+
 # ----------------------------------------------------------------------------------------- shapes
 def test_forward_and_extract_shapes():
     torch.manual_seed(0)
