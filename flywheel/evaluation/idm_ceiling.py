@@ -90,8 +90,8 @@ def extract_actions(idm: Any, ep: CeilingEpisode, seed: int = 0, replan_every: i
     the recorded proprio at its first frame, as the imagine-then-act planner gets a fresh observation
     every H steps. `lookahead=L` (>= H): each extraction sees the next L frames instead of H, of which
     the first H actions are kept, as the planner extracts from a whole imagined video (L = its imagined
-    frames - 1) and executes the first H: without it the IDM sees the chunk's last frame repeated,
-    a robot that stops, which it only saw at the ends of episodes."""
+    frames - 1) and executes the first H (without it the chunk's last frame is repeated to fill the
+    window; measured, the two give the same ceiling: docs/BENCHMARKS.md, IDM, session 5)."""
     import torch
 
     from policies.idm.processor_idm import to_float_frames
