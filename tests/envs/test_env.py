@@ -95,6 +95,18 @@ def test_state_replay_is_exact(env):
     fresh.close()
 
 
+def test_snapshot_is_a_copy_not_a_live_view(env):
+    """A snapshot kept for later must not change as the sim moves (positions were once views of xpos)."""
+    env.reset(options={"task": sample_task("pick", 5, "in_distribution")})
+    snap = env.snapshot()
+    kept = {n: np.array(o["pos"]) for n, o in snap["objects"].items()}
+    for i in range(len(env.data.xpos)):  # move every body in the live data
+        env.data.xpos[i] += 1.0
+    for n, o in snap["objects"].items():
+        np.testing.assert_array_equal(o["pos"], kept[n])
+    env.reset(options={"task": sample_task("pick", 5, "in_distribution")})
+
+
 def test_randomisation_changes_scene(env):
     a, _ = env.reset(options={"task": sample_task("pick", 1, "in_distribution")})
     b, _ = env.reset(options={"task": sample_task("pick", 2, "in_distribution")})
