@@ -105,8 +105,16 @@ def test_interrupted_run_continues_without_duplicates(tmp_path):
     for line in proc.stdout:  # interrupt once the first iteration's rollouts are under way
         seen.append(line)
         if "iteration 1:" in line or time.monotonic() > deadline:
-            proc.send_signal(signal.SIGINT)
             break
+    # Ctrl-C, again if the run is still going 5 s later: once in CI (1 of many runs) a single SIGINT was lost
+    # and the run finished normally; the cause is not found yet (session 5)
+    for _ in range(6):
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=5)
+            break
+        except subprocess.TimeoutExpired:
+            continue
     proc.communicate(timeout=180)
     assert proc.returncode != 0, "".join(seen)
     assert not (data / "reports" / "report.json").exists()
