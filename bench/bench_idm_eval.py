@@ -97,7 +97,6 @@ def main() -> None:
         ceiling_episodes_from_store,
         extract_actions,
         idm_ceiling,
-        track_video,
     )
     from flywheel.registry import ModelRegistry
     from flywheel.training.pipeline import StoreTrainer
@@ -176,12 +175,9 @@ def main() -> None:
         pred_step = [extract_actions(idm, e, seed=k, replan_every=1, lookahead=w) for k, e in enumerate(held)]
     per_step = idm_ceiling(idm, held, env=env, settle_steps=args.settle, actions=pred_step)
     # closed loop: the sim's own frame and proprio each step, the recording's next W frames as the goal
-    tracked = [track_video(idm, env, e, lookahead=w, seed=k) for k, e in enumerate(held)]
-    tracked_rel = {}
-    for fam in sorted({e.family for e in held}) + [None]:
-        sel = [(t, e) for t, e in zip(tracked, held) if fam is None or e.family == fam]
-        exp = sum(e.success for _t, e in sel)
-        tracked_rel[fam or "overall"] = (sum(t for t, _e in sel) / exp) if exp else None
+    with torch.no_grad():
+        tracked = idm_ceiling(idm, held, env=env, track=w)
+    tracked_rel = {f: v["relative"] for f, v in tracked["families"].items()} | {"overall": tracked["overall"]["relative"]}
     settled = idm_ceiling(idm, held, env=env, settle_steps=3, actions=pred)
     control = idm_ceiling(None, held, env=env, actions=[e.actions for e in held])
     # how precise must an IDM be? the true actions with seeded per-step noise on the 14 arm joints

@@ -151,6 +151,7 @@ def idm_ceiling(
     actions: Sequence[np.ndarray] | None = None,
     replan_every: int | None = None,
     lookahead: int | None = None,
+    track: int | None = None,
 ) -> dict[str, Any]:
     """Replay the IDM's extraction of each episode from its initial state; success per family vs the expert.
 
@@ -160,12 +161,15 @@ def idm_ceiling(
     never succeeded). `actions` (one (T, A) array per episode) replays those instead of extracting with
     `idm`: the IDM's extraction computed elsewhere, or the recorded actions (a check of the replay
     machinery, which must reproduce the expert exactly). `replan_every` extracts per chunk of that many
-    actions (see `extract_actions`). `env` (a `HumanoidTabletopEnv`) is built from `env_cfg` when not given.
+    actions (see `extract_actions`), each seeing `lookahead` frames ahead. `track=L` runs the IDM closed
+    loop instead (`track_video` with lookahead L). `env` (a `HumanoidTabletopEnv`) is built from `env_cfg` when not given.
     """
     if not episodes:
         raise FlywheelError("idm_ceiling got no episodes")
     if actions is not None and len(actions) != len(episodes):
         raise FlywheelError(f"idm_ceiling got {len(actions)} action sequences for {len(episodes)} episodes")
+    if track is not None and (idm is None or actions is not None):
+        raise FlywheelError("idm_ceiling with track needs an IDM and no actions")
     if idm is None and actions is None:
         raise FlywheelError("idm_ceiling needs an IDM or the actions to replay")
     if env is None:
@@ -174,14 +178,17 @@ def idm_ceiling(
         env = HumanoidTabletopEnv(env_cfg)
     rows = []
     for k, ep in enumerate(episodes):
-        acts = (actions[k] if actions is not None
-                else extract_actions(idm, ep, seed=seed + k, replan_every=replan_every, lookahead=lookahead))
-        ok = replay(env, ep.initial_state, acts, settle_steps)
+        if track is not None:
+            ok = track_video(idm, env, ep, lookahead=track, seed=seed + k)
+        else:
+            acts = (actions[k] if actions is not None
+                    else extract_actions(idm, ep, seed=seed + k, replan_every=replan_every, lookahead=lookahead))
+            ok = replay(env, ep.initial_state, acts, settle_steps)
         rows.append({"id": ep.id, "family": ep.family, "expert_success": bool(ep.success), "replay_success": ok,
                      "length": len(ep.actions)})
     families = {f: _summary([r for r in rows if r["family"] == f]) for f in sorted({r["family"] for r in rows})}
     return {"families": families, "overall": _summary(rows), "settle_steps": settle_steps,
-            "replan_every": replan_every, "lookahead": lookahead, "episodes": rows}
+            "replan_every": replan_every, "lookahead": lookahead, "track": track, "episodes": rows}
 
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -178,3 +178,8 @@ def test_closed_loop_tracking_feeds_back_what_the_sim_shows(env, episodes):
     assert torch.allclose(later[1:], to_float_frames(torch.as_tensor(ep.frames[6:10])))  # the recording ahead
     with pytest.raises(FlywheelError, match="lookahead"):
         track_video(idm, env, ep, lookahead=0)
+    # the same through idm_ceiling, which summarises per family
+    out = idm_ceiling(ReplayIDM(ep.actions), [ep], env=env, track=4)
+    assert out["overall"]["relative"] == 1.0 and out["track"] == 4
+    with pytest.raises(FlywheelError, match="track"):
+        idm_ceiling(None, [ep], env=env, track=4)

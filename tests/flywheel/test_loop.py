@@ -99,24 +99,21 @@ def test_interrupted_run_continues_without_duplicates(tmp_path):
     data = tmp_path / "fw"
     cmd = [sys.executable, "-m", "flywheel.cli", "run", "preset=smoke", f"data_dir={data}"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    # a shell that starts the tests in the background (`cmd &`) ignores SIGINT, and so would the child:
-    # restore the default so that Python turns it into KeyboardInterrupt
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # a shell that starts the tests in the background (`cmd &`) ignores SIGINT, and an ignored signal stays
+    # ignored in the child; a handled one is reset to the default at exec, which Python turns into
+    # KeyboardInterrupt
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     seen = []
     deadline = time.monotonic() + 300
     for line in proc.stdout:  # interrupt once the first iteration's rollouts are under way
         seen.append(line)
         if "iteration 1:" in line or time.monotonic() > deadline:
+            proc.send_signal(signal.SIGINT)
             break
-    # Ctrl-C, again if the run is still going 5 s later
-    for _ in range(6):
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=5)
-            break
-        except subprocess.TimeoutExpired:
-            continue
     proc.communicate(timeout=180)
     assert proc.returncode != 0, "".join(seen)
     assert not (data / "reports" / "report.json").exists()
