@@ -7,8 +7,10 @@ and ood_objects by default. Every finished episode is appended to a JSONL file k
 and the model versions, so a run can be stopped and resumed; work is interleaved (index, split, N) so a
 partial run gives a balanced curve. The planning seed is the item index for every N (common random
 numbers: candidate 0 of N=8 is the N=1 candidate). 95% Wilson intervals (flywheel/evaluation/stats.py).
-Reference policies on the same items (`--controls`, n=0 in the file): `random` (chance) and
-`scripted_expert` (the items are solvable).
+Reference policies on the same items (`--controls`, n=0 in the file): `random` (chance),
+`scripted_expert` (the items are solvable) and `oracle_wm` (imagine-then-act with one candidate whose
+"imagined" future is the expert simulated from the robot's real state, flywheel/evaluation/oracle.py: the
+ceiling of this IDM and planner with a perfect world model).
 Baseline: N=1 in the same run; the seeds' anchor is 30% -> 45% (ratio 1.5). Prints one JSON object.
 
     .venv/bin/python bench/bench_ttc.py --data-dir DIR [--ns 1,2,4,8] [--in-dist 100] [--other 40]
@@ -126,7 +128,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--ns", default="1,2,4,8", help='candidate counts ("none": controls only)')
-    ap.add_argument("--controls", default="random,scripted_expert",
+    ap.add_argument("--controls", default="random,scripted_expert,oracle_wm",
                     help="model-free policies run on the same items as references (\"none\" to skip)")
     ap.add_argument("--in-dist", type=int, default=100, help="episodes per point on in_distribution")
     ap.add_argument("--other", type=int, default=40, help="episodes per point on new_tasks and ood_objects")
@@ -142,6 +144,7 @@ def main() -> None:
     from envs.splits import ci_subset
     from flywheel.compose import compose, to_object
     from flywheel.evaluation.feasibility import default_checker
+    from flywheel.evaluation.oracle import ExpertOracleWorldModel
     from policies.base import make_policy
     from policies.idm import InverseDynamicsModel
     from policies.imagine_then_act import ImagineThenActPolicy
@@ -166,6 +169,11 @@ def main() -> None:
         policy = ImagineThenActPolicy(cfg, world_model=wm, idm=idm, feasibility=default_checker(1 / cfg.env.control_hz).check,
                                       action_low=backend.action_low, action_high=backend.action_high,
                                       workspace=backend.safety.workspace)
+        oracle = ExpertOracleWorldModel(cfg.env, backend.get_state, make_expert=None)
+        oracle_policy = ImagineThenActPolicy(cfg, world_model=oracle, idm=idm,
+                                             feasibility=default_checker(1 / cfg.env.control_hz).check,
+                                             action_low=backend.action_low, action_high=backend.action_high,
+                                             workspace=backend.safety.workspace)
         with results.open("a") as f:
             for index in range(max(counts.values())):
                 for split in SPLITS:
@@ -175,6 +183,10 @@ def main() -> None:
                         if name == "imagine_then_act":
                             policy.pcfg.n_candidates = n
                             actor = policy
+                        elif name == "oracle_wm":
+                            oracle_policy.pcfg.n_candidates = 1
+                            oracle.make_expert = lambda env, i=index: make_policy("scripted_expert", cfg, env=env, seed=i)
+                            actor = oracle_policy
                         else:
                             actor = make_policy(name, cfg, env=backend.env, state_fn=backend.get_state, seed=index,
                                                 action_low=backend.action_low, action_high=backend.action_high,
@@ -189,6 +201,7 @@ def main() -> None:
                         f.flush()
                         rows.append(row)
                         ran += 1
+        oracle.close()
         backend.close()
     store.close()
     print(json.dumps({

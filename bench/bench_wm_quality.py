@@ -1,5 +1,6 @@
 """World-model quality at demo scale: train the tiny model with the demo recipe on store data, then
-measure held-out evaluation-mode PSNR/SSIM against copying the start (= last observed) frame forward,
+measure held-out evaluation-mode PSNR/SSIM against copying the start (= last observed) frame forward, the same
+in imagine mode (no actions),
 and the success head's AUROC. Prints one JSON object and saves it to bench/results/.
 
 Data, as the demo flywheel's bootstrap collects it: scripted-expert episodes on training-mix tasks
@@ -79,6 +80,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps-scale", type=float, default=1.0, help="multiply every stage's steps")
     ap.add_argument("--eval-steps", type=int, default=8, help="sampling steps in evaluation mode")
+    ap.add_argument("--guidance", type=float, default=2.0, help="text guidance in imagine mode")
     ap.add_argument("--reuse", default=None, help="a data dir kept by --keep: skip collection")
     ap.add_argument("--keep", default=None, help="keep the store in this data dir")
     ap.add_argument("--tag", default="", help="suffix of the result file name")
@@ -113,9 +115,10 @@ def main() -> None:
 
     clips, n_eps = held_out_clips(store, cfg.world_model.num_frames)
     t0 = time.perf_counter()
-    m = evaluate_world_model(model, clips, steps=args.eval_steps)
+    m = evaluate_world_model(model, clips, steps=args.eval_steps, imagine=True, guidance=args.guidance)
     eval_s = time.perf_counter() - t0
-    m1 = evaluate_world_model(model, clips, steps=1) if args.eval_steps != 1 else m
+    m1 = evaluate_world_model(model, clips, steps=1, imagine=True, guidance=args.guidance) \
+        if args.eval_steps != 1 else m
     out = {
         "bench": "wm_quality", "device": "cpu", "threads": args.threads, "data": counts,
         "config": {"world_model": {k: getattr(cfg.world_model, k) for k in (
@@ -130,6 +133,8 @@ def main() -> None:
         "psnr_gain_db": round(m["psnr"] - m["psnr_copy_last"], 2),
         "ssim": round(m["ssim"], 4), "ssim_copy_last": round(m["ssim_copy_last"], 4),
         "psnr_1step": round(m1["psnr"], 2), "ssim_1step": round(m1["ssim"], 4),
+        "imagine_psnr": round(m["psnr_imagine"], 2), "imagine_psnr_1step": round(m1["psnr_imagine"], 2),
+        "imagine_ssim": round(m["ssim_imagine"], 4), "imagine_guidance": args.guidance,
         "success_auroc": round(m["success_auroc"], 3), "n_labelled": int(m["n_labelled"]),
         "eval_s": round(eval_s, 1),
         "meets_target": m["psnr"] > m["psnr_copy_last"] + 1.0,

@@ -50,21 +50,32 @@ def auroc(scores: Iterable[float], labels: Iterable[float]) -> float:
 
 
 @torch.no_grad()
-def evaluate_world_model(model, clips: Iterable[dict], steps: int = 8, seed: int = 0) -> dict[str, float]:
+def evaluate_world_model(model, clips: Iterable[dict], steps: int = 8, seed: int = 0,
+                         imagine: bool = False, guidance: float = 1.0) -> dict[str, float]:
     """Evaluation-mode metrics over held-out clips (dicts with video (T, 3, H, W), actions (T-1, A),
-    caption, success). Future frames are those after the start frame; the baseline copies the start
-    frame forward. AUROC uses the success head on the real final frames of labelled clips."""
+    caption, success). The model is given its `cond_frames` first frames (K); the frames after them are
+    scored, against the baseline of copying the last given frame forward. AUROC uses the success head on
+    the real final frames of labelled clips. With `imagine`, also imagine mode (caption and start frames,
+    no actions; `guidance` on text) as `psnr_imagine` / `ssim_imagine`, on the same frames."""
     psnrs, ssims, base_psnrs, base_ssims, scores, labels = [], [], [], [], [], []
+    ipsnrs, issims = [], []
+    k = int(getattr(getattr(model, "cfg", None), "cond_frames", 1))
     for i, clip in enumerate(clips):
         video = torch.as_tensor(clip["video"], dtype=torch.float32)  # (T, 3, H, W)
         caption = str(clip.get("caption", ""))
         if clip.get("actions") is not None:
-            pred, _ = model.predict(video[0], clip["actions"], caption, seed=seed + i, steps=steps)
-            future, copy = video[1:], video[:1].expand_as(video[1:])
-            psnrs.append(psnr(pred[1:], future))
-            ssims.append(ssim(pred[1:], future))
+            start = video[0] if k == 1 else video[:k]
+            pred, _ = model.predict(start, clip["actions"], caption, seed=seed + i, steps=steps)
+            future, copy = video[k:], video[k - 1:k].expand_as(video[k:])
+            psnrs.append(psnr(pred[k:], future))
+            ssims.append(ssim(pred[k:], future))
             base_psnrs.append(psnr(copy, future))
             base_ssims.append(ssim(copy, future))
+            if imagine:
+                imag = model.imagine(start, caption, n=1, steps=steps, guidance=guidance, seed=seed + i,
+                                     num_frames=len(video))[0]
+                ipsnrs.append(psnr(imag[k:], future))
+                issims.append(ssim(imag[k:], future))
         s = clip.get("success")
         if s is not None and not math.isnan(float(s)) and getattr(model, "success_head", None) is not None:
             scores.append(model.success_prob(video, caption))
@@ -77,4 +88,5 @@ def evaluate_world_model(model, clips: Iterable[dict], steps: int = 8, seed: int
         "psnr": mean(psnrs), "ssim": mean(ssims), "psnr_copy_last": mean(base_psnrs),
         "ssim_copy_last": mean(base_ssims), "success_auroc": auroc(scores, labels),
         "n_clips": float(len(psnrs)), "n_labelled": float(len(labels)),
+        **({"psnr_imagine": mean(ipsnrs), "ssim_imagine": mean(issims)} if imagine else {}),
     }

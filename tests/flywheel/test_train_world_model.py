@@ -18,11 +18,11 @@ torch.set_num_threads(1)
 S = 16
 
 
-def tiny_model(seed: int = 0) -> WorldModel:
+def tiny_model(seed: int = 0, cond_frames: int = 1) -> WorldModel:
     torch.manual_seed(seed)
     return WorldModel(WorldModelConfig(image_size=S, num_frames=3, patch_size=(1, 4, 4), text_dropout=0.0,
                                        action_dropout=0.0, text_layers=1, text_vocab_size=256,
-                                       max_text_tokens=12, success_hidden=16))
+                                       max_text_tokens=12, success_hidden=16, cond_frames=cond_frames))
 
 
 def clip(seed: int, success: float | None = 1.0, actions: bool = True) -> dict:
@@ -116,6 +116,18 @@ def test_evaluate_world_model_reports_baseline_and_auroc():
     metrics = evaluate_world_model(model, [clip(0, 1.0), clip(1, 0.0), clip(2, None)], steps=2)
     assert metrics["n_clips"] == 3 and metrics["n_labelled"] == 2
     assert all(math.isfinite(metrics[k]) for k in ("psnr", "ssim", "psnr_copy_last", "success_auroc"))
+    assert "psnr_imagine" not in metrics
+
+
+def test_evaluate_world_model_imagine_mode_and_context_frames():
+    model = tiny_model(cond_frames=2).eval()
+    clips = [clip(0, 1.0), clip(1, 0.0)]
+    m = evaluate_world_model(model, clips, steps=2, imagine=True, guidance=2.0)
+    assert math.isfinite(m["psnr_imagine"]) and math.isfinite(m["ssim_imagine"])
+    # the baseline copies the last of the two given frames over the one frame after them
+    v = [torch.as_tensor(c["video"], dtype=torch.float32) for c in clips]
+    expect = sum(psnr(x[1:2], x[2:]) for x in v) / 2
+    assert m["psnr_copy_last"] == pytest.approx(expect)
 
 
 def test_evaluation_mode_follows_the_actions_on_a_task_that_needs_them():

@@ -1,0 +1,71 @@
+"""The expert oracle world model: its "imagined" future is what the expert really does next."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from envs.backend import make_backend
+from envs.splits import load_split
+from flywheel.compose import compose, to_object
+from flywheel.evaluation.oracle import ExpertOracleWorldModel
+from policies.base import make_policy
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    cfg = to_object(compose(["preset=demo"]))
+    backend = make_backend("sim", cfg.backend, cfg.env)
+    item = next(i for i in load_split("in_distribution") if i.family == "pick")
+    yield cfg, backend, item
+    backend.close()
+
+
+def _expert(cfg, env, seed):
+    return make_policy("scripted_expert", cfg, env=env, seed=seed)
+
+
+def test_oracle_future_is_the_experts_real_future(setup):
+    cfg, backend, item = setup
+    obs = backend.reset(task=item.task(), seed=item.seed)
+    real = _expert(cfg, backend.env, item.seed)
+    real.reset(backend.task.to_dict(), item.instruction, None)
+    for _ in range(6):  # the robot follows the expert for a while
+        obs = backend.step(real.act(obs).actions).observations[-1]
+    oracle = ExpertOracleWorldModel(cfg.env, backend.get_state, lambda env: _expert(cfg, env, item.seed))
+    try:
+        video = oracle.imagine(None, "", n=2, num_frames=5)
+    finally:
+        oracle.close()
+    assert video.shape == (2, 5, 3, cfg.env.image_size, cfg.env.image_size)
+    assert oracle.replayed_steps == 6
+    frames = [obs["rgb"]]
+    for _ in range(4):  # what the expert really does next
+        obs = backend.step(real.act(obs).actions).observations[-1]
+        frames.append(obs["rgb"])
+    truth = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 255
+    assert torch.equal(video[0], video[1])
+    # starts at the robot's current frame (to within the env's observation, which renders the body poses
+    # of the last physics substep's start: ~0.5 mm away, a few edge pixels)
+    assert (video[0, 0] - truth[0]).abs().mean() < 0.01
+    err = (video[0] - truth).abs().mean().item()
+    moved = (truth[-1] - truth[0]).abs().mean().item()
+    assert err < 0.1 * moved, (err, moved)  # the future is the expert's, not a still scene
+
+
+def test_oracle_starts_from_the_real_state_after_a_deviation(setup):
+    cfg, backend, item = setup
+    obs = backend.reset(task=item.task(), seed=item.seed)
+    q = obs["proprio"][:16].copy()
+    q[0] += 0.2  # the robot did something the expert would not have
+    obs = backend.step(np.stack([q, q, q])).observations[-1]
+    oracle = ExpertOracleWorldModel(cfg.env, backend.get_state, lambda env: _expert(cfg, env, item.seed))
+    try:
+        video = oracle.imagine(None, "", n=1, num_frames=3)
+    finally:
+        oracle.close()
+    now = torch.from_numpy(obs["rgb"].copy()).permute(2, 0, 1).float() / 255
+    assert (video[0, 0] - now).abs().mean() < 0.01
+    assert backend.env.steps == 3  # the robot's env was not touched
