@@ -103,6 +103,37 @@ class ScriptedExpert:
             pass
         return self._last.copy()
 
+    def shift_arms(self, shift: np.ndarray) -> None:
+        """Move the commanded arm joints by `shift (14,)` rad, and the commanded grasp-site poses with them,
+        keeping the current goals: the script goes on from the shifted pose towards the same waypoints at
+        its own speed. For a robot that is somewhere else than the script expects (after a perturbation,
+        or when the script is replayed to a lagging robot)."""
+        shift = np.asarray(shift, np.float64)
+        if shift.shape != (14,) or not np.all(np.isfinite(shift)):
+            raise EnvError(f"shift_arms needs 14 finite joint offsets, got {shift.shape}")
+        if self._gen is None:
+            raise EnvError("reset the expert before shifting it")
+        for side, sl in ARM_SLICE.items():
+            if not np.any(shift[sl]):
+                continue
+            before = self._pose(side, self.q[sl])
+            self.q[sl] = self.q[sl] + shift[sl]
+            after = self._pose(side, self.q[sl])
+            pos, quat = self.cmd[side]
+            inv, turn, new_quat = np.zeros(4), np.zeros(4), np.zeros(4)
+            mujoco.mju_negQuat(inv, before[1])
+            mujoco.mju_mulQuat(turn, after[1], inv)
+            mujoco.mju_mulQuat(new_quat, turn, quat)
+            self.cmd[side] = (pos + after[0] - before[0], new_quat)
+            if self._smooth is not None:
+                self._smooth[sl] += shift[sl]
+
+    def _pose(self, side: str, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pos, mat = self.env.ik(side).forward(q)
+        quat = np.zeros(4)
+        mujoco.mju_mat2Quat(quat, mat.reshape(-1))
+        return pos, quat
+
     # ------------------------------------------------------------------ motion primitives
     def _emit(self) -> np.ndarray:
         a = self.q.copy()
@@ -327,6 +358,66 @@ class ScriptedExpert:
         yield from self._move({src: self.home[src]}, FAST)
         while True:
             yield self._emit()
+
+
+class PerturbedExpert:
+    """The scripted expert with injected disturbances and its recoveries (as in DART, Laskey et al. 2017):
+    data for models that must act from states the clean expert never visits.
+
+    At each step, with probability `rate`, a burst starts: for `burst` steps (drawn from the range) the
+    arm targets are the expert's last ones plus a random offset on one arm (uniform in +-`scale` rad per
+    joint), with the script paused; then the expert is shifted to the displaced pose (`shift_arms`) and
+    goes on from there towards its waypoints. Every recorded action is the one executed, so the episode
+    is ordinary training data. The same `act` / `reset` API as ScriptedExpert."""
+
+    def __init__(self, env, noise: float = 0.0, seed: int = 0, rate: float = 0.06,
+                 burst: tuple[int, int] = (2, 4), scale: float = 0.25) -> None:
+        if not 0.0 <= rate <= 1.0 or scale < 0 or not 1 <= burst[0] <= burst[1]:
+            raise EnvError(f"PerturbedExpert needs rate in [0, 1], scale >= 0, 1 <= burst[0] <= burst[1]; "
+                           f"got {rate}, {scale}, {burst}")
+        self.expert = ScriptedExpert(env, noise=noise, seed=seed)
+        self.env = self.expert.env
+        self.rng = np.random.default_rng(seed + 7_654_321)
+        self.rate, self.burst, self.scale = float(rate), (int(burst[0]), int(burst[1])), float(scale)
+        self.left = 0
+        self.offset = np.zeros(14)
+        self.base = HOME_QPOS.astype(np.float32)
+        self.prev: np.ndarray | None = None
+        self.bursts = 0
+
+    def reset(self, task: TaskInstance | dict | None = None) -> None:
+        self.expert.reset(task)
+        self.left, self.bursts = 0, 0
+        self.base = self.expert._last.copy()
+        self.prev = None
+
+    def act(self, obs: dict | None = None) -> np.ndarray:
+        if self.left == 0 and self.rng.random() < self.rate:
+            self.left = int(self.rng.integers(self.burst[0], self.burst[1] + 1))
+            self.offset = np.zeros(14)
+            sl = ARM_SLICE[("left", "right")[int(self.rng.integers(2))]]
+            self.offset[sl] = self.rng.uniform(-self.scale, self.scale, sl.stop - sl.start)
+            self.bursts += 1
+        if self.left > 0:
+            self.left -= 1
+            a = self.base.copy()
+            a[:14] += self.offset
+            a = self._limited(a)
+            if self.left == 0:  # recover from where the arm was taken
+                self.expert.shift_arms(a[:14].astype(np.float64) - self.base[:14])
+            self.prev = a
+            return a.copy()
+        self.base = self.expert.act(obs)
+        self.prev = self._limited(self.base)
+        return self.prev.copy()
+
+    def _limited(self, a: np.ndarray) -> np.ndarray:
+        """Clipped to the action range, arm targets at most MAX_JOINT_STEP from the last action (the
+        safety filter's joint-velocity limit)."""
+        a = np.clip(a, ACTION_LOW, ACTION_HIGH).astype(np.float32)
+        if self.prev is not None:
+            a[:14] = self.prev[:14] + np.clip(a[:14] - self.prev[:14], -MAX_JOINT_STEP, MAX_JOINT_STEP)
+        return a
 
 
 def _half_height(name: str) -> float:

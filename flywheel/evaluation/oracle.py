@@ -7,12 +7,14 @@ that starts at the robot's current frame. The success rate of that policy is the
 can reach with these IDM and planner settings, and its gap to the real planner is what the world model
 costs (bench/bench_ttc.py --controls oracle_wm).
 
-How a future is made: a shadow env is reset to the episode's task, the expert is replayed there for as
-many steps as the robot has taken (so its script is at the same point: a script is a generator and
-cannot be copied), then the shadow is set to the robot's real state and the expert continues for the
-clip's length, rendering each frame. The expert keeps its own plan (its commanded poses and the grasp
-points it read from its own replay), so the video shows the robot being brought back onto the expert's
-path from wherever it is. Every candidate is the same video: the expert is deterministic.
+How a future is made: the expert's script is time-indexed (a generator, which cannot be copied), and
+a robot that lags it would be shown jumping to where the expert already is. So a shadow env replays the
+expert's own episode up to the robot's step count, the step whose joint positions are nearest to the
+robot's is taken as the robot's progress, the expert is replayed again to that step, the shadow is set
+to the robot's real state, and the expert continues for the clip's length, rendering each frame. The
+expert keeps its own plan (commanded poses, grasp points read in its replay), so the video shows the
+robot being brought back onto the expert's path from wherever it is. Every candidate is the same video:
+the expert is deterministic.
 """
 from __future__ import annotations
 
@@ -58,14 +60,15 @@ class ExpertOracleWorldModel:
         real = self.state_fn()
         task = json_task(real)
         env = self.shadow
-        env.reset(options={"task": task})
-        expert = self.make_expert(env)
-        expert.reset(task, "", None)
-        done = int(real["steps"])
-        obs = None
-        for _ in range(done):  # bring the expert's script to the robot's step
-            obs, *_ = env.step(_one(expert.act(obs or {})))
+        q_real = np.asarray(real_joints(real, env), np.float64)
+        trace = [q for q in self._replay(task, int(real["steps"]))]  # the expert's joints at each of its steps
+        done = int(np.argmin([np.linalg.norm(q - q_real) + 1e-9 * -k for k, q in enumerate(trace)]))
+        expert = self._replay_to(task, done)
+        own = env.joint_qpos()  # the expert's own joints at that step
         env.set_state(real)
+        # shift the expert's commands by how far the robot's arms are from its own at that step: it goes
+        # on with its current motion from where the robot is, at its own speed (on its path: no change)
+        getattr(expert, "impl", expert).shift_arms((env.joint_qpos() - own)[:14])
         video = [env._render().copy()]
         obs = {"rgb": video[0]}
         for _ in range(num_frames - 1):
@@ -75,8 +78,37 @@ class ExpertOracleWorldModel:
         v = torch.from_numpy(np.stack(video)).permute(0, 3, 1, 2).float().div_(255.0)  # (T, 3, H, W)
         return v[None].expand(n, -1, -1, -1, -1).clone()
 
+    def _replay_to(self, task: dict, steps: int) -> Any:
+        """The expert on the shadow env, its script advanced `steps` steps from the episode's start."""
+        env = self.shadow
+        env.reset(options={"task": task})
+        expert = self.make_expert(env)
+        expert.reset(task, "", None)
+        obs: dict = {}
+        for _ in range(steps):
+            obs, *_ = env.step(_one(expert.act(obs)))
+        return expert
+
+    def _replay(self, task: dict, steps: int):
+        """Yield the shadow's joint positions at the expert's steps 0..`steps` of its own episode."""
+        env = self.shadow
+        env.reset(options={"task": task})
+        expert = self.make_expert(env)
+        expert.reset(task, "", None)
+        yield env.joint_qpos().copy()
+        obs: dict = {}
+        for _ in range(steps):
+            obs, *_ = env.step(_one(expert.act(obs)))
+            yield env.joint_qpos().copy()
+
     def close(self) -> None:
         self.shadow.close()
+
+
+def real_joints(state: dict, env: Any) -> np.ndarray:
+    """The robot's joint positions in a sim state, read through the shadow env (which is then reset)."""
+    env.set_state(state)
+    return env.joint_qpos().copy()
 
 
 def json_task(state: dict) -> dict:

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 
 from envs.config import EnvConfig
-from envs.expert import ScriptedExpert
+from envs.errors import EnvError
+from envs.expert import PerturbedExpert, ScriptedExpert
 from envs.play import PlayPolicy, collect_episode
-from envs.robot import ACTION_HIGH, ACTION_LOW
+from envs.robot import ACTION_HIGH, ACTION_LOW, ARM_SLICE, HOME_QPOS
 from envs.splits import ci_subset
 from envs.tabletop import HumanoidTabletopEnv
 
@@ -56,3 +57,50 @@ def test_play_and_collect_episode():
     other = collect_episode(env, PlayPolicy(env, seed=4), None, seed=5, stop_on_success=False)
     assert not np.array_equal(ep.actions, other.actions)  # different play seeds, different motion
     env.close()
+
+
+def test_shift_arms_zero_is_a_no_op_and_bad_input_is_refused(env):
+    item = ci_subset("in_distribution", 1)[0]
+    runs = []
+    for shift in (False, True):
+        env.reset(options={"task": item.task()})
+        ex = ScriptedExpert(env, seed=0)
+        ex.reset()
+        acts = [ex.act() for _ in range(3)]
+        if shift:
+            ex.shift_arms(np.zeros(14))
+        runs.append(np.stack(acts + [ex.act() for _ in range(5)]))
+    np.testing.assert_array_equal(runs[0], runs[1])
+    with pytest.raises(EnvError, match="14 finite"):
+        ex.shift_arms(np.full(14, np.nan))
+
+
+def test_shift_arms_moves_the_commands_and_keeps_the_goal(env):
+    item = next(it for it in ci_subset("in_distribution", 4) if it.family == "pick")
+    env.reset(options={"task": item.task()})
+    ex = ScriptedExpert(env, seed=0)
+    ex.reset()
+    first = ex.act()
+    shift = np.zeros(14)
+    side = next(s for s, sl in ARM_SLICE.items() if np.abs(first[sl] - HOME_QPOS[sl]).max() > 1e-3)  # the moving arm
+    shift[ARM_SLICE[side]] = 0.1
+    ex.shift_arms(shift)
+    nxt = ex.act()
+    # the next command starts from the shifted pose (not the old one) ...
+    assert np.abs(nxt[ARM_SLICE[side]] - (first[ARM_SLICE[side]] + 0.1)).max() < 0.3
+    assert np.abs(nxt[ARM_SLICE[side]] - first[ARM_SLICE[side]]).mean() > 0.02
+
+
+def test_perturbed_expert_disturbs_recovers_and_respects_the_step_limit(env):
+    item = next(it for it in ci_subset("in_distribution", 4) if it.family == "pick")
+    clean = collect_episode(env, ScriptedExpert(env, seed=3), item.task(), seed=0)
+    none = collect_episode(env, PerturbedExpert(env, seed=3, rate=0.0), item.task(), seed=0)
+    np.testing.assert_allclose(clean.actions, none.actions, atol=1e-6)  # no bursts: the expert itself
+    pert = PerturbedExpert(env, seed=3, rate=0.3, scale=0.25)
+    ep = collect_episode(env, pert, item.task(), seed=0)
+    assert pert.bursts >= 1
+    assert np.abs(ep.actions[: len(clean.actions)] - clean.actions[: len(ep.actions)]).max() > 0.1
+    assert np.all(ep.actions >= ACTION_LOW) and np.all(ep.actions <= ACTION_HIGH)
+    assert np.abs(np.diff(ep.actions[:, :14], axis=0)).max() <= 0.24 + 1e-5
+    with pytest.raises(EnvError, match="rate"):
+        PerturbedExpert(env, rate=2.0)
