@@ -14,7 +14,7 @@ ceiling of this IDM and planner with a perfect world model).
 Baseline: N=1 in the same run; the seeds' anchor is 30% -> 45% (ratio 1.5). Prints one JSON object.
 
     .venv/bin/python bench/bench_ttc.py --data-dir DIR [--ns 1,2,4,8] [--in-dist 100] [--other 40]
-        [--results DIR/bench_ttc.jsonl] [--summary-only]
+        [--results DIR/bench_ttc.jsonl] [--summary-only] [--idm CKPT] [--world-model CKPT]
 
 With no champions in DIR, the demo models are trained first (`flywheel run preset=demo data_dir=DIR`).
 """
@@ -136,6 +136,8 @@ def main() -> None:
     ap.add_argument("--summary-only", action="store_true", help="summarize the results file, run nothing")
     ap.add_argument("--no-train", action="store_true", help="fail instead of training demo models when absent")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--idm", default=None, help="an IDM checkpoint dir to use instead of DATA_DIR's champion")
+    ap.add_argument("--world-model", default=None, help="a world-model checkpoint dir instead of the champion")
     args = ap.parse_args()
     import torch
 
@@ -155,7 +157,7 @@ def main() -> None:
     controls = [] if args.controls == "none" else args.controls.split(",")
     cfg = to_object(compose(["preset=demo", f"data_dir={data_dir}"]))
     store, _, wm_reg, idm_reg = champions(cfg, data_dir, train=not args.no_train)
-    models = {"world_model": wm_reg.version, "idm": idm_reg.version}
+    models = {"world_model": args.world_model or wm_reg.version, "idm": args.idm or idm_reg.version}
     results = Path(args.results) if args.results else data_dir / "bench_ttc.jsonl"
     rows = load_done(results, models)
     counts = {"in_distribution": args.in_dist, "new_tasks": args.other, "ood_objects": args.other}
@@ -164,7 +166,8 @@ def main() -> None:
     if not args.summary_only:
         done = {key(r) for r in rows}
         items = {s: ci_subset(s, counts[s]) for s in SPLITS}
-        wm, idm = WorldModel.from_pretrained(wm_reg.path), InverseDynamicsModel.from_pretrained(idm_reg.path)
+        wm = WorldModel.from_pretrained(args.world_model or wm_reg.path)
+        idm = InverseDynamicsModel.from_pretrained(args.idm or idm_reg.path)
         backend = make_backend("sim", cfg.backend, cfg.env)
         policy = ImagineThenActPolicy(cfg, world_model=wm, idm=idm, feasibility=default_checker(1 / cfg.env.control_hz).check,
                                       action_low=backend.action_low, action_high=backend.action_high,

@@ -43,6 +43,11 @@ class IDMConfig:
     # encoded once per video at extraction). "early" (small_cnn only): one pass over the stacked pair
     # [frame0, frame1, frame1 - frame0], so the convolutions see the motion itself.
     fusion: str = "late"
+    # What of the proprio the network sees: "full" (joint positions and velocities), "position" (the
+    # velocities zeroed) or "none". The delta target still adds its output to the measured joint positions.
+    # With the proprio, a demonstration's next action is predictable from the state alone, and the network
+    # can learn that (a behaviour-cloning shortcut) instead of reading the motion from the frames.
+    proprio_input: str = "full"
     proprio_noise: float = 0.0  # training only: std (rad) of noise on the joint positions in the proprio input
     # Gripper decoding. The demonstrations command a gripper fully open or fully closed, but while it holds
     # an object its fingers stop at the object's width: a delta-target IDM then reads "no change" and
@@ -63,6 +68,8 @@ class IDMConfig:
             raise ValueError(f"idm.fusion must be 'late' or 'early', got {self.fusion!r}")
         if self.fusion == "early" and self.backbone != "small_cnn":
             raise ValueError("idm.fusion='early' needs idm.backbone='small_cnn' (a pretrained backbone sees one frame)")
+        if self.proprio_input not in ("full", "position", "none"):
+            raise ValueError(f"idm.proprio_input must be full, position or none, got {self.proprio_input!r}")
         if self.proprio_noise < 0:
             raise ValueError(f"idm.proprio_noise must be >= 0, got {self.proprio_noise}")
         if self.window < 1:

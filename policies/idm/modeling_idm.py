@@ -280,7 +280,15 @@ class InverseDynamicsModel(nn.Module):
         self.stats_fitted.fill_(True)
 
     def _norm_proprio(self, p: Tensor) -> Tensor:
-        return (p - self.proprio_mean) / self.proprio_std
+        """Standardised proprio, with what `proprio_input` hides set to 0 (the mean)."""
+        z = (p - self.proprio_mean) / self.proprio_std
+        keep = self.config.proprio_input
+        if keep == "none":
+            return torch.zeros_like(z)
+        if keep == "position":
+            z = z.clone()
+            z[..., self.config.action_dim:] = 0.0
+        return z
 
     def _to_x0(self, actions: Tensor, qpos: Tensor | None, q0: Tensor) -> Tensor:
         """Native (B, W, A) chunk(s) -> normalised flat (B, W*D) flow target."""

@@ -288,3 +288,23 @@ def test_checkpoints_from_before_the_cnn_split_still_load(tmp_path):
     loaded = InverseDynamicsModel.from_pretrained(tmp_path / "old")
     video, p0 = torch.rand(10, 3, 64, 64), torch.randn(32)
     assert torch.equal(loaded.extract(video, p0).actions, model.extract(video, p0).actions)
+
+
+@pytest.mark.parametrize("hidden", ["none", "position"])
+def test_proprio_input_hides_what_it_says(hidden):
+    torch.manual_seed(0)
+    m = InverseDynamicsModel(tiny(proprio_input=hidden)).eval()
+    f = torch.rand(2, m.config.feature_dim)
+    p = torch.randn(2, m.config.proprio_dim)
+    other = p.clone()
+    other[:, m.config.action_dim:] += 1.0  # other velocities
+    assert torch.equal(m.condition(f, f, p), m.condition(f, f, other))
+    other[:, : m.config.action_dim] += 1.0  # other positions: seen with "position" only
+    assert torch.equal(m.condition(f, f, p), m.condition(f, f, other)) == (hidden == "none")
+    full = InverseDynamicsModel(tiny()).eval()
+    assert not torch.equal(full.condition(f, f, p), full.condition(f, f, other))
+
+
+def test_proprio_input_is_validated():
+    with pytest.raises(ValueError, match="proprio_input"):
+        tiny(proprio_input="velocity")
