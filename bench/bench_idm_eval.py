@@ -11,7 +11,10 @@ alone (open loop over the whole episode); re-extracted every `--replan` steps fr
 there (as the imagine-then-act planner replans), with the chunk's frames or `--lookahead` frames; and
 per step, each action read off by the window that starts at it (the IDM ceiling; target >= 0.8).
 Closed-loop tracking is the contrast: the IDM follows the recorded video from the sim's own frame and
-proprio each step, so its errors feed back (`track_video`).
+proprio each step, so its errors feed back (`track_video`). `video_reliance` asks whether the IDM reads
+the motion at all: its first action from the real video vs from a frozen one vs holding still, on the
+held-out expert episodes and on `--perturbed` episodes of the disturbed expert (states the expert never
+visits, where predicting the expert's next action from the state fails).
 Replaying the true actions the same way is the control (must give 1.0); replaying them with seeded
 per-step noise on the arm joints shows how precise an IDM has to be for open-loop replay to succeed.
 Prints one JSON object and writes it to bench/results/idm_eval.json.
@@ -79,6 +82,8 @@ def main() -> None:
                     help="chunk length of the per-plan ceiling (default: the preset's policy.horizon)")
     ap.add_argument("--lookahead", type=int, default=None,
                     help="frames each per-plan extraction sees (default: the planner's, policy.imagine_frames - 1)")
+    ap.add_argument("--perturbed", type=int, default=20,
+                    help="held-out episodes of the perturbed expert (envs.expert.PerturbedExpert) for video_reliance")
     ap.add_argument("--override", action="append", default=[], help="extra config overrides, e.g. idm.window=4")
     ap.add_argument("--data-dir", default=None, help="keep the stores and models here (reused when present)")
     ap.add_argument("--out", default="bench/results/idm_eval.json")
@@ -86,7 +91,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from db.store import ExperienceStore
-    from envs.expert import ScriptedExpert
+    from envs.expert import PerturbedExpert, ScriptedExpert
     from envs.play import PlayPolicy, collect_episode
     from envs.splits import load_split
     from envs.tabletop import HumanoidTabletopEnv
@@ -94,9 +99,11 @@ def main() -> None:
     from flywheel.compose import compose, to_object
     from flywheel.data import is_held_out
     from flywheel.evaluation.idm_ceiling import (
+        CeilingEpisode,
         ceiling_episodes_from_store,
         extract_actions,
         idm_ceiling,
+        video_reliance,
     )
     from flywheel.registry import ModelRegistry
     from flywheel.training.pipeline import StoreTrainer
@@ -135,6 +142,11 @@ def main() -> None:
             ep = collect_episode(env, ScriptedExpert(env, noise=noise, seed=it.seed), it.task(), it.seed,
                                  stop_on_success=False)
             record(held_store, ep, "expert", "scripted_expert", it.seed, split="in_distribution")
+    # off the expert's states: disturbed and recovering (DART-style), same items, kept out of training
+    pert_eps = []
+    for it in [i for i in load_split("in_distribution")][: args.perturbed]:
+        ep = collect_episode(env, PerturbedExpert(env, noise=noise, seed=it.seed, rate=0.15), it.task(), it.seed)
+        pert_eps.append(CeilingEpisode.from_episode_data(ep))
     t_collect = time.perf_counter() - t0
     rows = store.episodes(limit=None)
     experts = [r for r in rows if r.source == "expert"]
@@ -178,6 +190,8 @@ def main() -> None:
     with torch.no_grad():
         tracked = idm_ceiling(idm, held, env=env, track=w)
     tracked_rel = {f: v["relative"] for f, v in tracked["families"].items()} | {"overall": tracked["overall"]["relative"]}
+    # does the IDM read the motion, or predict the next action from the state? (frozen-video control)
+    reliance = {"expert": video_reliance(idm, held), "perturbed": video_reliance(idm, pert_eps) if pert_eps else None}
     settled = idm_ceiling(idm, held, env=env, settle_steps=3, actions=pred)
     control = idm_ceiling(None, held, env=env, actions=[e.actions for e in held])
     # how precise must an IDM be? the true actions with seeded per-step noise on the 14 arm joints
@@ -220,6 +234,9 @@ def main() -> None:
             [np.abs(p - e.actions)[:, :14] for p, e in zip(pred_step, held)]).mean()),
         # closed-loop tracking of the recorded video (`track_video`): success relative to the expert's
         "closed_loop_tracking_relative": tracked_rel,
+        # first-action arm MAE from the real video, from a frozen one, and of holding still; on held-out expert
+        # episodes and on perturbed-expert ones (states the expert never visits)
+        "video_reliance": reliance,
         "ceiling_settle3_relative": settled["overall"]["relative"],
         # as the planner gets it: a fresh extraction every `replan` steps from the recorded proprio there
         "ceiling_per_plan": per_plan["families"] | {"overall": per_plan["overall"], "replan_every": replan},

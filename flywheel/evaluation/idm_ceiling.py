@@ -203,3 +203,45 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "replay_given_expert": rep_given / expert if expert else None,
         "relative": (rep / n) / (expert / n) if expert else None,
     }
+
+
+def video_reliance(idm: Any, episodes: Sequence[CeilingEpisode], stride: int = 2, seed: int = 0) -> dict[str, Any]:
+    """How much of the IDM's skill comes from the video. At every `stride`-th step t of each episode (with a
+    full window ahead) the first action is extracted from the recorded frames t..t+W and the recorded proprio
+    at t, and again from a frozen video (frame t repeated: no motion to read). Arm-joint MAE (rad) of each
+    against the recorded action, and of holding still (the joint positions at t).
+
+    An IDM that reads the motion has `real` well below `frozen`; one that mostly predicts the next action
+    from the state (a behaviour-cloning shortcut, which only works where the data's policy would be) has
+    `real` near `frozen`, and near `hold` on states that policy never visits. Returns the three MAEs, the
+    ratios `real_vs_hold` and `frozen_vs_hold`, and the number of windows."""
+    import torch
+
+    from envs.robot import ARM_SLICE
+    from policies.idm.processor_idm import to_float_frames
+
+    if stride < 1:
+        raise FlywheelError(f"stride must be >= 1, got {stride}")
+    w = int(idm.config.window)
+    arm = np.r_[tuple(ARM_SLICE.values())]
+    err: dict[str, list[float]] = {"real": [], "frozen": [], "hold": []}
+    for k, ep in enumerate(episodes):
+        video = to_float_frames(torch.as_tensor(np.asarray(ep.frames)))
+        proprio = torch.as_tensor(np.asarray(ep.proprio), dtype=torch.float32)
+        acts = np.asarray(ep.actions)
+        for t in range(0, len(acts) - w + 1, stride):
+            truth = acts[t, arm]
+            with torch.no_grad():
+                real = idm.extract(video[t : t + w + 1], proprio[t], seed=seed + k * 1000 + t).actions[0].numpy()
+                frozen = idm.extract(video[t : t + 1].expand(w + 1, -1, -1, -1), proprio[t],
+                                     seed=seed + k * 1000 + t).actions[0].numpy()
+            err["real"].append(float(np.abs(real[arm] - truth).mean()))
+            err["frozen"].append(float(np.abs(frozen[arm] - truth).mean()))
+            err["hold"].append(float(np.abs(proprio[t, arm].numpy() - truth).mean()))
+    if not err["real"]:
+        raise FlywheelError(f"video_reliance: no episode has a full window of {w} steps")
+    out: dict[str, Any] = {key: round(float(np.mean(v)), 5) for key, v in err.items()}
+    out["real_vs_hold"] = round(out["real"] / out["hold"], 3)
+    out["frozen_vs_hold"] = round(out["frozen"] / out["hold"], 3)
+    out["windows"] = len(err["real"])
+    return out

@@ -183,3 +183,37 @@ def test_closed_loop_tracking_feeds_back_what_the_sim_shows(env, episodes):
     assert out["overall"]["relative"] == 1.0 and out["track"] == 4
     with pytest.raises(FlywheelError, match="track"):
         idm_ceiling(None, [ep], env=env, track=4)
+
+
+def test_video_reliance_tells_a_motion_reader_from_a_state_predictor(episodes):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from flywheel.evaluation.idm_ceiling import video_reliance
+
+    eps = [CeilingEpisode.from_episode_data(e) for e in episodes]
+    lookup = {}  # frame bytes at t+1 -> the recorded action at t: a perfect reader of the next frame
+    for e in eps:
+        for t in range(len(e.actions)):
+            lookup[np.asarray(e.frames[t + 1]).tobytes()] = e.actions[t]
+
+    class Reader:
+        config = SimpleNamespace(window=4)
+
+        def __init__(self, reads_video: bool) -> None:
+            self.reads_video = reads_video
+
+        def extract(self, video, proprio0, seed=0):
+            nxt = (video[1] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy().tobytes()
+            a = lookup.get(nxt) if self.reads_video else None
+            first = torch.as_tensor(a) if a is not None else proprio0[:16]  # else: hold still
+            return SimpleNamespace(actions=first.expand(video.shape[0] - 1, 16).clone(), spread=torch.zeros(1))
+
+    reader = video_reliance(Reader(True), eps, stride=3)
+    assert reader["real"] < 1e-6 and reader["real_vs_hold"] < 0.01
+    assert reader["frozen_vs_hold"] > 0.5  # a frozen video shows no motion to read
+    holder = video_reliance(Reader(False), eps, stride=3)
+    assert holder["real_vs_hold"] == pytest.approx(1.0, abs=1e-3) and holder["windows"] == reader["windows"] > 10
+    with pytest.raises(FlywheelError, match="stride"):
+        video_reliance(Reader(True), eps, stride=0)
