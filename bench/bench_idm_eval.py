@@ -15,7 +15,9 @@ proprio each step, so its errors feed back (`track_video`). `video_reliance` ask
 the motion at all: its first action from the real video vs from a frozen one vs holding still, on the
 held-out expert episodes and on `--perturbed` episodes of the disturbed expert (states the expert never
 visits, where predicting the expert's next action from the state fails).
-Replaying the true actions the same way is the control (must give 1.0); replaying them with seeded
+Replaying the true actions the same way is the control (must give 1.0); replaying the recorded joint
+positions of each step as its target (no model: `control_recorded_positions_relative`) is the baseline the
+per-step ceiling must be read against, since it follows the recording one step behind; replaying them with seeded
 per-step noise on the arm joints shows how precise an IDM has to be for open-loop replay to succeed.
 Prints one JSON object and writes it to bench/results/idm_eval.json.
 
@@ -194,6 +196,14 @@ def main() -> None:
     reliance = {"expert": video_reliance(idm, held), "perturbed": video_reliance(idm, pert_eps) if pert_eps else None}
     settled = idm_ceiling(idm, held, env=env, settle_steps=3, actions=pred)
     control = idm_ceiling(None, held, env=env, actions=[e.actions for e in held])
+    # the model-free baseline the per-step ceiling has to be read against: each step's target is the
+    # *recorded* joint positions at that step (hold still where the recording is), grips snapped from the
+    # recorded finger positions. Replayed open loop it follows the recording one step behind.
+    from policies.idm.modeling_idm import snap_grippers
+
+    recorded = [snap_grippers(torch.as_tensor(e.proprio[:-1, :16], dtype=torch.float32), cfg.idm).numpy()
+                for e in held]
+    control_recorded = idm_ceiling(None, held, env=env, actions=recorded)
     # how precise must an IDM be? the true actions with seeded per-step noise on the 14 arm joints
     rng = np.random.default_rng(0)
     sensitivity = {}
@@ -250,6 +260,7 @@ def main() -> None:
         "idm_mae_arm_rad_per_plan": float(np.concatenate(
             [np.abs(p - e.actions)[:, :14] for p, e in zip(pred_plan, held)]).mean()),
         "control_true_actions_relative": control["overall"]["relative"],
+        "control_recorded_positions_relative": control_recorded["overall"]["relative"],
         "control_true_actions_with_arm_noise_relative": sensitivity,
         "idm_mae_arm_rad": float(err[:, :14].mean()),
         "idm_mae_gripper": float(err[:, 14:].mean()),
