@@ -61,9 +61,11 @@ class ExpertOracleWorldModel:
         task = json_task(real)
         env = self.shadow
         q_real = np.asarray(real_joints(real, env), np.float64)
-        trace = [q for q in self._replay(task, int(real["steps"]))]  # the expert's joints at each of its steps
-        done = int(np.argmin([np.linalg.norm(q - q_real) + 1e-9 * -k for k, q in enumerate(trace)]))
-        expert = self._replay_to(task, done)
+        trace: list[np.ndarray] = []  # the expert's own joints at each of its steps so far
+        self._replay(task, int(real["steps"]), trace)
+        dist = np.array([np.linalg.norm(q - q_real) for q in trace])
+        done = len(dist) - 1 - int(np.argmin(dist[::-1]))  # the robot's progress (the latest of ties)
+        expert = self._replay(task, done)
         own = env.joint_qpos()  # the expert's own joints at that step
         env.set_state(real)
         # shift the expert's commands by how far the robot's arms are from its own at that step: it goes
@@ -78,35 +80,27 @@ class ExpertOracleWorldModel:
         v = torch.from_numpy(np.stack(video)).permute(0, 3, 1, 2).float().div_(255.0)  # (T, 3, H, W)
         return v[None].expand(n, -1, -1, -1, -1).clone()
 
-    def _replay_to(self, task: dict, steps: int) -> Any:
-        """The expert on the shadow env, its script advanced `steps` steps from the episode's start."""
+    def _replay(self, task: dict, steps: int, trace: list[np.ndarray] | None = None) -> Any:
+        """The expert on the shadow env, its script advanced `steps` steps from the episode's start;
+        `trace` gets the shadow's joint positions at steps 0..`steps`."""
         env = self.shadow
         env.reset(options={"task": task})
         expert = self.make_expert(env)
         expert.reset(task, "", None)
         obs: dict = {}
-        for _ in range(steps):
-            obs, *_ = env.step(_one(expert.act(obs)))
+        for k in range(steps + 1):
+            if trace is not None:
+                trace.append(env.joint_qpos())
+            if k < steps:
+                obs, *_ = env.step(_one(expert.act(obs)))
         return expert
-
-    def _replay(self, task: dict, steps: int):
-        """Yield the shadow's joint positions at the expert's steps 0..`steps` of its own episode."""
-        env = self.shadow
-        env.reset(options={"task": task})
-        expert = self.make_expert(env)
-        expert.reset(task, "", None)
-        yield env.joint_qpos().copy()
-        obs: dict = {}
-        for _ in range(steps):
-            obs, *_ = env.step(_one(expert.act(obs)))
-            yield env.joint_qpos().copy()
 
     def close(self) -> None:
         self.shadow.close()
 
 
 def real_joints(state: dict, env: Any) -> np.ndarray:
-    """The robot's joint positions in a sim state, read through the shadow env (which is then reset)."""
+    """The robot's joint positions in a sim state, read by setting the shadow env to it."""
     env.set_state(state)
     return env.joint_qpos().copy()
 
