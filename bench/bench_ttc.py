@@ -10,7 +10,8 @@ numbers: candidate 0 of N=8 is the N=1 candidate). 95% Wilson intervals (flywhee
 Reference policies on the same items (`--controls`, n=0 in the file): `random` (chance),
 `scripted_expert` (the items are solvable) and `oracle_wm` (imagine-then-act with one candidate whose
 "imagined" future is the expert simulated from the robot's real state, flywheel/evaluation/oracle.py: the
-ceiling of this IDM and planner with a perfect world model).
+ceiling of this IDM and planner with a perfect world model) and `oracle_actions` (the same, with the
+oracle's own actions in place of the IDM's extraction: the planner executing the expert).
 Baseline: N=1 in the same run; the seeds' anchor is 30% -> 45% (ratio 1.5). Prints one JSON object.
 
     .venv/bin/python bench/bench_ttc.py --data-dir DIR [--ns 1,2,4,8] [--in-dist 100] [--other 40]
@@ -146,7 +147,7 @@ def main() -> None:
     from envs.splits import ci_subset
     from flywheel.compose import compose, to_object
     from flywheel.evaluation.feasibility import default_checker
-    from flywheel.evaluation.oracle import ExpertOracleWorldModel
+    from flywheel.evaluation.oracle import ExpertOracleWorldModel, OracleActions
     from policies.base import make_policy
     from policies.idm import InverseDynamicsModel
     from policies.imagine_then_act import ImagineThenActPolicy
@@ -177,6 +178,10 @@ def main() -> None:
                                              feasibility=default_checker(1 / cfg.env.control_hz).check,
                                              action_low=backend.action_low, action_high=backend.action_high,
                                              workspace=backend.safety.workspace)
+        oracle_actions = ImagineThenActPolicy(cfg, world_model=oracle, idm=OracleActions(oracle),
+                                              feasibility=default_checker(1 / cfg.env.control_hz).check,
+                                              action_low=backend.action_low, action_high=backend.action_high,
+                                              workspace=backend.safety.workspace)
         with results.open("a") as f:
             for index in range(max(counts.values())):
                 for split in SPLITS:
@@ -186,10 +191,10 @@ def main() -> None:
                         if name == "imagine_then_act":
                             policy.pcfg.n_candidates = n
                             actor = policy
-                        elif name == "oracle_wm":
-                            oracle_policy.pcfg.n_candidates = 1
+                        elif name in ("oracle_wm", "oracle_actions"):
+                            actor = oracle_policy if name == "oracle_wm" else oracle_actions
+                            actor.pcfg.n_candidates = 1
                             oracle.make_expert = lambda env, i=index: make_policy("scripted_expert", cfg, env=env, seed=i)
-                            actor = oracle_policy
                         else:
                             actor = make_policy(name, cfg, env=backend.env, state_fn=backend.get_state, seed=index,
                                                 action_low=backend.action_low, action_high=backend.action_high,

@@ -52,6 +52,7 @@ class ExpertOracleWorldModel:
         self.shadow = HumanoidTabletopEnv(env_cfg)
         self.state_fn, self.make_expert = state_fn, make_expert
         self.replayed_steps = 0  # expert steps replayed in the last call (for the logs)
+        self.last_actions: np.ndarray | None = None  # (T-1, A) the actions that made the last video
 
     def imagine(self, frames: torch.Tensor, caption: str, n: int = 1, steps: int = 0, guidance: float = 1.0,
                 seed: int = 0, num_frames: int = 9) -> torch.Tensor:
@@ -73,10 +74,12 @@ class ExpertOracleWorldModel:
         getattr(expert, "impl", expert).shift_arms((env.joint_qpos() - own)[:14])
         video = [env._render().copy()]
         obs = {"rgb": video[0]}
+        actions = []
         for _ in range(num_frames - 1):
-            obs, *_ = env.step(_one(expert.act(obs)))
+            actions.append(_one(expert.act(obs)))
+            obs, *_ = env.step(actions[-1])
             video.append(obs["rgb"].copy())
-        self.replayed_steps = done
+        self.replayed_steps, self.last_actions = done, np.stack(actions)
         v = torch.from_numpy(np.stack(video)).permute(0, 3, 1, 2).float().div_(255.0)  # (T, 3, H, W)
         return v[None].expand(n, -1, -1, -1, -1).clone()
 
@@ -97,6 +100,23 @@ class ExpertOracleWorldModel:
 
     def close(self) -> None:
         self.shadow.close()
+
+
+class OracleActions:
+    """An IDM stand-in that "extracts" exactly the actions that made the oracle's last video: with it the
+    planner executes the expert itself, through everything else it does (chunking, replanning, scoring,
+    rate limiting, the safety filter). The control that says how much of the oracle's gap is the IDM's."""
+
+    def __init__(self, oracle: ExpertOracleWorldModel) -> None:
+        self.oracle = oracle
+
+    def extract(self, video: torch.Tensor, proprio0: torch.Tensor, seed: int = 0) -> Any:
+        from policies.idm.modeling_idm import Extraction
+
+        a = self.oracle.last_actions
+        if a is None or len(a) != video.shape[0] - 1:
+            raise EnvError("OracleActions needs the oracle's video of the same length, imagined just before")
+        return Extraction(actions=torch.as_tensor(a, dtype=torch.float32), spread=torch.zeros(len(a)))
 
 
 def real_joints(state: dict, env: Any) -> np.ndarray:

@@ -69,3 +69,35 @@ def test_oracle_starts_from_the_real_state_after_a_deviation(setup):
     now = torch.from_numpy(obs["rgb"].copy()).permute(2, 0, 1).float() / 255
     assert (video[0, 0] - now).abs().mean() < 0.01
     assert backend.env.steps == 3  # the robot's env was not touched
+
+
+def test_planner_executing_the_oracles_own_actions_succeeds(setup):
+    """The control of the oracle planner: with the actions that made each imagined video in place of the
+    IDM's extraction, the real planner (chunking, replanning, scoring, rate limit, safety filter) succeeds."""
+    from flywheel.evaluation.feasibility import default_checker
+    from flywheel.evaluation.oracle import OracleActions
+    from policies.imagine_then_act import ImagineThenActPolicy
+
+    cfg, backend, item = setup
+    oracle = ExpertOracleWorldModel(cfg.env, backend.get_state, lambda env: _expert(cfg, env, item.seed))
+    idm = OracleActions(oracle)
+    with pytest.raises(Exception, match="imagined just before"):
+        idm.extract(torch.zeros(9, 3, 64, 64), torch.zeros(32))
+    policy = ImagineThenActPolicy(cfg, world_model=oracle, idm=idm,
+                                  feasibility=default_checker(1 / cfg.env.control_hz).check,
+                                  action_low=backend.action_low, action_high=backend.action_high,
+                                  workspace=backend.safety.workspace)
+    policy.pcfg.n_candidates = 1
+    obs = backend.reset(task=item.task(), seed=item.seed)
+    policy.reset(backend.task.to_dict(), item.instruction, backend.scene_description())
+    success, steps = False, 0
+    try:
+        while steps < cfg.env.max_steps and not success:
+            out = policy.act(obs)
+            assert not out.hold, out.failure_reason
+            res = backend.step(out.actions)
+            steps += len(res.observations)
+            obs, success = res.observations[-1], bool(res.success)
+    finally:
+        oracle.close()
+    assert success
