@@ -110,6 +110,7 @@ def main() -> None:
     from flywheel.registry import ModelRegistry
     from flywheel.training.pipeline import StoreTrainer
     from policies.idm import InverseDynamicsModel
+    from policies.idm.modeling_idm import snap_grippers
 
     tmp = tempfile.TemporaryDirectory(prefix="bench_idm_eval_") if args.data_dir is None else None
     data_dir = Path(tmp.name if tmp else args.data_dir)
@@ -199,8 +200,6 @@ def main() -> None:
     # the model-free baseline the per-step ceiling has to be read against: each step's target is the
     # *recorded* joint positions at that step (hold still where the recording is), grips snapped from the
     # recorded finger positions. Replayed open loop it follows the recording one step behind.
-    from policies.idm.modeling_idm import snap_grippers
-
     recorded = [snap_grippers(torch.as_tensor(e.proprio[:-1, :16], dtype=torch.float32), cfg.idm).numpy()
                 for e in held]
     control_recorded = idm_ceiling(None, held, env=env, actions=recorded)

@@ -170,18 +170,18 @@ def main() -> None:
         wm = WorldModel.from_pretrained(args.world_model or wm_reg.path)
         idm = InverseDynamicsModel.from_pretrained(args.idm or idm_reg.path)
         backend = make_backend("sim", cfg.backend, cfg.env)
-        policy = ImagineThenActPolicy(cfg, world_model=wm, idm=idm, feasibility=default_checker(1 / cfg.env.control_hz).check,
-                                      action_low=backend.action_low, action_high=backend.action_high,
-                                      workspace=backend.safety.workspace)
-        oracle = ExpertOracleWorldModel(cfg.env, backend.get_state, make_expert=None)
-        oracle_policy = ImagineThenActPolicy(cfg, world_model=oracle, idm=idm,
-                                             feasibility=default_checker(1 / cfg.env.control_hz).check,
-                                             action_low=backend.action_low, action_high=backend.action_high,
-                                             workspace=backend.safety.workspace)
-        oracle_actions = ImagineThenActPolicy(cfg, world_model=oracle, idm=OracleActions(oracle),
-                                              feasibility=default_checker(1 / cfg.env.control_hz).check,
-                                              action_low=backend.action_low, action_high=backend.action_high,
-                                              workspace=backend.safety.workspace)
+
+        def planner(world_model, extractor) -> ImagineThenActPolicy:
+            return ImagineThenActPolicy(cfg, world_model=world_model, idm=extractor,
+                                        feasibility=default_checker(1 / cfg.env.control_hz).check,
+                                        action_low=backend.action_low, action_high=backend.action_high,
+                                        workspace=backend.safety.workspace)
+
+        policy = planner(wm, idm)
+        oracle, oracles = None, {}
+        if {"oracle_wm", "oracle_actions"} & set(controls):  # a shadow env only when asked for
+            oracle = ExpertOracleWorldModel(cfg.env, backend.get_state, make_expert=None)
+            oracles = {"oracle_wm": planner(oracle, idm), "oracle_actions": planner(oracle, OracleActions(oracle))}
         with results.open("a") as f:
             for index in range(max(counts.values())):
                 for split in SPLITS:
@@ -191,8 +191,8 @@ def main() -> None:
                         if name == "imagine_then_act":
                             policy.pcfg.n_candidates = n
                             actor = policy
-                        elif name in ("oracle_wm", "oracle_actions"):
-                            actor = oracle_policy if name == "oracle_wm" else oracle_actions
+                        elif name in oracles:
+                            actor = oracles[name]
                             actor.pcfg.n_candidates = 1
                             oracle.make_expert = lambda env, i=index: make_policy("scripted_expert", cfg, env=env, seed=i)
                         else:
@@ -209,7 +209,8 @@ def main() -> None:
                         f.flush()
                         rows.append(row)
                         ran += 1
-        oracle.close()
+        if oracle is not None:
+            oracle.close()
         backend.close()
     store.close()
     print(json.dumps({

@@ -84,10 +84,7 @@ class ScriptedExpert:
         self.q = env.data.ctrl.copy().astype(np.float64)  # (16,) commanded joint targets
         self.cmd: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for side in ("left", "right"):
-            pos, mat = env.ik(side).forward(self.q[ARM_SLICE[side]])
-            quat = np.zeros(4)
-            mujoco.mju_mat2Quat(quat, mat.reshape(-1))
-            self.cmd[side] = (pos, quat)
+            self.cmd[side] = self._pose(side, self.q[ARM_SLICE[side]])
         self.home = {s: self.cmd[s] for s in self.cmd}
         self._gen = getattr(self, f"_script_{self.task.family}")()
         self._last = self.q.astype(np.float32)
@@ -129,6 +126,7 @@ class ScriptedExpert:
                 self._smooth[sl] += shift[sl]
 
     def _pose(self, side: str, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Grasp-site position and quaternion of one arm at joints `q` (forward kinematics)."""
         pos, mat = self.env.ik(side).forward(q)
         quat = np.zeros(4)
         mujoco.mju_mat2Quat(quat, mat.reshape(-1))
@@ -159,10 +157,7 @@ class ScriptedExpert:
                 sl = ARM_SLICE[side]
                 step = np.clip(qg - self.q[sl], -joint_step, joint_step)
                 self.q[sl] += step
-                pos, mat = self.env.ik(side).forward(self.q[sl])
-                quat = np.zeros(4)
-                mujoco.mju_mat2Quat(quat, mat.reshape(-1))
-                self.cmd[side] = (pos, quat)
+                self.cmd[side] = self._pose(side, self.q[sl])
                 done = done and bool(np.all(np.abs(qg - self.q[sl]) < 1e-6))
             for side, (gp, gq) in goals.items():
                 pos, quat = self.cmd[side]

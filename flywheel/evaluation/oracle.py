@@ -11,10 +11,12 @@ How a future is made: the expert's script is time-indexed (a generator, which ca
 a robot that lags it would be shown jumping to where the expert already is. So a shadow env replays the
 expert's own episode up to the robot's step count, the step whose joint positions are nearest to the
 robot's is taken as the robot's progress, the expert is replayed again to that step, the shadow is set
-to the robot's real state, and the expert continues for the clip's length, rendering each frame. The
-expert keeps its own plan (commanded poses, grasp points read in its replay), so the video shows the
-robot being brought back onto the expert's path from wherever it is. Every candidate is the same video:
-the expert is deterministic.
+to the robot's real state, the expert's commands are shifted by the robot's offset from the expert's own
+joints at that step (`ScriptedExpert.shift_arms`: it goes on at its own speed from where the robot is,
+instead of jumping to where it had commanded), and it continues for the clip's length, rendering each
+frame. It keeps the rest of its plan (goals, grasp points read in its replay). Every candidate is the
+same video: the expert is deterministic. `OracleActions` is the matching control for the IDM: it returns
+the actions that made the video (bench/bench_ttc.py --controls oracle_actions).
 """
 from __future__ import annotations
 
@@ -71,7 +73,7 @@ class ExpertOracleWorldModel:
         env.set_state(real)
         # shift the expert's commands by how far the robot's arms are from its own at that step: it goes
         # on with its current motion from where the robot is, at its own speed (on its path: no change)
-        getattr(expert, "impl", expert).shift_arms((env.joint_qpos() - own)[:14])
+        getattr(expert, "impl", expert).shift_arms((q_real - own)[:14])
         video = [env._render().copy()]
         obs = {"rgb": video[0]}
         actions = []

@@ -75,7 +75,7 @@ def test_shift_arms_zero_is_a_no_op_and_bad_input_is_refused(env):
         ex.shift_arms(np.full(14, np.nan))
 
 
-def test_shift_arms_moves_the_commands_and_keeps_the_goal(env):
+def test_shift_arms_moves_the_commands(env):
     item = next(it for it in ci_subset("in_distribution", 4) if it.family == "pick")
     env.reset(options={"task": item.task()})
     ex = ScriptedExpert(env, seed=0)
