@@ -45,6 +45,7 @@ class TrainConfig:
     vae_steps: int = 1000  # world_model.vae=kl2d without vae_path: autoencoder steps before the first stage
     vae_lr: float = 1e-3
     idm_steps: int = 400
+    idm_batch_size: int | None = None  # None: batch_size
     idm_lr: float = 1e-3
     finetune_steps: int = 100
     grad_clip: float = 1.0
@@ -55,6 +56,8 @@ class TrainConfig:
             raise ValueError(f"train.precision must be fp32, bf16 or fp16, got {self.precision!r}")
         if self.batch_size < 1:
             raise ValueError(f"train.batch_size must be >= 1, got {self.batch_size}")
+        if self.idm_batch_size is not None and self.idm_batch_size < 1:
+            raise ValueError(f"train.idm_batch_size must be >= 1 (or null: batch_size), got {self.idm_batch_size}")
         if self.vae_steps < 0 or self.vae_lr <= 0:
             raise ValueError(f"train.vae_steps must be >= 0 and train.vae_lr > 0, got {self.vae_steps}, {self.vae_lr}")
 
@@ -66,6 +69,7 @@ class FlywheelConfig:
     iterations: int = 3
     bootstrap_expert_episodes: int = 40
     bootstrap_play_episodes: int = 20
+    bootstrap_perturbed_episodes: int = 0  # the expert pushed off its path (policy perturbed_expert): IDM data
     episodes_per_iteration: int = 16
     retrain_every: int = 16  # K: retrain after this many new episodes
     eval_split_subset: int = 8  # episodes per split in the CI regression suite

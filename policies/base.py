@@ -61,6 +61,7 @@ POLICY_REGISTRY: dict[str, str] = {
     "random": "policies.simple:RandomPolicy",
     "scripted_expert": "policies.simple:ScriptedExpertPolicy",
     "play": "policies.simple:PlayPolicyAdapter",
+    "perturbed_expert": "policies.simple:PerturbedExpertPolicy",
     "imagine_then_act": "policies.imagine_then_act:ImagineThenActPolicy",
 }
 

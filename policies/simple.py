@@ -48,7 +48,7 @@ class ScriptedExpertPolicy(Policy):
     name = "scripted_expert"
 
     def __init__(self, cfg: Any, env: Any = None, state_fn: Callable[[], dict] | None = None, seed: int = 0,
-                 play: bool = False, **_: Any):
+                 play: bool = False, perturbed: bool = False, **_: Any):
         if env is not None:
             state_fn = None  # the expert reads the sim it drives: nothing to sync
         else:
@@ -63,6 +63,10 @@ class ScriptedExpertPolicy(Policy):
             from envs.play import PlayPolicy
 
             self.impl = PlayPolicy(env, seed=seed)
+        elif perturbed:
+            from envs.expert import PerturbedExpert
+
+            self.impl = PerturbedExpert(env, noise=float(cfg.policy.expert_noise), seed=seed)
         else:
             from envs.expert import ScriptedExpert
 
@@ -88,3 +92,13 @@ class PlayPolicyAdapter(ScriptedExpertPolicy):
 
     def __init__(self, cfg: Any, **kw: Any):
         super().__init__(cfg, play=True, **kw)
+
+
+class PerturbedExpertPolicy(ScriptedExpertPolicy):
+    """The expert pushed off its path and recovering (`envs.expert.PerturbedExpert`, DART-style): states the
+    clean expert never visits, for the IDM. Stored like play (source "play"): data, not demonstrations."""
+
+    name = "perturbed_expert"
+
+    def __init__(self, cfg: Any, **kw: Any):
+        super().__init__(cfg, perturbed=True, **kw)

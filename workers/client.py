@@ -21,7 +21,7 @@ from typing import Any
 
 from workers import ledger
 from workers.errors import WorkerError
-from workers.spec import LOCAL_POLICIES, MODEL_POLICIES, TASK_NAMES, EpisodePayload, HookPayload, NoopPayload, TaskSpec
+from workers.spec import DATA_SOURCES, LOCAL_POLICIES, MODEL_POLICIES, TASK_NAMES, EpisodePayload, HookPayload, NoopPayload, TaskSpec
 
 log = logging.getLogger("workers.client")
 TERMINAL = ("succeeded", "failed", "dead", "cancelled")
@@ -155,7 +155,7 @@ class Scheduler:
                 task=task, family=task.get("family"), split=spec.split, split_index=spec.split_index, seed=seed,
                 instruction=spec.instruction, backend=spec.backend, policy=policy, model=models,
                 max_steps=spec.max_steps, initial_state_episode=spec.initial_state_episode,
-                source={"scripted_expert": "expert", "play": "play"}.get(policy, "rollout"), tags=spec.tags,
+                source=DATA_SOURCES.get(policy, "rollout"), tags=spec.tags,
             ).model_dump())
         return spec, out
 

@@ -27,7 +27,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from workers import ledger
 from workers.errors import WorkerError
 from workers.rejects import record_reject
-from workers.spec import parse_message
+from workers.spec import DATA_SOURCES, parse_message
 
 log = logging.getLogger("workers.tasks")
 
@@ -145,7 +145,7 @@ def _episode_body(cfg: Any, store: Any, run: Any, payload: Any, should_stop: Cal
         from workers.episode import Cancelled
 
         raise Cancelled()
-    source = {"scripted_expert": "expert", "play": "play"}.get(payload.policy, payload.source)
+    source = DATA_SOURCES.get(payload.policy, payload.source)
     candidates = []
     for step, plan in enumerate(out.plans):
         uri = sha = None

@@ -38,14 +38,15 @@ class WindowDataset(Dataset):
     Each episode dict holds frames uint8 (T+1, H, W, 3), proprio float (T+1, P), actions float (T, A).
     Item i: frame0/frame1 float (3, H, W) in [0, 1] W steps apart, proprio (P,) at frame0, actions
     (W, A) between them and qpos (W, A): the joint positions at frames 1..W (the first A proprio dims,
-    which the delta target predicts). Episodes shorter than W are padded like extraction pads video:
+    which the delta target predicts); with `all_frames`, also frames (W+1, 3, H, W): every frame of the
+    window (the pose target reads any pair of them). Episodes shorter than W are padded like extraction pads video:
     the last frame, proprio and action repeat (the robot holds still).
     """
 
-    def __init__(self, episodes: Sequence[dict[str, Any]], window: int) -> None:
+    def __init__(self, episodes: Sequence[dict[str, Any]], window: int, all_frames: bool = False) -> None:
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
-        self.window = window
+        self.window, self.all_frames = window, all_frames
         self.episodes: list[dict[str, Tensor]] = []
         self.index: list[tuple[int, int]] = []  # (episode, start)
         for e in episodes:
@@ -75,7 +76,8 @@ class WindowDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Tensor]:
         k, s = self.index[i]
         e, w = self.episodes[k], self.window
-        return {
+        extra = {"frames": to_float_frames(e["frames"][s : s + w + 1])} if self.all_frames else {}  # (W+1, 3, H, W)
+        return extra | {
             "frame0": to_float_frames(e["frames"][s]),  # (3, H, W)
             "frame1": to_float_frames(e["frames"][s + w]),  # (3, H, W)
             "proprio": e["proprio"][s],  # (P,)
@@ -148,7 +150,7 @@ def train_idm(
     out = Path(out_dir)
     device = resolve_device(cfg.device)
     if resume_from is None and not bool(model.stats_fitted) and hasattr(dataset, "stats"):
-        deltas = dataset.deltas() if getattr(model, "delta", False) and hasattr(dataset, "deltas") else None
+        deltas = dataset.deltas() if getattr(model, "needs_deltas", False) and hasattr(dataset, "deltas") else None
         model.fit_normalization(*dataset.stats(), deltas=deltas)
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -159,7 +161,7 @@ def train_idm(
         for group in opt.param_groups:
             group["lr"] = lr
     scaler = make_grad_scaler(device, cfg.precision)
-    batches = _StepBatches(len(dataset), cfg.batch_size, cfg.seed, start, steps)
+    batches = _StepBatches(len(dataset), cfg.idm_batch_size or cfg.batch_size, cfg.seed, start, steps)
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=cfg.num_workers)
     save_every = save_every or max(steps // 4, 1)
     result = TrainResult(step=start)

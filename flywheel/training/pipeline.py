@@ -120,7 +120,7 @@ class StoreTrainer:
         eps = [e.as_dict() for e in self.episodes("all")]  # unfiltered: play, expert, successes, failures
         if not eps:
             raise FlywheelError("no episodes with arrays in the store to train the IDM on")
-        ds = WindowDataset(eps, icfg.window)
+        ds = WindowDataset(eps, icfg.window, all_frames=icfg.target == "pose")
         steps = tcfg.idm_steps if parent is None else tcfg.finetune_steps
         run_id = self.store.start_training_run("idm", {"steps": steps, "lr": tcfg.idm_lr}, self.snapshot())
         out = self.work / f"idm-{phase}"

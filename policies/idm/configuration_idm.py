@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 BACKBONES = ("small_cnn", "depth_anything")
-TARGETS = ("absolute", "delta")
+TARGETS = ("absolute", "delta", "pose")
 
 
 @dataclass
@@ -38,7 +38,22 @@ class IDMConfig:
     # "delta": the W joint targets *and* the W next joint positions, both relative to the joint
     # positions at the window's first frame (normalised per step); extraction then chains the windows,
     # each window's first joint positions estimated by the windows before it.
+    # "pose": no flow head and no proprio input. The backbone reads the joint positions (A) off the frames,
+    # relative to the video's first frame: with `pose_input` "pair" it sees [frame s, frame t, frame t - frame s]
+    # and regresses q_t - q_s (t - s <= W, chained every W frames); with "frame" it regresses q_t from frame t
+    # alone and differences are taken. Extraction anchors the estimates at the measured q_0 and turns the
+    # joint positions into targets: a_t = q_{t+1} + lead * (q_{t+1} - q_t), `lead` fitted per joint on the
+    # training data (how far a position target runs ahead of where the joint gets). Every output is read from
+    # the frames: nothing can be predicted from the state alone (see proprio_input). K noise draws are K
+    # copies of the video with Gaussian pixel noise of std `pose_noise` (also the training augmentation).
     target: str = "absolute"
+    pose_input: str = "pair"  # pose target: "pair" | "frame"
+    pose_noise: float = 0.02
+    # Pose target: the read joint positions are smoothed in time before they become targets, by a local
+    # quadratic fit over the frames within `pose_smooth` of each frame (0: no smoothing). Each frame is read
+    # with an error of a few hundredths of a radian; differenced into targets, that jitter alone breaks the
+    # planner's velocity / acceleration / jerk limits.
+    pose_smooth: int = 2
     # How the two frames meet. "late": one backbone pass per frame, features concatenated (frames are
     # encoded once per video at extraction). "early" (small_cnn only): one pass over the stacked pair
     # [frame0, frame1, frame1 - frame0], so the convolutions see the motion itself.
@@ -64,6 +79,14 @@ class IDMConfig:
             raise ValueError(f"idm.backbone must be one of {BACKBONES}, got {self.backbone!r}")
         if self.target not in TARGETS:
             raise ValueError(f"idm.target must be one of {TARGETS}, got {self.target!r}")
+        if self.pose_input not in ("pair", "frame"):
+            raise ValueError(f"idm.pose_input must be 'pair' or 'frame', got {self.pose_input!r}")
+        if self.pose_smooth < 0:
+            raise ValueError(f"idm.pose_smooth must be >= 0, got {self.pose_smooth}")
+        if self.pose_noise < 0:
+            raise ValueError(f"idm.pose_noise must be >= 0, got {self.pose_noise}")
+        if self.target == "pose" and self.pose_input == "pair" and self.backbone != "small_cnn":
+            raise ValueError("idm.pose_input='pair' needs idm.backbone='small_cnn' (a pretrained backbone sees one frame)")
         if self.fusion not in ("late", "early"):
             raise ValueError(f"idm.fusion must be 'late' or 'early', got {self.fusion!r}")
         if self.fusion == "early" and self.backbone != "small_cnn":

@@ -46,6 +46,18 @@ def snap_grippers(actions: Tensor, cfg: IDMConfig) -> Tensor:
     return out
 
 
+def local_quadratic(t_len: int, half: int) -> Tensor:
+    """(T, T) smoothing matrix: row t evaluates at t the least-squares quadratic through the frames within
+    `half` of t (a Savitzky-Golay filter whose window is cut at the ends and then fits only what it holds)."""
+    rows = torch.zeros(t_len, t_len, dtype=torch.float64)
+    for t in range(t_len):
+        idx = torch.arange(max(0, t - half), min(t_len, t + half + 1), dtype=torch.float64)
+        deg = min(2, len(idx) - 1)
+        basis = torch.stack([(idx - t) ** p for p in range(deg + 1)], dim=1)  # (n, deg+1), centred at t
+        rows[t, idx.long()] = torch.linalg.pinv(basis)[0]  # the fitted value at t is the constant term
+    return rows.float()
+
+
 # ----------------------------------------------------------------------------------------- backbones
 class SpatialSoftmax(nn.Module):
     """Feature maps (B, C, h, w) -> the expected (x, y) image position of each map's softmax (B, 2C) in
@@ -138,6 +150,10 @@ class DepthAnythingBackbone(nn.Module):
 
 def make_backbone(cfg: IDMConfig, hf_config: dict[str, Any] | None = None) -> nn.Module:
     """Backbone registry: every backbone maps (B, 3, H, W) in [0, 1] to (B, cfg.feature_dim)."""
+    if cfg.target == "pose":  # one feature vector per frame ("frame") or per [frame s, frame t] pair ("pair")
+        if cfg.backbone == "small_cnn":
+            return SmallCNN(cfg, in_channels=9 if cfg.pose_input == "pair" else 3)
+        return DepthAnythingBackbone(cfg, hf_config)
     if cfg.backbone == "small_cnn" and cfg.fusion == "early":  # the stacked pair in, both frames' features out
         return SmallCNN(cfg, in_channels=9, out_dim=2 * cfg.feature_dim)
     if cfg.backbone == "small_cnn":
@@ -239,12 +255,19 @@ class InverseDynamicsModel(nn.Module):
             for p in self.backbone.encoder.parameters():
                 p.requires_grad_(False)
         d = cfg.hidden_dim
-        self.cond = nn.Sequential(
-            nn.Linear(2 * cfg.feature_dim + cfg.proprio_dim, d), nn.SiLU(), nn.Linear(d, d)
-        )
         self.delta = cfg.target == "delta"
+        self.pose = cfg.target == "pose"
         self.token_dim = 2 * cfg.action_dim if self.delta else cfg.action_dim
-        self.head = FlowHead(cfg, self.token_dim)
+        if self.pose:  # a regression head on the backbone: joint positions, normalised by pose_mean / pose_std
+            self.pose_head = nn.Sequential(nn.SiLU(), nn.Linear(cfg.feature_dim, cfg.action_dim))
+            self.register_buffer("pose_mean", torch.zeros(cfg.action_dim))
+            self.register_buffer("pose_std", torch.ones(cfg.action_dim))
+            self.register_buffer("lead", torch.zeros(cfg.action_dim))
+        else:
+            self.cond = nn.Sequential(
+                nn.Linear(2 * cfg.feature_dim + cfg.proprio_dim, d), nn.SiLU(), nn.Linear(d, d)
+            )
+            self.head = FlowHead(cfg, self.token_dim)
         self.register_buffer("action_mean", torch.zeros(cfg.action_dim))
         self.register_buffer("action_std", torch.ones(cfg.action_dim))
         self.register_buffer("proprio_mean", torch.zeros(cfg.proprio_dim))
@@ -266,6 +289,8 @@ class InverseDynamicsModel(nn.Module):
         self.action_std.copy_(actions.float().std(0).clamp_min(min_std))
         self.proprio_mean.copy_(proprio.float().mean(0))
         self.proprio_std.copy_(proprio.float().std(0).clamp_min(min_std))
+        if self.pose:
+            self._fit_pose(deltas, min_std)
         if self.delta:
             if deltas is None:
                 self.delta_mean.zero_()
@@ -278,6 +303,37 @@ class InverseDynamicsModel(nn.Module):
                 self.delta_mean.copy_(deltas.float().mean(0))
                 self.delta_std.copy_(deltas.float().std(0).clamp_min(min_std))
         self.stats_fitted.fill_(True)
+
+    @property
+    def needs_deltas(self) -> bool:
+        """Whether `fit_normalization` wants the windows' deltas (`WindowDataset.deltas`)."""
+        return self.delta or self.pose
+
+    def _fit_pose(self, deltas: Tensor | None, min_std: float) -> None:
+        """Pose stats and the per-joint `lead` of the targets over the positions, from deltas (M, W, 2A).
+        Without deltas: pair stats of zero mean and the per-joint action std, frame stats the proprio's, no lead."""
+        a = self.config.action_dim
+        if deltas is None:
+            pair = self.config.pose_input == "pair"
+            self.pose_mean.copy_(torch.zeros(a) if pair else self.proprio_mean[:a])
+            self.pose_std.copy_(self.action_std if pair else self.proprio_std[:a])
+            self.lead.zero_()
+            return
+        if deltas.dim() != 3 or deltas.shape[-1] != 2 * a:
+            raise PolicyError(f"the pose IDM fits its stats from deltas (M, W, {2 * a}), got {tuple(deltas.shape)}")
+        deltas = deltas.float()
+        if self.config.pose_input == "pair":  # q_t - q_s over the window's steps
+            self.pose_mean.zero_()
+            self.pose_std.copy_(deltas[..., a:].reshape(-1, a).std(0).clamp_min(min_std))
+        else:
+            self.pose_mean.copy_(self.proprio_mean[:a])
+            self.pose_std.copy_(self.proprio_std[:a])
+        # target - next position against next position - position, first step of every window: least squares
+        step = deltas[:, 0, a:]  # q_1 - q_0
+        ahead = deltas[:, 0, :a] - step  # a_0 - q_1
+        den = (step * step).sum(0)
+        lead = torch.where(den > 1e-8, (ahead * step).sum(0) / den.clamp_min(1e-8), torch.zeros_like(den))
+        self.lead.copy_(lead.clamp(0.0, 2.0))
 
     def _norm_proprio(self, p: Tensor) -> Tensor:
         """Standardised proprio, with what `proprio_input` hides set to 0 (the mean)."""
@@ -337,10 +393,87 @@ class InverseDynamicsModel(nn.Module):
     def device(self) -> torch.device:
         return self.action_mean.device
 
+    # -- pose target
+    def _resized(self, frames: Tensor) -> Tensor:
+        s = self.config.image_size
+        if self.config.backbone == "small_cnn" and frames.shape[-2:] != (s, s):
+            frames = F.interpolate(frames, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+        return frames
+
+    def read_pose(self, frame_s: Tensor, frame_t: Tensor | None = None) -> Tensor:
+        """Joint positions read off frames, native units: q_t - q_s from (B, 3, H, W) pairs ("pair"), or q
+        from frame_s alone ("frame")."""
+        if self.config.pose_input == "pair":
+            if frame_t is None:
+                raise PolicyError("the pair pose IDM reads two frames")
+            x = torch.cat([frame_s, frame_t], dim=0)
+            x0, x1 = self._resized(x).chunk(2)
+            h = self.backbone(torch.cat([x0, x1, x1 - x0], dim=1))
+        else:
+            h = self.encode_frames(frame_s)
+        return self.pose_head(h) * self.pose_std + self.pose_mean
+
+    def _pose_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        """Regression of the joint positions at a random pair of the window's frames (t - s uniform in 1..W)."""
+        cfg, a = self.config, self.config.action_dim
+        frames = batch.get("frames")  # (B, W+1, 3, H, W)
+        if frames is None:
+            raise PolicyError("the pose IDM trains on batch['frames'] (B, W+1, 3, H, W): WindowDataset(all_frames=True)")
+        b, w = frames.shape[0], frames.shape[1] - 1
+        q = torch.cat([batch["proprio"][:, None, :a], batch["qpos"]], dim=1)  # (B, W+1, A)
+        k = torch.randint(1, w + 1, (b,), device=frames.device)
+        s = (torch.rand(b, device=frames.device) * (w - k + 1)).long()
+        t, rows = s + k, torch.arange(b, device=frames.device)
+        fs, ft = frames[rows, s], frames[rows, t]
+        if self.training and cfg.pose_noise > 0:
+            fs = (fs + cfg.pose_noise * torch.randn_like(fs)).clamp(0, 1)
+            ft = (ft + cfg.pose_noise * torch.randn_like(ft)).clamp(0, 1)
+        if cfg.pose_input == "pair":
+            pred, true = self.read_pose(fs, ft), q[rows, t] - q[rows, s]
+        else:
+            pred, true = self.read_pose(torch.cat([fs, ft])), torch.cat([q[rows, s], q[rows, t]])
+        loss = F.mse_loss(((pred - true) / self.pose_std).float(), torch.zeros_like(pred, dtype=torch.float32))
+        return loss, {"loss": float(loss.detach()), "action_mae": float((pred - true).detach().abs().mean())}
+
+    @torch.no_grad()
+    def _extract_pose(self, video: Tensor, proprio0: Tensor, seed: int, k: int) -> Extraction:
+        """Pose target: K noisy copies of the video, joint positions read relative to frame 0 (pair: to the
+        frame that starts each block of W), anchored at proprio0's; targets a_t = q_{t+1} + lead (q_{t+1} - q_t)."""
+        cfg, a = self.config, self.config.action_dim
+        t_len = video.shape[0]
+        gen = torch.Generator().manual_seed(seed)
+        noise = torch.randn((k, *video.shape), generator=gen).to(self.device)
+        vids = (video[None] + cfg.pose_noise * noise).clamp(0, 1) if cfg.pose_noise > 0 else video[None].expand(k, -1, -1, -1, -1)
+        if cfg.pose_input == "frame":
+            flat = vids.reshape(k * t_len, *video.shape[1:])
+            q = torch.cat([self.read_pose(c) for c in flat.split(cfg.max_batch)]).reshape(k, t_len, a)
+            rel = q - q[:, :1]
+        else:
+            ts = torch.arange(1, t_len, device=self.device)
+            ss = (ts - 1) // cfg.window * cfg.window  # each frame read against the start of its block
+            fs, ft = vids[:, ss].reshape(-1, *video.shape[1:]), vids[:, ts].reshape(-1, *video.shape[1:])
+            d = torch.cat([self.read_pose(x, y) for x, y in zip(fs.split(cfg.max_batch), ft.split(cfg.max_batch))])
+            d = d.reshape(k, t_len - 1, a)
+            rel = torch.zeros(k, t_len, a, device=self.device)
+            for i, (s_i, t_i) in enumerate(zip(ss.tolist(), ts.tolist())):
+                rel[:, t_i] = rel[:, s_i] + d[:, i]
+        arm = torch.ones(a, dtype=torch.bool, device=self.device)
+        arm[list(cfg.gripper_dims)] = False  # a grip opens or closes in a step: neither smoothed nor led
+        if cfg.pose_smooth > 0 and t_len > 2:
+            smooth = torch.einsum("st,kta->ksa", local_quadratic(t_len, cfg.pose_smooth).to(rel), rel)
+            rel = torch.where(arm, smooth - smooth[:, :1], rel)  # still anchored: frame 0 is where the robot is
+        q = proprio0[:a] + rel  # (K, T, A)
+        acts = q[:, 1:] + self.lead * arm * (q[:, 1:] - q[:, :-1])  # (K, T-1, A)
+        actions = snap_grippers(acts.mean(0).float().cpu(), cfg)
+        return Extraction(actions=actions, spread=acts.std(0, unbiased=False).mean(-1).float().cpu())
+
     # -- training
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        """Flow-matching loss: x_s = (1 - s) x0 + s eps, target velocity eps - x0 (diffusers convention)."""
+        """Flow-matching loss: x_s = (1 - s) x0 + s eps, target velocity eps - x0 (diffusers convention);
+        for the pose target, the pose regression loss (`_pose_loss`)."""
         cfg = self.config
+        if self.pose:
+            return self._pose_loss(batch)
         actions, proprio = batch["actions"], batch["proprio"]  # (B, W, A), (B, P)
         b, a = actions.shape[0], cfg.action_dim
         if self.training and cfg.proprio_noise > 0:  # later windows' joint positions are estimates
@@ -399,6 +532,8 @@ class InverseDynamicsModel(nn.Module):
         if proprio0.shape != (cfg.proprio_dim,):
             raise PolicyError(f"extract needs proprio0 ({cfg.proprio_dim},), got {tuple(proprio0.shape)}")
         k = noise_samples or cfg.noise_samples
+        if self.pose:
+            return self._extract_pose(video.to(self.device, torch.float32), proprio0.to(self.device, torch.float32), seed, k)
         n_actions = video.shape[0] - 1
         video = pad_video(video.to(self.device, torch.float32), cfg.window)
         n_pad = video.shape[0] - 1

@@ -70,7 +70,7 @@ def setup_store(tmp_path: Path, *extra: str, nan_idm: bool = False) -> tuple[Any
                           torch.cat([home, torch.zeros(16)]) + 1e-3 * torch.randn(64, 32, generator=g))
     if nan_idm:  # every extraction now has a NaN joint target (whatever the IDM's target parameterisation)
         with torch.no_grad():
-            idm.head.out.bias[3] = float("nan")
+            (idm.pose_head[-1] if idm.pose else idm.head.out).bias[3] = float("nan")
     reg = ModelRegistry(sched.store, cfg.data_path)
     for kind, model in (("world_model", wm), ("idm", idm)):
         model.save_pretrained(tmp_path / kind)

@@ -1,0 +1,125 @@
+"""The pose target of the IDM: joint positions read off the frames, anchored at the measured ones."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from flywheel.config import TrainConfig
+from flywheel.training.idm import WindowDataset, train_idm
+from policies.errors import PolicyError
+from policies.idm import IDMConfig, InverseDynamicsModel
+
+torch.set_num_threads(1)
+W, A = 4, 16
+
+
+def tiny(pose_input: str = "pair", **kw) -> InverseDynamicsModel:
+    torch.manual_seed(0)
+    cfg = IDMConfig(window=W, image_size=32, cnn_channels=8, feature_dim=32, hidden_dim=32, target="pose",
+                    pose_input=pose_input, noise_samples=3, **kw)
+    return InverseDynamicsModel(cfg)
+
+
+def episode(t: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"frames": rng.integers(0, 256, size=(t + 1, 32, 32, 3), dtype=np.uint8),
+            "proprio": rng.normal(size=(t + 1, 32)).astype(np.float32),
+            "actions": rng.normal(size=(t, A)).astype(np.float32)}
+
+
+def coded_video(q: torch.Tensor) -> torch.Tensor:
+    """Frames whose first pixel says which frame they are (a stand-in for a robot in the image)."""
+    v = torch.zeros(q.shape[0], 3, 32, 32)
+    v[:, 0, 0, 0] = torch.arange(q.shape[0]) / 100.0
+    return v
+
+
+def perfect_reader(model: InverseDynamicsModel, q: torch.Tensor) -> None:
+    """Make `read_pose` read the true joint positions of the coded frames (pair: their difference)."""
+    idx = lambda f: torch.round(f[:, 0, 0, 0] * 100).long()
+    if model.config.pose_input == "pair":
+        model.read_pose = lambda fs, ft=None: q[idx(ft)] - q[idx(fs)]
+    else:
+        model.read_pose = lambda fs, ft=None: q[idx(fs)] + 5.0  # a constant bias cancels in the anchoring
+
+
+@pytest.mark.parametrize("pose_input", ["pair", "frame"])
+def test_extraction_anchors_the_read_positions_and_leads_them(pose_input):
+    t = 11  # longer than one window: the pair reader chains blocks of W frames
+    q = torch.cumsum(torch.randn(t, A, generator=torch.Generator().manual_seed(1)) * 0.1, dim=0)
+    model = tiny(pose_input, pose_noise=0.0, pose_smooth=0)
+    model.lead.fill_(0.5)
+    perfect_reader(model, q)
+    proprio0 = torch.cat([q[0] + 1.0, torch.zeros(A)])  # the measured joints differ from the "true" q by +1
+    ex = model.extract(coded_video(q), proprio0)
+    want = (q[1:] + 1.0) + 0.5 * (q[1:] - q[:-1])
+    want[:, 14:] = q[1:, 14:] + 1.0  # grips are not led (they switch in a step)
+    assert ex.actions.shape == (t - 1, A) and ex.spread.shape == (t - 1,)
+    torch.testing.assert_close(ex.actions, want, atol=1e-5, rtol=0)
+    assert float(ex.spread.max()) < 1e-6  # no pixel noise, identical draws
+    frozen = model.extract(coded_video(q)[:1].expand(t, -1, -1, -1), proprio0)
+    torch.testing.assert_close(frozen.actions, (q[0] + 1.0).expand(t - 1, A), atol=1e-5, rtol=0)  # a still video holds
+
+
+def test_fit_pose_finds_the_lead_of_targets_over_positions():
+    model = tiny()
+    g = torch.Generator().manual_seed(0)
+    step = torch.randn(200, W, A, generator=g) * 0.1  # q_t - q_0
+    deltas = torch.cat([step * 1.3, step], dim=-1)  # targets run 30% ahead of the positions
+    model.fit_normalization(torch.randn(50, A), torch.randn(50, 32), deltas=deltas)
+    torch.testing.assert_close(model.lead, torch.full((A,), 0.3), atol=1e-4, rtol=0)
+    torch.testing.assert_close(model.pose_std, step.reshape(-1, A).std(0), atol=1e-5, rtol=0)
+    with pytest.raises(PolicyError, match="deltas"):
+        tiny().fit_normalization(torch.randn(50, A), torch.randn(50, 32), deltas=torch.randn(50, W, A))
+    bare = tiny()
+    bare.fit_normalization(torch.randn(50, A) * 0.01, torch.randn(50, 32))  # no deltas: the action scale, no lead
+    assert torch.equal(bare.pose_std, bare.action_std) and not bool(bare.lead.any())
+
+
+@pytest.mark.parametrize("pose_input", ["pair", "frame"])
+def test_pose_idm_trains_extracts_and_round_trips(tmp_path, pose_input):
+    eps = [episode(12, 0), episode(9, 1)]
+    ds = WindowDataset(eps, W, all_frames=True)
+    item = ds[2]
+    assert item["frames"].shape == (W + 1, 3, 32, 32)
+    assert torch.equal(item["frames"][0], item["frame0"]) and torch.equal(item["frames"][-1], item["frame1"])
+    model = tiny(pose_input)
+    res = train_idm(model, ds, TrainConfig(batch_size=2, idm_batch_size=6), tmp_path / "run", steps=60, lr=3e-3,
+                    progress=False)
+    assert res.losses[-1] < res.losses[0]
+    video = torch.rand(7, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    p0 = torch.from_numpy(eps[0]["proprio"][0])
+    a, b = model.extract(video, p0, seed=1), model.extract(video, p0, seed=1)
+    assert a.actions.shape == (6, A) and torch.equal(a.actions, b.actions) and bool(torch.isfinite(a.actions).all())
+    assert float(a.spread.mean()) > 0  # pixel-noise draws disagree a little
+    model.save_pretrained(tmp_path / "ckpt")
+    again = InverseDynamicsModel.from_pretrained(tmp_path / "ckpt")
+    assert torch.equal(again.extract(video, p0, seed=1).actions, a.actions)
+
+
+def test_pose_config_is_checked():
+    with pytest.raises(ValueError, match="pose_input"):
+        IDMConfig(target="pose", pose_input="both")
+    with pytest.raises(ValueError, match="pose_noise"):
+        IDMConfig(target="pose", pose_noise=-0.1)
+    with pytest.raises(ValueError, match="idm_batch_size"):
+        TrainConfig(idm_batch_size=0)
+
+
+
+def test_smoothing_keeps_smooth_motion_and_removes_jitter():
+    t = torch.arange(9.0)[:, None]
+    q = 0.02 * t + 0.004 * t**2 + torch.linspace(0, 1, A)[None]  # a quadratic motion of every joint
+    jitter = 0.03 * torch.randn(9, A, generator=torch.Generator().manual_seed(0))
+    model = tiny(pose_noise=0.0, pose_smooth=2)
+    p0 = torch.cat([q[0], torch.zeros(A)])
+    perfect_reader(model, q)
+    torch.testing.assert_close(model.extract(coded_video(q), p0).actions[:, :14], q[1:, :14], atol=1e-5, rtol=0)
+    perfect_reader(model, q + jitter)
+    smooth = model.extract(coded_video(q), p0).actions
+    model.config.pose_smooth = 0
+    raw = model.extract(coded_video(q), p0).actions
+    accel = lambda a: a[:, :14].diff(n=2, dim=0).abs().mean()
+    assert accel(smooth) < 0.5 * accel(raw)  # the jitter's accelerations, which the planner refuses
+    torch.testing.assert_close(smooth[:, 14:], raw[:, 14:])  # grips are read as they are
