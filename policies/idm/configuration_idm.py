@@ -54,6 +54,11 @@ class IDMConfig:
     # with an error of a few hundredths of a radian; differenced into targets, that jitter alone breaks the
     # planner's velocity / acceleration / jerk limits.
     pose_smooth: int = 2
+    # Pose target, grips: "regress" reads the finger positions like the joints and snaps them (gripper_snap);
+    # "classify" has a head that reads, per frame, whether the grip command that led to it was closed (below
+    # the open/closed midpoint), trained with cross-entropy: a finger opening is a pixel or two at 64x64, and
+    # the regressed positions blur a grasp's timing.
+    pose_grip: str = "regress"
     # How the two frames meet. "late": one backbone pass per frame, features concatenated (frames are
     # encoded once per video at extraction). "early" (small_cnn only): one pass over the stacked pair
     # [frame0, frame1, frame1 - frame0], so the convolutions see the motion itself.
@@ -81,6 +86,8 @@ class IDMConfig:
             raise ValueError(f"idm.target must be one of {TARGETS}, got {self.target!r}")
         if self.pose_input not in ("pair", "frame"):
             raise ValueError(f"idm.pose_input must be 'pair' or 'frame', got {self.pose_input!r}")
+        if self.pose_grip not in ("regress", "classify"):
+            raise ValueError(f"idm.pose_grip must be 'regress' or 'classify', got {self.pose_grip!r}")
         if self.pose_smooth < 0:
             raise ValueError(f"idm.pose_smooth must be >= 0, got {self.pose_smooth}")
         if self.pose_noise < 0:

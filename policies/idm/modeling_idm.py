@@ -260,6 +260,8 @@ class InverseDynamicsModel(nn.Module):
         self.token_dim = 2 * cfg.action_dim if self.delta else cfg.action_dim
         if self.pose:  # a regression head on the backbone: joint positions, normalised by pose_mean / pose_std
             self.pose_head = nn.Sequential(nn.SiLU(), nn.Linear(cfg.feature_dim, cfg.action_dim))
+            if cfg.pose_grip == "classify":  # logits of "the grip command before this frame was closed"
+                self.grip_head = nn.Sequential(nn.SiLU(), nn.Linear(cfg.feature_dim, len(cfg.gripper_dims)))
             self.register_buffer("pose_mean", torch.zeros(cfg.action_dim))
             self.register_buffer("pose_std", torch.ones(cfg.action_dim))
             self.register_buffer("lead", torch.zeros(cfg.action_dim))
@@ -400,18 +402,25 @@ class InverseDynamicsModel(nn.Module):
             frames = F.interpolate(frames, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
         return frames
 
-    def read_pose(self, frame_s: Tensor, frame_t: Tensor | None = None) -> Tensor:
-        """Joint positions read off frames, native units: q_t - q_s from (B, 3, H, W) pairs ("pair"), or q
-        from frame_s alone ("frame")."""
+    def _pose_features(self, frame_s: Tensor, frame_t: Tensor | None = None) -> Tensor:
         if self.config.pose_input == "pair":
             if frame_t is None:
                 raise PolicyError("the pair pose IDM reads two frames")
-            x = torch.cat([frame_s, frame_t], dim=0)
-            x0, x1 = self._resized(x).chunk(2)
-            h = self.backbone(torch.cat([x0, x1, x1 - x0], dim=1))
-        else:
-            h = self.encode_frames(frame_s)
-        return self.pose_head(h) * self.pose_std + self.pose_mean
+            x0, x1 = self._resized(torch.cat([frame_s, frame_t], dim=0)).chunk(2)
+            return self.backbone(torch.cat([x0, x1, x1 - x0], dim=1))
+        return self.encode_frames(frame_s)
+
+    def read(self, frame_s: Tensor, frame_t: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """What the pose IDM reads off (B, 3, H, W) frames: joint positions in native units, q_t - q_s of the
+        pairs ("pair") or q of frame_s ("frame"); and with pose_grip="classify" the probability (B, G) that
+        the grip commands before frame_t (pair) / frame_s (frame) were closed (else None)."""
+        h = self._pose_features(frame_s, frame_t)
+        grip = torch.sigmoid(self.grip_head(h)) if self.config.pose_grip == "classify" else None
+        return self.pose_head(h) * self.pose_std + self.pose_mean, grip
+
+    def read_pose(self, frame_s: Tensor, frame_t: Tensor | None = None) -> Tensor:
+        """The joint positions of `read`."""
+        return self.read(frame_s, frame_t)[0]
 
     def _pose_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         """Regression of the joint positions at a random pair of the window's frames (t - s uniform in 1..W)."""
@@ -429,11 +438,23 @@ class InverseDynamicsModel(nn.Module):
             fs = (fs + cfg.pose_noise * torch.randn_like(fs)).clamp(0, 1)
             ft = (ft + cfg.pose_noise * torch.randn_like(ft)).clamp(0, 1)
         if cfg.pose_input == "pair":
-            pred, true = self.read_pose(fs, ft), q[rows, t] - q[rows, s]
+            h = self._pose_features(fs, ft)
+            pred, true = self.pose_head(h) * self.pose_std + self.pose_mean, q[rows, t] - q[rows, s]
         else:
-            pred, true = self.read_pose(torch.cat([fs, ft])), torch.cat([q[rows, s], q[rows, t]])
+            h = self._pose_features(torch.cat([fs, ft]))
+            pred, true = self.pose_head(h) * self.pose_std + self.pose_mean, torch.cat([q[rows, s], q[rows, t]])
         loss = F.mse_loss(((pred - true) / self.pose_std).float(), torch.zeros_like(pred, dtype=torch.float32))
-        return loss, {"loss": float(loss.detach()), "action_mae": float((pred - true).detach().abs().mean())}
+        logs = {"action_mae": float((pred - true).detach().abs().mean())}
+        if cfg.pose_grip == "classify":  # frame t's grip: the command of the step that led to it
+            dims = list(cfg.gripper_dims)
+            mid = (cfg.gripper_open + cfg.gripper_closed) / 2
+            closed = (batch["actions"][rows, t - 1][:, dims] < mid) if cfg.gripper_open > cfg.gripper_closed \
+                else (batch["actions"][rows, t - 1][:, dims] > mid)
+            logits = self.grip_head(h if cfg.pose_input == "pair" else h[b:])
+            grip_loss = F.binary_cross_entropy_with_logits(logits.float(), closed.float())
+            logs["grip_loss"] = float(grip_loss.detach())
+            loss = loss + grip_loss
+        return loss, {"loss": float(loss.detach()), **logs}
 
     @torch.no_grad()
     def _extract_pose(self, video: Tensor, proprio0: Tensor, seed: int, k: int) -> Extraction:
@@ -444,16 +465,23 @@ class InverseDynamicsModel(nn.Module):
         gen = torch.Generator().manual_seed(seed)
         noise = torch.randn((k, *video.shape), generator=gen).to(self.device)
         vids = (video[None] + cfg.pose_noise * noise).clamp(0, 1) if cfg.pose_noise > 0 else video[None].expand(k, -1, -1, -1, -1)
+        classify = cfg.pose_grip == "classify"  # (a test's reader may replace `read`)
+        grip = None  # (K, T-1, G): P(closed) of the command before frames 1..T-1
         if cfg.pose_input == "frame":
             flat = vids.reshape(k * t_len, *video.shape[1:])
-            q = torch.cat([self.read_pose(c) for c in flat.split(cfg.max_batch)]).reshape(k, t_len, a)
+            reads = [self.read(c) for c in flat.split(cfg.max_batch)]
+            q = torch.cat([r[0] for r in reads]).reshape(k, t_len, a)
             rel = q - q[:, :1]
+            if classify:
+                grip = torch.cat([r[1] for r in reads]).reshape(k, t_len, -1)[:, 1:]
         else:
             ts = torch.arange(1, t_len, device=self.device)
             ss = (ts - 1) // cfg.window * cfg.window  # each frame read against the start of its block
             fs, ft = vids[:, ss].reshape(-1, *video.shape[1:]), vids[:, ts].reshape(-1, *video.shape[1:])
-            d = torch.cat([self.read_pose(x, y) for x, y in zip(fs.split(cfg.max_batch), ft.split(cfg.max_batch))])
-            d = d.reshape(k, t_len - 1, a)
+            reads = [self.read(x, y) for x, y in zip(fs.split(cfg.max_batch), ft.split(cfg.max_batch))]
+            d = torch.cat([r[0] for r in reads]).reshape(k, t_len - 1, a)
+            if classify:
+                grip = torch.cat([r[1] for r in reads]).reshape(k, t_len - 1, -1)
             rel = torch.zeros(k, t_len, a, device=self.device)
             for i, (s_i, t_i) in enumerate(zip(ss.tolist(), ts.tolist())):
                 rel[:, t_i] = rel[:, s_i] + d[:, i]
@@ -464,7 +492,13 @@ class InverseDynamicsModel(nn.Module):
             rel = torch.where(arm, smooth - smooth[:, :1], rel)  # still anchored: frame 0 is where the robot is
         q = proprio0[:a] + rel  # (K, T, A)
         acts = q[:, 1:] + self.lead * arm * (q[:, 1:] - q[:, :-1])  # (K, T-1, A)
-        actions = snap_grippers(acts.mean(0).float().cpu(), cfg)
+        if grip is None:
+            actions = snap_grippers(acts.mean(0).float().cpu(), cfg)
+        else:  # the classified grips: closed where the draws' mean probability is above one half
+            actions = acts.mean(0).float().cpu()
+            closed = grip.mean(0).float().cpu() > 0.5
+            actions[:, list(cfg.gripper_dims)] = torch.where(closed, torch.tensor(cfg.gripper_closed),
+                                                             torch.tensor(cfg.gripper_open))
         return Extraction(actions=actions, spread=acts.std(0, unbiased=False).mean(-1).float().cpu())
 
     # -- training

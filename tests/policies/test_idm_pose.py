@@ -36,12 +36,12 @@ def coded_video(q: torch.Tensor) -> torch.Tensor:
 
 
 def perfect_reader(model: InverseDynamicsModel, q: torch.Tensor) -> None:
-    """Make `read_pose` read the true joint positions of the coded frames (pair: their difference)."""
+    """Make `read` read the true joint positions of the coded frames (pair: their difference)."""
     idx = lambda f: torch.round(f[:, 0, 0, 0] * 100).long()
     if model.config.pose_input == "pair":
-        model.read_pose = lambda fs, ft=None: q[idx(ft)] - q[idx(fs)]
+        model.read = lambda fs, ft=None: (q[idx(ft)] - q[idx(fs)], None)
     else:
-        model.read_pose = lambda fs, ft=None: q[idx(fs)] + 5.0  # a constant bias cancels in the anchoring
+        model.read = lambda fs, ft=None: (q[idx(fs)] + 5.0, None)  # a constant bias cancels in the anchoring
 
 
 @pytest.mark.parametrize("pose_input", ["pair", "frame"])
@@ -123,3 +123,24 @@ def test_smoothing_keeps_smooth_motion_and_removes_jitter():
     accel = lambda a: a[:, :14].diff(n=2, dim=0).abs().mean()
     assert accel(smooth) < 0.5 * accel(raw)  # the jitter's accelerations, which the planner refuses
     torch.testing.assert_close(smooth[:, 14:], raw[:, 14:])  # grips are read as they are
+
+
+@pytest.mark.parametrize("pose_input", ["pair", "frame"])
+def test_grip_classifier_trains_and_sets_the_grips(tmp_path, pose_input):
+    eps = [episode(12, 0), episode(9, 1)]
+    for e in eps:  # grip commands fully open or closed, as the expert gives them
+        e["actions"][:, 14:] = np.where(e["actions"][:, 14:] > 0, 0.045, 0.0)
+    model = tiny(pose_input, pose_grip="classify")
+    res = train_idm(model, WindowDataset(eps, W, all_frames=True), TrainConfig(batch_size=2, idm_batch_size=6),
+                    tmp_path / "run", steps=40, lr=3e-3, progress=False)
+    assert res.losses[-1] < res.losses[0]
+    video = torch.rand(7, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    p0 = torch.from_numpy(eps[0]["proprio"][0])
+    grips = model.extract(video, p0).actions[:, 14:]
+    assert bool((grips.eq(0.0) | grips.eq(torch.tensor(0.045))).all())
+    model.grip_head[-1].bias.data.fill_(20.0)  # certain: closed
+    assert model.extract(video, p0).actions[:, 14:].eq(0.0).all()
+    model.grip_head[-1].bias.data.fill_(-20.0)
+    assert model.extract(video, p0).actions[:, 14:].eq(0.045).all()
+    with pytest.raises(ValueError, match="pose_grip"):
+        IDMConfig(target="pose", pose_grip="both")
