@@ -11,7 +11,9 @@ Reference policies on the same items (`--controls`, n=0 in the file): `random` (
 `scripted_expert` (the items are solvable) and `oracle_wm` (imagine-then-act with one candidate whose
 "imagined" future is the expert simulated from the robot's real state, flywheel/evaluation/oracle.py: the
 ceiling of this IDM and planner with a perfect world model) and `oracle_actions` (the same, with the
-oracle's own actions in place of the IDM's extraction: the planner executing the expert).
+oracle's own actions in place of the IDM's extraction: the planner executing the expert), `oracle_grips`
+(the IDM's arms with the oracle's grips) and `oracle_arms` (the oracle's arms with the IDM's grips): which
+half of the extraction loses the episodes.
 Baseline: N=1 in the same run; the seeds' anchor is 30% -> 45% (ratio 1.5). Prints one JSON object.
 
     .venv/bin/python bench/bench_ttc.py --data-dir DIR [--ns 1,2,4,8] [--in-dist 100] [--other 40]
@@ -125,6 +127,9 @@ def run_episode(policy, backend, item, index: int, max_steps: int) -> dict:
             "plan_s": round(plan_s, 3), "plan_steps": plans}
 
 
+ORACLE_CONTROLS = ("oracle_wm", "oracle_actions", "oracle_grips", "oracle_arms")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", required=True)
@@ -147,7 +152,7 @@ def main() -> None:
     from envs.splits import ci_subset
     from flywheel.compose import compose, to_object
     from flywheel.evaluation.feasibility import default_checker
-    from flywheel.evaluation.oracle import ExpertOracleWorldModel, OracleActions
+    from flywheel.evaluation.oracle import ExpertOracleWorldModel, OracleActions, OracleGrips
     from policies.base import make_policy
     from policies.idm import InverseDynamicsModel
     from policies.imagine_then_act import ImagineThenActPolicy
@@ -179,9 +184,11 @@ def main() -> None:
 
         policy = planner(wm, idm)
         oracle, oracles = None, {}
-        if {"oracle_wm", "oracle_actions"} & set(controls):  # a shadow env only when asked for
+        if set(ORACLE_CONTROLS) & set(controls):  # a shadow env only when asked for
             oracle = ExpertOracleWorldModel(cfg.env, backend.get_state, make_expert=None)
-            oracles = {"oracle_wm": planner(oracle, idm), "oracle_actions": planner(oracle, OracleActions(oracle))}
+            oracles = {"oracle_wm": planner(oracle, idm), "oracle_actions": planner(oracle, OracleActions(oracle)),
+                       "oracle_grips": planner(oracle, OracleGrips(oracle, idm, take="grips")),
+                       "oracle_arms": planner(oracle, OracleGrips(oracle, idm, take="arms"))}
         with results.open("a") as f:
             for index in range(max(counts.values())):
                 for split in SPLITS:

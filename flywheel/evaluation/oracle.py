@@ -121,6 +121,29 @@ class OracleActions:
         return Extraction(actions=torch.as_tensor(a, dtype=torch.float32), spread=torch.zeros(len(a)))
 
 
+class OracleGrips:
+    """Half the IDM, half the oracle: the IDM's extraction of the oracle's video with either its gripper
+    columns (`take="grips"`) or its arm columns (`take="arms"`) replaced by the oracle's own actions. With
+    the oracle's grips the planner measures how far the IDM's arms alone get; with the oracle's arms, its
+    grips alone. The spread stays the IDM's."""
+
+    def __init__(self, oracle: ExpertOracleWorldModel, idm: Any, take: str = "grips") -> None:
+        from envs.robot import GRIPPER_INDEX
+
+        if take not in ("grips", "arms"):
+            raise ValueError(f"OracleGrips take must be 'grips' or 'arms', got {take!r}")
+        self.oracle, self.idm, self.take = oracle, idm, take
+        self.grips = sorted(GRIPPER_INDEX.values())
+
+    def extract(self, video: torch.Tensor, proprio0: torch.Tensor, seed: int = 0) -> Any:
+        ex = self.idm.extract(video, proprio0, seed=seed)
+        truth = OracleActions(self.oracle).extract(video, proprio0).actions
+        out = truth.clone() if self.take == "arms" else ex.actions.clone()
+        src = ex.actions if self.take == "arms" else truth
+        out[:, self.grips] = src[:, self.grips]
+        return type(ex)(actions=out, spread=ex.spread)
+
+
 def real_joints(state: dict, env: Any) -> np.ndarray:
     """The robot's joint positions in a sim state, read by setting the shadow env to it."""
     env.set_state(state)

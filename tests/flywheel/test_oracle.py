@@ -101,3 +101,32 @@ def test_planner_executing_the_oracles_own_actions_succeeds(setup):
     finally:
         oracle.close()
     assert success
+
+
+def test_oracle_grips_splices_the_oracles_grips_or_arms_into_the_idms_extraction(setup):
+    from envs.robot import GRIPPER_INDEX
+    from flywheel.evaluation.oracle import OracleGrips
+    from policies.idm.modeling_idm import Extraction
+
+    cfg, backend, item = setup
+    backend.reset(task=item.task(), seed=item.seed)
+    oracle = ExpertOracleWorldModel(cfg.env, backend.get_state, lambda env: _expert(cfg, env, item.seed))
+
+    class Holder:  # an "IDM" that reads 7.0 everywhere
+        def extract(self, video, proprio0, seed=0):
+            return Extraction(actions=torch.full((video.shape[0] - 1, 16), 7.0), spread=torch.ones(video.shape[0] - 1))
+
+    grips = sorted(GRIPPER_INDEX.values())
+    arms = [j for j in range(16) if j not in grips]
+    try:
+        video = oracle.imagine(None, "", n=1, num_frames=5)[0]
+        truth = torch.as_tensor(oracle.last_actions, dtype=torch.float32)
+        g = OracleGrips(oracle, Holder(), take="grips").extract(video, torch.zeros(32))
+        a = OracleGrips(oracle, Holder(), take="arms").extract(video, torch.zeros(32))
+    finally:
+        oracle.close()
+    assert torch.equal(g.actions[:, grips], truth[:, grips]) and (g.actions[:, arms] == 7.0).all()
+    assert torch.equal(a.actions[:, arms], truth[:, arms]) and (a.actions[:, grips] == 7.0).all()
+    assert (g.spread == 1).all()
+    with pytest.raises(ValueError, match="take"):
+        OracleGrips(oracle, Holder(), take="both")
