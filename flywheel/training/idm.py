@@ -38,8 +38,8 @@ class WindowDataset(Dataset):
     Each episode dict holds frames uint8 (T+1, H, W, 3), proprio float (T+1, P), actions float (T, A).
     Item i: frame0/frame1 float (3, H, W) in [0, 1] W steps apart, proprio (P,) at frame0, actions
     (W, A) between them and qpos (W, A): the joint positions at frames 1..W (the first A proprio dims,
-    which the delta target predicts); with `all_frames`, also frames (W+1, 3, H, W): every frame of the
-    window (the pose target reads any pair of them). Episodes shorter than W are padded like extraction pads video:
+    which the delta target predicts); with `all_frames`, also frames (W+1, H, W, 3) uint8: every frame of
+    the window, unconverted (the pose target reads any pair of them and converts only those). Episodes shorter than W are padded like extraction pads video:
     the last frame, proprio and action repeat (the robot holds still).
     """
 
@@ -76,7 +76,8 @@ class WindowDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Tensor]:
         k, s = self.index[i]
         e, w = self.episodes[k], self.window
-        extra = {"frames": to_float_frames(e["frames"][s : s + w + 1])} if self.all_frames else {}  # (W+1, 3, H, W)
+        # every frame of the window, as the env's uint8 (W+1, H, W, 3): the pose loss converts the pair it reads
+        extra = {"frames": e["frames"][s : s + w + 1]} if self.all_frames else {}
         return extra | {
             "frame0": to_float_frames(e["frames"][s]),  # (3, H, W)
             "frame1": to_float_frames(e["frames"][s + w]),  # (3, H, W)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from policies.errors import CheckpointError, PolicyError
 from policies.idm.configuration_idm import IDMConfig
-from policies.idm.processor_idm import average_windows, num_windows, pad_video, window_proprio
+from policies.idm.processor_idm import average_windows, num_windows, pad_video, to_float_frames, window_proprio
 from policies.world_model.checkpoint import load_checkpoint, save_checkpoint
 
 CHECKPOINT_FORMAT = "flywheel-idm/1"  # inside config.json; the file layout is the shared checkpoint format
@@ -425,8 +425,8 @@ class InverseDynamicsModel(nn.Module):
     def _pose_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         """Regression of the joint positions at a random pair of the window's frames (t - s uniform in 1..W)."""
         cfg, a = self.config, self.config.action_dim
-        frames = batch.get("frames")  # (B, W+1, 3, H, W)
-        if frames is None:
+        frames = batch.get("frames")  # (B, W+1, 3, H, W) float or (B, W+1, H, W, 3) uint8 env frames
+        if frames is None or frames.ndim != 5:
             raise PolicyError("the pose IDM trains on batch['frames'] (B, W+1, 3, H, W): WindowDataset(all_frames=True)")
         b, w = frames.shape[0], frames.shape[1] - 1
         q = torch.cat([batch["proprio"][:, None, :a], batch["qpos"]], dim=1)  # (B, W+1, A)
@@ -434,9 +434,14 @@ class InverseDynamicsModel(nn.Module):
         s = (torch.rand(b, device=frames.device) * (w - k + 1)).long()
         t, rows = s + k, torch.arange(b, device=frames.device)
         fs, ft = frames[rows, s], frames[rows, t]
+        if fs.dtype == torch.uint8:  # only the pair is converted, not the whole window
+            fs, ft = to_float_frames(fs), to_float_frames(ft)
+        # contiguous: the converted frames are a channels-last view, on which the noise below (randn of the
+        # same strides) and the convolutions run several times slower on CPU
+        fs, ft = fs.contiguous(), ft.contiguous()
         if self.training and cfg.pose_noise > 0:
-            fs = (fs + cfg.pose_noise * torch.randn_like(fs)).clamp(0, 1)
-            ft = (ft + cfg.pose_noise * torch.randn_like(ft)).clamp(0, 1)
+            fs = (fs + cfg.pose_noise * torch.randn(fs.shape, dtype=fs.dtype, device=fs.device)).clamp(0, 1)
+            ft = (ft + cfg.pose_noise * torch.randn(ft.shape, dtype=ft.dtype, device=ft.device)).clamp(0, 1)
         if cfg.pose_input == "pair":
             h = self._pose_features(fs, ft)
             pred, true = self.pose_head(h) * self.pose_std + self.pose_mean, q[rows, t] - q[rows, s]

@@ -9,6 +9,7 @@ from flywheel.config import TrainConfig
 from flywheel.training.idm import WindowDataset, train_idm
 from policies.errors import PolicyError
 from policies.idm import IDMConfig, InverseDynamicsModel
+from policies.idm.processor_idm import to_float_frames
 
 torch.set_num_threads(1)
 W, A = 4, 16
@@ -82,8 +83,9 @@ def test_pose_idm_trains_extracts_and_round_trips(tmp_path, pose_input):
     eps = [episode(12, 0), episode(9, 1)]
     ds = WindowDataset(eps, W, all_frames=True)
     item = ds[2]
-    assert item["frames"].shape == (W + 1, 3, 32, 32)
-    assert torch.equal(item["frames"][0], item["frame0"]) and torch.equal(item["frames"][-1], item["frame1"])
+    assert item["frames"].shape == (W + 1, 32, 32, 3) and item["frames"].dtype == torch.uint8  # converted per pair
+    assert torch.equal(to_float_frames(item["frames"][0]), item["frame0"])
+    assert torch.equal(to_float_frames(item["frames"][-1]), item["frame1"])
     model = tiny(pose_input)
     res = train_idm(model, ds, TrainConfig(batch_size=2, idm_batch_size=6), tmp_path / "run", steps=60, lr=3e-3,
                     progress=False)
@@ -144,3 +146,20 @@ def test_grip_classifier_trains_and_sets_the_grips(tmp_path, pose_input):
     assert model.extract(video, p0).actions[:, 14:].eq(0.045).all()
     with pytest.raises(ValueError, match="pose_grip"):
         IDMConfig(target="pose", pose_grip="both")
+
+
+def test_pose_loss_reads_uint8_env_frames_as_it_reads_float_frames():
+    """The dataset hands the pose loss unconverted uint8 windows; converting only the pair must change nothing."""
+    eps = [episode(12, 0)]
+    ds = WindowDataset(eps, W, all_frames=True)
+    batch = {k: torch.stack([ds[i][k] for i in range(4)]) for k in ds[0]}
+    model = tiny("pair")
+    model.fit_normalization(*ds.stats(), deltas=ds.deltas())
+    losses = []
+    for frames in (batch["frames"], to_float_frames(batch["frames"])):
+        torch.manual_seed(5)
+        losses.append(model({**batch, "frames": frames})[0])
+    assert batch["frames"].dtype == torch.uint8 and float(losses[0]) > 0
+    torch.testing.assert_close(losses[0], losses[1])
+    with pytest.raises(PolicyError, match="all_frames"):
+        model({k: v for k, v in batch.items() if k != "frames"})
