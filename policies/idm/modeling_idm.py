@@ -20,7 +20,13 @@ from torch import Tensor, nn
 
 from policies.errors import CheckpointError, PolicyError
 from policies.idm.configuration_idm import IDMConfig
-from policies.idm.processor_idm import average_windows, num_windows, pad_video, to_float_frames, window_proprio
+from policies.idm.processor_idm import (
+    average_windows,
+    num_windows,
+    pad_video,
+    to_float_frames,
+    window_proprio,
+)
 from policies.world_model.checkpoint import load_checkpoint, save_checkpoint
 
 CHECKPOINT_FORMAT = "flywheel-idm/1"  # inside config.json; the file layout is the shared checkpoint format
