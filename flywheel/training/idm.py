@@ -39,8 +39,9 @@ class WindowDataset(Dataset):
     Item i: frame0/frame1 float (3, H, W) in [0, 1] W steps apart, proprio (P,) at frame0, actions
     (W, A) between them and qpos (W, A): the joint positions at frames 1..W (the first A proprio dims,
     which the delta target predicts); with `all_frames`, also frames (W+1, H, W, 3) uint8: every frame of
-    the window, unconverted (the pose target reads any pair of them and converts only those). Episodes shorter than W are padded like extraction pads video:
-    the last frame, proprio and action repeat (the robot holds still).
+    the window, unconverted (the pose target reads any pair of them and converts only those). Episodes
+    shorter than W are padded like extraction pads video: the last frame, proprio and action repeat (the
+    robot holds still).
     """
 
     def __init__(self, episodes: Sequence[dict[str, Any]], window: int, all_frames: bool = False) -> None:
