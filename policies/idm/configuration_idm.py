@@ -49,6 +49,13 @@ class IDMConfig:
     target: str = "absolute"
     pose_input: str = "pair"  # pose target: "pair" | "frame"
     pose_noise: float = 0.02
+    # Pose target, training only: with this probability a pair gets a random colour change, the same on both
+    # frames: its RGB channels permuted and each channel scaled by a gain in [1 - pose_color_gain,
+    # 1 + pose_color_gain]. The grey robot barely changes; the table, floor and objects change colour, so the
+    # reader learns the arm's motion rather than the scene's colours (the ood_objects split has tables and
+    # floors of colours no training scene has).
+    pose_color_aug: float = 0.0
+    pose_color_gain: float = 0.2
     # Pose target: the read joint positions are smoothed in time before they become targets, by a local
     # quadratic fit over the frames within `pose_smooth` of each frame (0: no smoothing). Each frame is read
     # with an error of a few hundredths of a radian; differenced into targets, that jitter alone breaks the
@@ -90,6 +97,10 @@ class IDMConfig:
             raise ValueError(f"idm.pose_grip must be 'regress' or 'classify', got {self.pose_grip!r}")
         if self.pose_smooth < 0:
             raise ValueError(f"idm.pose_smooth must be >= 0, got {self.pose_smooth}")
+        if not 0.0 <= self.pose_color_aug <= 1.0:
+            raise ValueError(f"idm.pose_color_aug must be a probability in [0, 1], got {self.pose_color_aug}")
+        if not 0.0 <= self.pose_color_gain < 1.0:
+            raise ValueError(f"idm.pose_color_gain must be in [0, 1), got {self.pose_color_gain}")
         if self.pose_noise < 0:
             raise ValueError(f"idm.pose_noise must be >= 0, got {self.pose_noise}")
         if self.target == "pose" and self.pose_input == "pair" and self.backbone != "small_cnn":

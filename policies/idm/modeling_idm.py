@@ -52,6 +52,20 @@ def snap_grippers(actions: Tensor, cfg: IDMConfig) -> Tensor:
     return out
 
 
+def color_augment(fs: Tensor, ft: Tensor, p: float, gain: float) -> tuple[Tensor, Tensor]:
+    """The same random colour change on both frames `(B, 3, H, W)` of each pair, with probability `p` per
+    pair: the RGB channels permuted, then each scaled by a gain in [1 - gain, 1 + gain], clamped to [0, 1]."""
+    b = fs.shape[0]
+    perm = torch.stack([torch.randperm(3, device=fs.device) for _ in range(b)])  # (B, 3)
+    scale = 1 + gain * (2 * torch.rand(b, 3, device=fs.device) - 1)
+    keep = torch.rand(b, device=fs.device) >= p
+    perm[keep] = torch.arange(3, device=fs.device)
+    scale[keep] = 1.0
+    idx = perm[:, :, None, None].expand(-1, -1, *fs.shape[2:])
+    scale = scale[:, :, None, None].to(fs.dtype)
+    return ((fs.gather(1, idx) * scale).clamp(0, 1), (ft.gather(1, idx) * scale).clamp(0, 1))
+
+
 def local_quadratic(t_len: int, half: int) -> Tensor:
     """(T, T) smoothing matrix: row t evaluates at t the least-squares quadratic through the frames within
     `half` of t (a Savitzky-Golay filter whose window is cut at the ends and then fits only what it holds)."""
@@ -445,6 +459,8 @@ class InverseDynamicsModel(nn.Module):
         # contiguous: the converted frames are a channels-last view, on which the noise below (randn of the
         # same strides) and the convolutions run several times slower on CPU
         fs, ft = fs.contiguous(), ft.contiguous()
+        if self.training and cfg.pose_color_aug > 0:
+            fs, ft = color_augment(fs, ft, cfg.pose_color_aug, cfg.pose_color_gain)
         if self.training and cfg.pose_noise > 0:
             fs = (fs + cfg.pose_noise * torch.randn(fs.shape, dtype=fs.dtype, device=fs.device)).clamp(0, 1)
             ft = (ft + cfg.pose_noise * torch.randn(ft.shape, dtype=ft.dtype, device=ft.device)).clamp(0, 1)

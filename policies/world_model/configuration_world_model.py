@@ -45,6 +45,9 @@ class WorldModelConfig:
     success_loss_weight: float = 0.5
     flow_shift: float = 1.0  # FlowMatchEulerDiscreteScheduler shift
     pos_embed: bool = False  # learned spatial position embedding added to the tokens (see PatchEmbedWithActions)
+    # every token reads the action MLP's hidden features through its own linear map (needs pos_embed and
+    # action_hidden > 0): "is the arm over this token for these actions" becomes one linear readout
+    action_map: bool = False
     residual: bool = True  # diffuse the change from the start-frame latent (False: plain latents, as Wan)
     # what the transformer outputs: "velocity" (noise - x0, as Wan; needed for pretrained weights) or
     # "sample" (x0, turned into a velocity (x_t - x0) / t). A narrow model cannot reproduce
@@ -77,6 +80,8 @@ class WorldModelConfig:
             )
         if self.vae == "wan" and (self.num_frames - 1) % 4:
             raise ValueError(f"world_model.num_frames must be 1 + 4k with the Wan VAE, got {self.num_frames}")
+        if self.action_map and not (self.action_conditioning and self.action_hidden > 0 and self.pos_embed):
+            raise ValueError("world_model.action_map needs action_conditioning, action_hidden > 0 and pos_embed")
         for name in ("action_dropout", "text_dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"world_model.{name} must be in [0, 1], got {getattr(self, name)}")

@@ -71,11 +71,14 @@ class PatchEmbedWithActions(nn.Module):
     frame_actions: torch.Tensor | None = None  # (B, t, C_a), set by WorldModel._denoise around each call
 
     def __init__(self, conv: nn.Conv3d, action_channels: int, grid: tuple[int, int] | None = None,
-                 zero_init: bool = True, action_hidden: int = 0) -> None:
+                 zero_init: bool = True, action_hidden: int = 0, action_map: bool = False) -> None:
         super().__init__()
         self.conv = conv
         self.action_channels = action_channels
         self.action: nn.Module | None = None
+        self.action_map: nn.Parameter | None = None
+        if action_map and not (action_channels and action_hidden and grid is not None):
+            raise PolicyError("world_model.action_map needs action conditioning, action_hidden > 0 and pos_embed")
         if action_channels:
             d = conv.out_channels
             last = nn.Linear(action_hidden or action_channels, d)
@@ -89,6 +92,9 @@ class PatchEmbedWithActions(nn.Module):
             self.pos = nn.Parameter(torch.zeros(conv.out_channels, 1, *grid))
             if not zero_init:
                 nn.init.normal_(self.pos, std=0.02)
+        if action_map:  # (tokens, D, hidden): every token's own linear readout of the action features
+            self.grid = grid
+            self.action_map = nn.Parameter(torch.zeros(grid[0] * grid[1], conv.out_channels, action_hidden))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, t, H, W) -> (B, D, t, h, w)
         h = self.conv(x)
@@ -97,8 +103,16 @@ class PatchEmbedWithActions(nn.Module):
             if fa is None or fa.shape[:2] != (h.shape[0], h.shape[2]):
                 raise PolicyError(f"the patch embedding needs per-frame actions {(h.shape[0], h.shape[2])}, "
                                   f"got {None if fa is None else tuple(fa.shape)}")
-            a = self.action(fa.to(self.conv.weight.dtype)).to(h.dtype)  # (B, t, D)
-            h = h + a.transpose(1, 2)[..., None, None]
+            fa = fa.to(self.conv.weight.dtype)
+            if self.action_map is None:
+                a = self.action(fa).to(h.dtype)  # (B, t, D)
+                h = h + a.transpose(1, 2)[..., None, None]
+            else:
+                hid = self.action[:-1](fa)  # (B, t, hidden)
+                a = self.action[-1](hid)[..., None]  # (B, t, D, 1): the same on every token of a frame
+                a = a + torch.einsum("bth,pdh->btdp", hid, self.action_map)  # + a different one per token
+                b_, t_, d_ = a.shape[:3]
+                h = h + a.reshape(b_, t_, d_, *self.grid).transpose(1, 2).to(h.dtype)
         if self.pos is not None:
             h = h + self.pos.to(h.dtype)
         return h
@@ -141,7 +155,7 @@ class WorldModel(nn.Module):
             self.transformer.patch_embedding = PatchEmbedWithActions(
                 self.transformer.patch_embedding, self.action_channels, grid if cfg.pos_embed else None,
                 zero_init=bool(cfg.pretrained_path) or transformer_config is not None,
-                action_hidden=cfg.action_hidden,
+                action_hidden=cfg.action_hidden, action_map=cfg.action_map,
             )
         self.success_head = SuccessHead(c, cfg.text_dim, cfg.success_hidden) if cfg.success_head else None
         if cfg.action_conditioning and cfg.normalize_actions:  # saved with the weights

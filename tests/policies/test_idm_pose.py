@@ -9,6 +9,7 @@ from flywheel.config import TrainConfig
 from flywheel.training.idm import WindowDataset, train_idm
 from policies.errors import PolicyError
 from policies.idm import IDMConfig, InverseDynamicsModel
+from policies.idm.modeling_idm import color_augment
 from policies.idm.processor_idm import to_float_frames
 
 torch.set_num_threads(1)
@@ -107,6 +108,32 @@ def test_pose_config_is_checked():
         IDMConfig(target="pose", pose_noise=-0.1)
     with pytest.raises(ValueError, match="idm_batch_size"):
         TrainConfig(idm_batch_size=0)
+    with pytest.raises(ValueError, match="pose_color_aug"):
+        IDMConfig(target="pose", pose_color_aug=1.5)
+    with pytest.raises(ValueError, match="pose_color_gain"):
+        IDMConfig(target="pose", pose_color_gain=1.0)
+
+
+def test_colour_augmentation_changes_both_frames_of_a_pair_alike():
+    g = torch.Generator().manual_seed(0)
+    fs = torch.rand(64, 3, 8, 8, generator=g) * 0.4
+    ft = 2 * fs  # any pixel of frame t is twice frame s's: a shared per-channel change keeps that
+    torch.manual_seed(1)
+    a, b = color_augment(fs, ft, p=1.0, gain=0.2)
+    assert torch.allclose(b, 2 * a, atol=1e-6)
+    changed = (a - fs).abs().flatten(1).amax(1) > 1e-3
+    assert 0.8 < float(changed.float().mean()) <= 1.0  # (a pair may draw the identity permutation and gain ~1)
+    # each output channel is one input channel, scaled by at most the gain
+    for i in range(8):
+        ratios = [[float((a[i, j] / fs[i, c].clamp_min(1e-6)).median()) for c in range(3)] for j in range(3)]
+        assert all(any(abs(r - 1) <= 0.2 + 1e-4 and torch.allclose(a[i, j], (fs[i, c] * r).clamp(0, 1), atol=1e-4)
+                       for c, r in enumerate(row)) for j, row in enumerate(ratios))
+    same, same_t = color_augment(fs, ft, p=0.0, gain=0.2)
+    assert torch.equal(same, fs) and torch.equal(same_t, ft)
+    model = tiny(pose_color_aug=0.5)  # the training loss runs with it
+    batch = {"frames": torch.rand(4, W + 1, 3, 32, 32), "proprio": torch.randn(4, 32), "qpos": torch.randn(4, W, A)}
+    loss, _ = model.train()._pose_loss(batch)
+    assert torch.isfinite(loss)
 
 
 

@@ -202,6 +202,37 @@ def test_position_embedding_and_action_mlp_round_trip(tmp_path):
     assert not hasattr(WorldModel(tiny_cfg()).transformer.patch_embedding.pos, "shape")
 
 
+def test_action_map_gives_every_token_its_own_reading_of_the_actions(tmp_path):
+    torch.manual_seed(0)
+    m = WorldModel(tiny_cfg(pos_embed=True, action_hidden=32, action_map=True)).eval()
+    pe = m.transformer.patch_embedding
+    grid = (S // 4) ** 2
+    assert pe.action_map.shape == (grid, m.transformer.config.num_attention_heads * 32, 32)
+    assert torch.count_nonzero(pe.action_map) == 0  # starts with no effect, like the shared embedding
+    with torch.no_grad():
+        pe.action_map.normal_(std=0.5)
+        pe.action[-1].weight.normal_(std=0.5)
+    x = torch.zeros(1, pe.conv.in_channels, 2, S, S)
+
+    def embed(actions: torch.Tensor) -> torch.Tensor:
+        pe.frame_actions = torch.cat([actions, torch.ones(1, 2, 1)], -1)  # (B, t, A + flag)
+        try:
+            return pe(x)  # (1, D, t, h, w)
+        finally:
+            pe.frame_actions = None
+
+    g = torch.Generator().manual_seed(1)
+    change = embed(torch.randn(1, 2, 16, generator=g)) - embed(torch.randn(1, 2, 16, generator=g))
+    per_token = change.flatten(3)  # (1, D, t, tokens): how each token's input moved with the actions
+    assert (per_token - per_token.mean(-1, keepdim=True)).abs().amax() > 1e-2  # not the same on every token
+    m.save_pretrained(tmp_path / "wm")
+    loaded = WorldModel.from_pretrained(tmp_path / "wm")
+    frame, acts = torch.rand(3, S, S), torch.randn(2, 16)
+    assert torch.equal(m.predict(frame, acts, "pick", steps=2)[0], loaded.predict(frame, acts, "pick", steps=2)[0])
+    with pytest.raises(ValueError, match="action_map"):
+        tiny_cfg(action_map=True, action_hidden=32)  # no position embedding: nothing to say where a token is
+
+
 def test_action_stats_standardise_the_chunk_and_survive_a_round_trip(tmp_path):
     torch.manual_seed(0)
     m = WorldModel(tiny_cfg(normalize_actions=True)).eval()
