@@ -64,9 +64,11 @@ class PatchEmbedWithActions(nn.Module):
     transformer call: the actions are constant over space, so they are not broadcast into pixel channels.
 
     Wan's tokens carry their position only through RoPE inside attention, so a token's MLP cannot
-    compute "is the arm over me for these actions": the position embedding gives it that. The action
-    embedding is zero-initialised and the position embedding too when loading pretrained weights, so a
-    pretrained backbone is unchanged at step 0."""
+    compute "is the arm over me for these actions": the position embedding gives it that. With
+    `action_map`, every token also adds its own linear readout of the action MLP's hidden features, so that
+    question is answered at the input rather than left to the transformer (docs/BENCHMARKS.md, session 10).
+    The action embedding and the map are zero-initialised, and the position embedding too when loading
+    pretrained weights, so a pretrained backbone is unchanged at step 0."""
 
     frame_actions: torch.Tensor | None = None  # (B, t, C_a), set by WorldModel._denoise around each call
 
