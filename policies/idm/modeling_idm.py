@@ -56,7 +56,7 @@ def color_augment(fs: Tensor, ft: Tensor, p: float, gain: float) -> tuple[Tensor
     """The same random colour change on both frames `(B, 3, H, W)` of each pair, with probability `p` per
     pair: the RGB channels permuted, then each scaled by a gain in [1 - gain, 1 + gain], clamped to [0, 1]."""
     b = fs.shape[0]
-    perm = torch.stack([torch.randperm(3, device=fs.device) for _ in range(b)])  # (B, 3)
+    perm = torch.rand(b, 3, device=fs.device).argsort(1)  # (B, 3): a random permutation per pair
     scale = 1 + gain * (2 * torch.rand(b, 3, device=fs.device) - 1)
     keep = torch.rand(b, device=fs.device) >= p
     perm[keep] = torch.arange(3, device=fs.device)

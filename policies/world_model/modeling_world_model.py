@@ -78,9 +78,7 @@ class PatchEmbedWithActions(nn.Module):
         self.conv = conv
         self.action_channels = action_channels
         self.action: nn.Module | None = None
-        self.action_map: nn.Parameter | None = None
-        if action_map and not (action_channels and action_hidden and grid is not None):
-            raise PolicyError("world_model.action_map needs action conditioning, action_hidden > 0 and pos_embed")
+        self.action_map: nn.Parameter | None = None  # (WorldModelConfig checks what it needs)
         if action_channels:
             d = conv.out_channels
             last = nn.Linear(action_hidden or action_channels, d)
@@ -95,7 +93,6 @@ class PatchEmbedWithActions(nn.Module):
             if not zero_init:
                 nn.init.normal_(self.pos, std=0.02)
         if action_map:  # (tokens, D, hidden): every token's own linear readout of the action features
-            self.grid = grid
             self.action_map = nn.Parameter(torch.zeros(grid[0] * grid[1], conv.out_channels, action_hidden))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, t, H, W) -> (B, D, t, h, w)
@@ -113,8 +110,7 @@ class PatchEmbedWithActions(nn.Module):
                 hid = self.action[:-1](fa)  # (B, t, hidden)
                 a = self.action[-1](hid)[..., None]  # (B, t, D, 1): the same on every token of a frame
                 a = a + torch.einsum("bth,pdh->btdp", hid, self.action_map)  # + a different one per token
-                b_, t_, d_ = a.shape[:3]
-                h = h + a.reshape(b_, t_, d_, *self.grid).transpose(1, 2).to(h.dtype)
+                h = h + a.reshape(*a.shape[:3], *h.shape[-2:]).transpose(1, 2).to(h.dtype)
         if self.pos is not None:
             h = h + self.pos.to(h.dtype)
         return h
