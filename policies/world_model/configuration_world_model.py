@@ -38,6 +38,7 @@ class WorldModelConfig:
     action_conditioning: bool = True
     normalize_actions: bool = False  # standardise actions with per-joint stats fitted from data
     action_hidden: int = 0  # 0: the action chunk is embedded linearly; > 0: by an MLP of this width
+    action_layers: int = 1  # hidden layers of that MLP (joint targets -> where the arm is drawn is far from linear)
     action_dropout: float = 0.5  # training: drop the action chunk so one model serves both modes
     text_dropout: float = 0.1  # training: empty caption, for classifier-free guidance
     success_head: bool = True
@@ -48,6 +49,11 @@ class WorldModelConfig:
     # every token reads the action MLP's hidden features through its own linear map (needs pos_embed and
     # action_hidden > 0): "is the arm over this token for these actions" becomes one linear readout
     action_map: bool = False
+    # every token adds a small MLP of (its own learned key, the frame's actions): a neural field over the image
+    # that says what the actions draw at that token, nonlinear in both (needs pos_embed and action_hidden > 0;
+    # the MLP has action_hidden width and action_layers hidden layers)
+    action_field: bool = False
+    action_field_key: int = 32  # size of each token's learned key
     residual: bool = True  # diffuse the change from the start-frame latent (False: plain latents, as Wan)
     # what the transformer outputs: "velocity" (noise - x0, as Wan; needed for pretrained weights) or
     # "sample" (x0, turned into a velocity (x_t - x0) / t). A narrow model cannot reproduce
@@ -82,6 +88,12 @@ class WorldModelConfig:
             raise ValueError(f"world_model.num_frames must be 1 + 4k with the Wan VAE, got {self.num_frames}")
         if self.action_map and not (self.action_conditioning and self.action_hidden > 0 and self.pos_embed):
             raise ValueError("world_model.action_map needs action_conditioning, action_hidden > 0 and pos_embed")
+        if self.action_field and not (self.action_conditioning and self.action_hidden > 0 and self.pos_embed):
+            raise ValueError("world_model.action_field needs action_conditioning, action_hidden > 0 and pos_embed")
+        if self.action_field and self.action_map:
+            raise ValueError("world_model.action_field and world_model.action_map are alternatives: set one")
+        if self.action_layers < 1:
+            raise ValueError(f"world_model.action_layers must be >= 1, got {self.action_layers}")
         for name in ("action_dropout", "text_dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"world_model.{name} must be in [0, 1], got {getattr(self, name)}")

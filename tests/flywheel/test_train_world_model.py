@@ -130,8 +130,9 @@ def test_evaluate_world_model_imagine_mode_and_context_frames():
     assert m["psnr_copy_last"] == pytest.approx(expect)
 
 
-@pytest.mark.parametrize("action_map", [False, True])
-def test_evaluation_mode_follows_the_actions_on_a_task_that_needs_them(action_map):
+@pytest.mark.parametrize("conditioning", [{}, {"action_map": True}, {"action_field": True, "action_layers": 2}],
+                         ids=["embedding", "map", "field"])
+def test_evaluation_mode_follows_the_actions_on_a_task_that_needs_them(conditioning):
     """A square drawn where the action puts it: after a short training, predicting with the true actions
     must beat predicting with another clip's actions by a wide margin (the action pathway works end to end:
     embedding, standardisation, position embedding, sampling)."""
@@ -140,7 +141,7 @@ def test_evaluation_mode_follows_the_actions_on_a_task_that_needs_them(action_ma
     m = WorldModel(WorldModelConfig(image_size=s, num_frames=4, patch_size=(1, 4, 4), num_layers=2, ffn_dim=128,
                                     text_layers=1, text_vocab_size=256, max_text_tokens=8, success_hidden=16,
                                     prediction="sample", pos_embed=True, action_hidden=32, normalize_actions=True,
-                                    action_dropout=0.0, flow_shift=3.0, action_map=action_map))
+                                    action_dropout=0.0, flow_shift=3.0, **conditioning))
     g = torch.Generator().manual_seed(0)
 
     def clips(b: int) -> dict:

@@ -202,15 +202,24 @@ def test_position_embedding_and_action_mlp_round_trip(tmp_path):
     assert not hasattr(WorldModel(tiny_cfg()).transformer.patch_embedding.pos, "shape")
 
 
-def test_action_map_gives_every_token_its_own_reading_of_the_actions(tmp_path):
+@pytest.mark.parametrize("kind", ["map", "field"])
+def test_action_map_gives_every_token_its_own_reading_of_the_actions(tmp_path, kind):
     torch.manual_seed(0)
-    m = WorldModel(tiny_cfg(pos_embed=True, action_hidden=32, action_map=True)).eval()
+    m = WorldModel(tiny_cfg(pos_embed=True, action_hidden=32, action_layers=2,
+                            **{f"action_{kind}": True})).eval()
     pe = m.transformer.patch_embedding
-    grid = (S // 4) ** 2
-    assert pe.action_map.shape == (grid, m.transformer.config.num_attention_heads * 32, 32)
-    assert torch.count_nonzero(pe.action_map) == 0  # starts with no effect, like the shared embedding
+    grid, d = (S // 4) ** 2, m.transformer.config.num_attention_heads * 32
+    assert len([x for x in pe.action if isinstance(x, torch.nn.Linear)]) == 3  # two hidden layers
+    if kind == "map":
+        assert pe.action_map.shape == (grid, d, 32) and pe.field is None
+        readout = pe.action_map
+    else:
+        assert pe.action_map is None and pe.field.key.shape == (grid, 32)
+        assert pe.field.out.out_features == d and len(pe.field.hidden) == 1
+        readout = pe.field.out.weight
+    assert torch.count_nonzero(readout) == 0  # starts with no effect, like the shared embedding
     with torch.no_grad():
-        pe.action_map.normal_(std=0.5)
+        readout.normal_(std=0.5)
         pe.action[-1].weight.normal_(std=0.5)
     x = torch.zeros(1, pe.conv.in_channels, 2, S, S)
 
@@ -229,8 +238,15 @@ def test_action_map_gives_every_token_its_own_reading_of_the_actions(tmp_path):
     loaded = WorldModel.from_pretrained(tmp_path / "wm")
     frame, acts = torch.rand(3, S, S), torch.randn(2, 16)
     assert torch.equal(m.predict(frame, acts, "pick", steps=2)[0], loaded.predict(frame, acts, "pick", steps=2)[0])
-    with pytest.raises(ValueError, match="action_map"):
-        tiny_cfg(action_map=True, action_hidden=32)  # no position embedding: nothing to say where a token is
+    with pytest.raises(ValueError, match=f"action_{kind}"):
+        tiny_cfg(action_hidden=32, **{f"action_{kind}": True})  # no position embedding: nothing to say where a token is
+
+
+def test_action_field_and_map_are_alternatives_and_depth_is_checked():
+    with pytest.raises(ValueError, match="alternatives"):
+        tiny_cfg(pos_embed=True, action_hidden=32, action_map=True, action_field=True)
+    with pytest.raises(ValueError, match="action_layers"):
+        tiny_cfg(action_hidden=32, action_layers=0)
 
 
 def test_action_stats_standardise_the_chunk_and_survive_a_round_trip(tmp_path):
