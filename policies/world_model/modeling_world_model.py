@@ -19,6 +19,7 @@ uses the velocity (x_t - x0) / t: a narrow model only has to reproduce clean dat
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -109,7 +110,7 @@ class PatchEmbedWithActions(nn.Module):
             nn.init.zeros_(last.bias)
             # a linear embedding, or an MLP: the joint targets -> "where the arm is" map is far from linear
             widths = [action_channels] + [action_hidden] * action_layers
-            hidden = [m for a, b in zip(widths[:-1], widths[1:]) for m in (nn.Linear(a, b), nn.SiLU())]
+            hidden = [m for a, b in itertools.pairwise(widths) for m in (nn.Linear(a, b), nn.SiLU())]
             self.action = last if not action_hidden else nn.Sequential(*hidden, last)
         self.pos = None
         if grid is not None:
