@@ -54,6 +54,9 @@ class WorldModelConfig:
     # the MLP has action_hidden width and action_layers hidden layers)
     action_field: bool = False
     action_field_key: int = 32  # size of each token's learned key
+    # > 0: the transformer's output projection (Wan's proj_out, one linear map from a token to its patch of
+    # pixels) gets a hidden layer of this width, so a token can draw a shape, not a blend of a few patterns
+    patch_decoder_hidden: int = 0
     residual: bool = True  # diffuse the change from the start-frame latent (False: plain latents, as Wan)
     # what the transformer outputs: "velocity" (noise - x0, as Wan; needed for pretrained weights) or
     # "sample" (x0, turned into a velocity (x_t - x0) / t). A narrow model cannot reproduce
@@ -92,6 +95,8 @@ class WorldModelConfig:
             raise ValueError("world_model.action_field needs action_conditioning, action_hidden > 0 and pos_embed")
         if self.action_field and self.action_map:
             raise ValueError("world_model.action_field and world_model.action_map are alternatives: set one")
+        if self.patch_decoder_hidden < 0:
+            raise ValueError(f"world_model.patch_decoder_hidden must be >= 0, got {self.patch_decoder_hidden}")
         if self.action_layers < 1:
             raise ValueError(f"world_model.action_layers must be >= 1, got {self.action_layers}")
         for name in ("action_dropout", "text_dropout"):

@@ -177,9 +177,19 @@ class WorldModel(nn.Module):
                 text_dim=cfg.text_dim, freq_dim=cfg.freq_dim, ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers,
                 rope_max_seq_len=256,
             )
-            if cfg.prediction == "sample" and cfg.residual:  # start as "nothing changes" (= copy the start frame)
-                nn.init.zeros_(self.transformer.proj_out.weight)
-                nn.init.zeros_(self.transformer.proj_out.bias)
+        if cfg.patch_decoder_hidden:
+            if cfg.pretrained_path and transformer_config is None:
+                raise PolicyError("world_model.patch_decoder_hidden would replace the pretrained output projection; "
+                                  "set it to 0 with pretrained_path")
+            lin = self.transformer.proj_out
+            self.transformer.proj_out = nn.Sequential(
+                nn.Linear(lin.in_features, cfg.patch_decoder_hidden), nn.SiLU(),
+                nn.Linear(cfg.patch_decoder_hidden, lin.out_features))
+        if transformer_config is None and not cfg.pretrained_path and cfg.prediction == "sample" and cfg.residual:
+            last = self.transformer.proj_out  # start as "nothing changes" (= copy the start frame)
+            last = last[-1] if isinstance(last, nn.Sequential) else last
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
         if self.action_channels or cfg.pos_embed:
             grid = (cfg.latent_size // cfg.patch_size[1], cfg.latent_size // cfg.patch_size[2])
             self.transformer.patch_embedding = PatchEmbedWithActions(

@@ -151,6 +151,8 @@ def test_pretrained_transformer_is_widened_not_reinitialised(tmp_path):
     assert torch.equal(m.transformer.blocks[0].ffn.net[2].weight, base.blocks[0].ffn.net[2].weight)
     with pytest.raises(PolicyError, match="not a local directory"):
         WorldModel(tiny_cfg(pretrained_path="Wan-AI/Wan2.1-I2V-14B"))
+    with pytest.raises(PolicyError, match="patch_decoder_hidden"):  # it would discard the pretrained projection
+        WorldModel(tiny_cfg(size="full", pretrained_path=str(tmp_path / "wan"), patch_decoder_hidden=32))
 
 
 def test_pretrained_text_encoder_from_local_dir(tmp_path):
@@ -240,6 +242,29 @@ def test_action_map_gives_every_token_its_own_reading_of_the_actions(tmp_path, k
     assert torch.equal(m.predict(frame, acts, "pick", steps=2)[0], loaded.predict(frame, acts, "pick", steps=2)[0])
     with pytest.raises(ValueError, match=f"action_{kind}"):
         tiny_cfg(action_hidden=32, **{f"action_{kind}": True})  # no position embedding: nothing to say where a token is
+
+
+def test_patch_decoder_starts_as_copying_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    m = WorldModel(tiny_cfg(prediction="sample", patch_decoder_hidden=32)).eval()
+    head = m.transformer.proj_out
+    assert isinstance(head, torch.nn.Sequential) and head[0].out_features == 32
+    assert head[-1].out_features == 3 * 4 * 4 and torch.count_nonzero(head[-1].weight) == 0
+    frame = torch.rand(3, S, S)
+    video, _ = m.predict(frame, torch.randn(2, 16), "pick", steps=2)
+    assert torch.allclose(video, frame.expand_as(video), atol=1e-2)  # untrained: nothing changes (up to the
+    # noise left at the last sigma, 1e-3)
+    with torch.no_grad():
+        head[-1].weight.normal_(std=0.1)
+    loss, _ = m.train()(batch())
+    loss.backward()
+    assert head[0].weight.grad is not None and head[0].weight.grad.abs().sum() > 0
+    m.eval().save_pretrained(tmp_path / "wm")
+    loaded = WorldModel.from_pretrained(tmp_path / "wm")
+    acts = torch.randn(2, 16)
+    assert torch.equal(m.predict(frame, acts, "pick", steps=2)[0], loaded.predict(frame, acts, "pick", steps=2)[0])
+    with pytest.raises(ValueError, match="patch_decoder_hidden"):
+        tiny_cfg(patch_decoder_hidden=-1)
 
 
 def test_action_field_and_map_are_alternatives_and_depth_is_checked():
