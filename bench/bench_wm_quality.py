@@ -137,6 +137,11 @@ def main() -> None:
         "imagine_ssim": round(m["ssim_imagine"], 4), "imagine_guidance": args.guidance,
         "success_auroc": round(m["success_auroc"], 3), "n_labelled": int(m["n_labelled"]),
         "eval_s": round(eval_s, 1),
+        # where the error is (flywheel.evaluation.video_metrics.error_regions): pixels that move, static ones near
+        # them, the rest; MSE of the model at eval_steps and at 1 step, and of copying
+        "error_regions": {k: {"frac": round(m[f"frac_{k}"], 3), "mse": round(m[f"mse_{k}"], 5),
+                              "mse_1step": round(m1[f"mse_{k}"], 5), "mse_copy": round(m[f"mse_copy_{k}"], 5)}
+                          for k in ("moving", "near", "far")},
         "meets_target": m["psnr"] > m["psnr_copy_last"] + 1.0,
     }
     line = json.dumps(out)

@@ -49,6 +49,22 @@ def auroc(scores: Iterable[float], labels: Iterable[float]) -> float:
     return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
 
 
+MOVING = 0.1  # a pixel moves if some channel differs from the last given frame by more than this
+NEAR = 8  # static pixels within this many pixels of a moving one are "near" (where a blurred arm spills)
+
+
+def error_regions(pred: torch.Tensor, future: torch.Tensor, last: torch.Tensor) -> dict[str, tuple[float, int]]:
+    """Squared error summed over pixels (channel-mean) and pixel counts in three regions of the real future
+    `(T, 3, H, W)`: `moving` (differs from the `last` given frame `(3, H, W)` by more than MOVING), `near`
+    (static, within NEAR pixels of a moving one) and `far` (the rest). Copying the last frame is almost exact
+    on `near` and `far`: what a model loses there it loses by drawing where nothing changed."""
+    moving = ((future - last).abs().amax(1, keepdim=True) > MOVING).float()  # (T, 1, H, W)
+    around = F.max_pool2d(moving, 2 * NEAR + 1, 1, NEAR) > 0
+    err = ((pred.float() - future.float()) ** 2).mean(1, keepdim=True)
+    masks = {"moving": moving > 0, "near": around & (moving == 0), "far": ~around}
+    return {k: (float(err[m].sum()), int(m.sum())) for k, m in masks.items()}
+
+
 @torch.no_grad()
 def evaluate_world_model(model, clips: Iterable[dict], steps: int = 8, seed: int = 0,
                          imagine: bool = False, guidance: float = 1.0) -> dict[str, float]:
@@ -56,8 +72,10 @@ def evaluate_world_model(model, clips: Iterable[dict], steps: int = 8, seed: int
     caption, success). The model is given its `cond_frames` first frames (K); the frames after them are
     scored, against the baseline of copying the last given frame forward. AUROC uses the success head on
     the real final frames of labelled clips. With `imagine`, also imagine mode (caption and start frames,
-    no actions; `guidance` on text) as `psnr_imagine` / `ssim_imagine`, on the same frames."""
+    no actions; `guidance` on text) as `psnr_imagine` / `ssim_imagine`, on the same frames.
+    `mse_<region>` / `mse_copy_<region>` (see `error_regions`) and `frac_<region>` say where the error is."""
     psnrs, ssims, base_psnrs, base_ssims, scores, labels = [], [], [], [], [], []
+    regions = {k: [0.0, 0.0, 0] for k in ("moving", "near", "far")}  # model SE, copying SE, pixels
     ipsnrs, issims = [], []
     k = int(getattr(getattr(model, "cfg", None), "cond_frames", 1))
     for i, clip in enumerate(clips):
@@ -71,6 +89,11 @@ def evaluate_world_model(model, clips: Iterable[dict], steps: int = 8, seed: int
             ssims.append(ssim(pred[k:], future))
             base_psnrs.append(psnr(copy, future))
             base_ssims.append(ssim(copy, future))
+            ours, theirs = error_regions(pred[k:], future, video[k - 1]), error_regions(copy, future, video[k - 1])
+            for name, acc in regions.items():
+                acc[0] += ours[name][0]
+                acc[1] += theirs[name][0]
+                acc[2] += ours[name][1]
             if imagine:
                 imag = model.imagine(start, caption, n=1, steps=steps, guidance=guidance, seed=seed + i,
                                      num_frames=len(video))[0]
@@ -88,5 +111,8 @@ def evaluate_world_model(model, clips: Iterable[dict], steps: int = 8, seed: int
         "psnr": mean(psnrs), "ssim": mean(ssims), "psnr_copy_last": mean(base_psnrs),
         "ssim_copy_last": mean(base_ssims), "success_auroc": auroc(scores, labels),
         "n_clips": float(len(psnrs)), "n_labelled": float(len(labels)),
+        **{f"mse_{k}": a[0] / a[2] if a[2] else float("nan") for k, a in regions.items()},
+        **{f"mse_copy_{k}": a[1] / a[2] if a[2] else float("nan") for k, a in regions.items()},
+        **{f"frac_{k}": a[2] / max(1, sum(b[2] for b in regions.values())) for k, a in regions.items()},
         **({"psnr_imagine": mean(ipsnrs), "ssim_imagine": mean(issims)} if imagine else {}),
     }

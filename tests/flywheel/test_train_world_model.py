@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import IterableDataset
 
 from flywheel.config import StageConfig, TrainConfig
-from flywheel.evaluation.video_metrics import auroc, evaluate_world_model, psnr, ssim
+from flywheel.evaluation.video_metrics import auroc, error_regions, evaluate_world_model, psnr, ssim
 from flywheel.training.common import load_training_checkpoint
 from flywheel.training.world_model import Stage, collate_clips, train_world_model
 from policies.errors import CheckpointError
@@ -111,12 +111,27 @@ def test_metrics_on_known_values():
     assert math.isnan(auroc([0.5], [1]))
 
 
+def test_error_regions_split_moving_near_and_far_pixels():
+    last, future = torch.zeros(3, 32, 32), torch.zeros(2, 3, 32, 32)
+    future[:, :, 10:12, 10:12] = 1.0  # 4 pixels move in each of 2 frames
+    pred = future.clone()
+    pred[:, :, 14, 14] = 0.5  # drawn next to the motion
+    pred[:, :, 30, 30] = 0.3  # and far from it
+    r = error_regions(pred, future, last)
+    assert r["moving"] == (0.0, 8)
+    assert r["near"][0] == pytest.approx(2 * 0.25) and r["far"][0] == pytest.approx(2 * 0.09)
+    assert r["moving"][1] + r["near"][1] + r["far"][1] == 2 * 32 * 32
+
+
 def test_evaluate_world_model_reports_baseline_and_auroc():
     model = tiny_model().eval()
     metrics = evaluate_world_model(model, [clip(0, 1.0), clip(1, 0.0), clip(2, None)], steps=2)
     assert metrics["n_clips"] == 3 and metrics["n_labelled"] == 2
     assert all(math.isfinite(metrics[k]) for k in ("psnr", "ssim", "psnr_copy_last", "success_auroc"))
     assert "psnr_imagine" not in metrics
+    assert sum(metrics[f"frac_{k}"] for k in ("moving", "near", "far")) == pytest.approx(1.0)
+    present = [k for k in ("moving", "near", "far") if metrics[f"frac_{k}"] > 0]
+    assert present and all(metrics[f"mse_{k}"] > 0 and metrics[f"mse_copy_{k}"] > 0 for k in present)
 
 
 def test_evaluate_world_model_imagine_mode_and_context_frames():
