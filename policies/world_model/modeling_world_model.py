@@ -348,7 +348,7 @@ class WorldModel(nn.Module):
 
     @torch.no_grad()
     def _sample(self, start: torch.Tensor, caption: str, n: int, steps: int, guidance: float, seed: int,
-                num_frames: int, actions: torch.Tensor | None = None) -> torch.Tensor:
+                num_frames: int, actions: torch.Tensor | None = None, action_guidance: float = 1.0) -> torch.Tensor:
         dev, r = self.device, self.cfg.temporal_factor
         if (num_frames - 1) % r or num_frames <= start.shape[0]:
             raise PolicyError(f"num_frames={num_frames} must exceed the {start.shape[0]} start frames and be 1 + {r}k")
@@ -358,9 +358,14 @@ class WorldModel(nn.Module):
         chans, frame_actions = self._cond_channels(cond, n_cond, actions, present)
         hidden, _ = self._text([caption])
         ehs = hidden.expand(n, -1, -1)
-        use_cfg = guidance != 1.0
-        if use_cfg:
+        # classifier-free guidance: on the caption (against the empty one) and on the actions (against none,
+        # which training's action dropout teaches): one extra batch branch each
+        branches = ["cond"] + (["text"] if guidance != 1.0 else []) + \
+            (["actions"] if action_guidance != 1.0 and actions is not None else [])
+        if "text" in branches:
             ehs = torch.cat([ehs, self._text([""])[0].expand(n, -1, -1)])
+        if "actions" in branches:
+            ehs = torch.cat([ehs, hidden.expand(n, -1, -1)])
         gen = torch.Generator().manual_seed(int(seed))
         x = torch.randn(cond.shape, generator=gen).to(dev)  # (n, C, t, h, w), noise drawn on CPU
         clean = torch.zeros_like(cond) if self.cfg.residual else cond  # the fixed start frames
@@ -368,18 +373,22 @@ class WorldModel(nn.Module):
         sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=self.cfg.flow_shift)
         sched.set_timesteps(steps, device=dev)
         c = x.shape[1]
-        reps = 2 if use_cfg else 1
+        reps = len(branches)
         inp = torch.cat([torch.zeros_like(x), chans], 1).repeat(reps, 1, 1, 1, 1)  # conditioning written once
         if frame_actions is not None:
-            frame_actions = frame_actions.repeat(reps, 1, 1)
+            parts = [frame_actions] * (reps - ("actions" in branches))
+            if "actions" in branches:  # the same clip with no actions given (zeros, flag 0)
+                parts.append(torch.zeros_like(frame_actions))
+            frame_actions = torch.cat(parts)
+        scale = {"text": guidance, "actions": action_guidance}
         for i, ts in enumerate(sched.timesteps):
             for k in range(reps):
                 inp[k * n:(k + 1) * n, :c] = x
             out = self._denoise(inp, ts.expand(reps * n), ehs, frame_actions).float()
-            v = self._velocity(out, inp[:, :c], sched.sigmas[i].to(dev))
-            if use_cfg:
-                v_c, v_u = v.chunk(2)
-                v = v_u + guidance * (v_c - v_u)
+            v_all = self._velocity(out, inp[:, :c], sched.sigmas[i].to(dev)).chunk(reps)
+            v = v_all[0]
+            for name, v_u in zip(branches[1:], v_all[1:], strict=True):
+                v = v + (scale[name] - 1.0) * (v_all[0] - v_u)
             x = sched.step(v, ts, x, return_dict=False)[0]
             x[:, :, :n_cond] = clean[:, :, :n_cond]
         return self.vae.decode(x + cond if self.cfg.residual else x)  # (n, T, 3, H, W)
@@ -392,22 +401,23 @@ class WorldModel(nn.Module):
         return self._sample(start, caption, n, steps, guidance, seed, num_frames or self.cfg.num_frames).cpu()
 
     def predict(self, frames: torch.Tensor, actions: torch.Tensor, caption: str = "", seed: int = 0,
-                steps: int = 8, guidance: float = 1.0) -> tuple[torch.Tensor, float]:
+                steps: int = 8, guidance: float = 1.0, action_guidance: float = 1.0) -> tuple[torch.Tensor, float]:
         """Evaluation mode: what happens under exactly these `actions (T-1, A)`. Returns the video
         `(T, 3, H, W)` and the success head's probability on its final frame (NaN without a head)."""
         actions = torch.as_tensor(actions, dtype=torch.float32)
         if actions.ndim != 2:
             raise PolicyError(f"actions must be (T-1, {self.cfg.action_dim}), got {tuple(actions.shape)}")
-        video = self.predict_many(frames, actions[None], caption, seed, steps, guidance)
+        video = self.predict_many(frames, actions[None], caption, seed, steps, guidance, action_guidance)
         p = float(self.success_probs(video, caption)[0]) if self.success_head is not None else float("nan")
         return video[0], p
 
     @torch.no_grad()
     def predict_many(self, frames: torch.Tensor, actions: torch.Tensor, caption: str = "", seed: int = 0,
-                     steps: int = 8, guidance: float = 1.0) -> torch.Tensor:
+                     steps: int = 8, guidance: float = 1.0, action_guidance: float = 1.0) -> torch.Tensor:
         """Evaluation mode for N action sequences from the same start frame(s), as one batch: `actions
         (N, T-1, A)` (action t leads from frame t to t+1; with T0 start frames the first T0-1 are the
-        past ones) -> videos `(N, T, 3, H, W)` on the CPU."""
+        past ones) -> videos `(N, T, 3, H, W)` on the CPU. `guidance` is classifier-free guidance on the
+        caption, `action_guidance` on the actions (1.0: none)."""
         if not self.cfg.action_conditioning:
             raise PolicyError("this world model was built with action_conditioning=False; it cannot predict")
         start = self._check_frames(frames)
@@ -416,7 +426,7 @@ class WorldModel(nn.Module):
             raise PolicyError(f"actions must be (N, T-1, {self.cfg.action_dim}), got {tuple(actions.shape)}")
         t_frames = actions.shape[1] + 1
         return self._sample(start, caption, actions.shape[0], steps, guidance, seed, t_frames,
-                            actions.to(self.device)).cpu()
+                            actions.to(self.device), action_guidance).cpu()
 
     @torch.no_grad()
     def success_probs(self, videos: torch.Tensor, caption: str) -> torch.Tensor:

@@ -267,6 +267,23 @@ def test_patch_decoder_starts_as_copying_and_round_trips(tmp_path):
         tiny_cfg(patch_decoder_hidden=-1)
 
 
+def test_action_guidance_extrapolates_from_the_no_action_prediction():
+    torch.manual_seed(0)
+    m = WorldModel(tiny_cfg(prediction="sample")).eval()
+    with torch.no_grad():  # trained-like: the actions and the output matter
+        m.transformer.patch_embedding.action.weight.normal_(std=0.5)
+        m.transformer.proj_out.weight.normal_(std=0.1)
+    frame, acts = torch.rand(3, S, S), torch.randn(2, 16)
+    plain = m.predict(frame, acts, "pick", steps=2, seed=3)[0]
+    assert torch.equal(plain, m.predict(frame, acts, "pick", steps=2, seed=3, action_guidance=1.0)[0])
+    # weight 0 is the prediction without actions: imagine mode with the same seed and no text guidance
+    none = m.predict(frame, acts, "pick", steps=2, seed=3, action_guidance=0.0)[0]
+    imagined = m.imagine(frame, "pick", n=1, steps=2, guidance=1.0, seed=3, num_frames=3)[0]
+    assert torch.allclose(none, imagined, atol=1e-5)
+    guided = m.predict(frame, acts, "pick", steps=2, seed=3, action_guidance=2.0)[0]
+    assert (guided - plain).abs().max() > 1e-3 and torch.isfinite(guided).all()
+
+
 def test_action_field_and_map_are_alternatives_and_depth_is_checked():
     with pytest.raises(ValueError, match="alternatives"):
         tiny_cfg(pos_embed=True, action_hidden=32, action_map=True, action_field=True)
