@@ -50,12 +50,17 @@ class TrainConfig:
     finetune_steps: int = 100
     grad_clip: float = 1.0
     log_every: int = 20
+    # > 0: the world model that is saved is an exponential moving average of its weights over the run, with
+    # this decay (warmed up as min(decay, (1 + step) / (10 + step))); 0: the last weights
+    wm_ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"train.precision must be fp32, bf16 or fp16, got {self.precision!r}")
         if self.batch_size < 1:
             raise ValueError(f"train.batch_size must be >= 1, got {self.batch_size}")
+        if not 0.0 <= self.wm_ema_decay < 1.0:
+            raise ValueError(f"train.wm_ema_decay must be in [0, 1), got {self.wm_ema_decay}")
         if self.idm_batch_size is not None and self.idm_batch_size < 1:
             raise ValueError(f"train.idm_batch_size must be >= 1 (or null: batch_size), got {self.idm_batch_size}")
         if self.vae_steps < 0 or self.vae_lr <= 0:

@@ -71,14 +71,16 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
 
 
 def save_training_checkpoint(directory: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                             state: dict) -> Path:
-    """Write model, optimizer, RNG and `state` (JSON-able counters) atomically to `directory`."""
+                             state: dict, extra: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write model, optimizer, RNG, `extra` tensors (e.g. a weight average, keys without dots) and `state`
+    (JSON-able counters) atomically to `directory`."""
     final = Path(directory)
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     model.save_pretrained(tmp / "model")
     tensors, optim_meta = _optimizer_tensors(optimizer)
+    tensors.update({f"extra.{k}": v for k, v in (extra or {}).items()})
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
@@ -95,8 +97,10 @@ def save_training_checkpoint(directory: str | Path, model: torch.nn.Module, opti
 
 
 def load_training_checkpoint(directory: str | Path, model: torch.nn.Module,
-                             optimizer: torch.optim.Optimizer | None = None) -> dict:
-    """Restore model weights, optimizer and RNG from `directory` (verified); return the saved `state`."""
+                             optimizer: torch.optim.Optimizer | None = None,
+                             extra: dict[str, torch.Tensor] | None = None) -> dict:
+    """Restore model weights, optimizer and RNG from `directory` (verified); return the saved `state`.
+    The `extra` tensors saved with it are put into the `extra` dict when one is given."""
     d = Path(directory)
     if not d.is_dir():
         raise CheckpointError(f"training checkpoint {d} does not exist")
@@ -121,6 +125,8 @@ def load_training_checkpoint(directory: str | Path, model: torch.nn.Module,
             idx, name = key.split(".", 1)
             optim_state.setdefault(int(idx), {})[name] = value
         optimizer.load_state_dict({"state": optim_state, "param_groups": meta["optimizer"]["param_groups"]})
+    if extra is not None:
+        extra.update({k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("extra.")})
     torch.set_rng_state(tensors["rng.torch"])
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])

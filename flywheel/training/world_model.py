@@ -27,7 +27,7 @@ from flywheel.training.common import (
     resolve_device,
     save_training_checkpoint,
 )
-
+from policies.errors import CheckpointError
 
 WARMUP_STEPS = 50  # linear lr warm-up over the first steps of a run (at most a tenth of it)
 
@@ -109,6 +109,10 @@ def _as_stages(data, cfg: TrainConfig) -> list[Stage]:
     return [Stage("train", data, sum(s.steps for s in cfg.wm_stages), cfg.wm_stages[0].lr)]
 
 
+def _ema_tensors(ema: list[torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+    return None if ema is None else {f"ema{i}": t for i, t in enumerate(ema)}
+
+
 def train_world_model(model: torch.nn.Module, data, cfg: TrainConfig, out_dir: str | Path,
                       resume_from: str | Path | None = None, progress: bool = True,
                       checkpoint_every: int | None = None) -> TrainResult:
@@ -125,9 +129,17 @@ def train_world_model(model: torch.nn.Module, data, cfg: TrainConfig, out_dir: s
     optimizer = torch.optim.AdamW(params, lr=stages[0].lr, weight_decay=0.0, foreach=True)
     scaler = make_grad_scaler(device, cfg.precision)
     step, history = 0, []
+    # the weight average (train.wm_ema_decay): one copy of every trained tensor, saved with the checkpoint
+    ema = [p.detach().clone() for p in params] if cfg.wm_ema_decay else None
     if resume_from is not None:
-        step = int(load_training_checkpoint(resume_from, model, optimizer)["step"])
+        saved: dict[str, torch.Tensor] = {}
+        step = int(load_training_checkpoint(resume_from, model, optimizer, extra=saved)["step"])
         history = []
+        if ema is not None:
+            if len([k for k in saved if k.startswith("ema")]) != len(ema):
+                raise CheckpointError(f"training checkpoint {resume_from} has no weight average for "
+                                      "train.wm_ema_decay > 0 (it was written without one)")
+            ema = [saved[f"ema{i}"].to(p.device, p.dtype) for i, p in enumerate(params)]
     else:
         torch.manual_seed(cfg.seed)
     total = sum(s.steps for s in stages)
@@ -155,6 +167,10 @@ def train_world_model(model: torch.nn.Module, data, cfg: TrainConfig, out_dir: s
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
             scaler.step(optimizer)
             scaler.update()
+            if ema is not None:
+                with torch.no_grad():
+                    torch._foreach_lerp_(ema, [p.detach() for p in params],
+                                         1.0 - min(cfg.wm_ema_decay, (1 + step) / (10 + step)))
             step += 1
             clips += batch["video"].shape[0]
             loss_value = float(logs.get("loss", loss.item()))
@@ -167,11 +183,14 @@ def train_world_model(model: torch.nn.Module, data, cfg: TrainConfig, out_dir: s
                     for k in {k for w in window for k in w}}})
                 window = []
             if checkpoint_every and step % checkpoint_every == 0 and step < total:
-                save_training_checkpoint(out / "checkpoint", model, optimizer, {"step": step})
+                save_training_checkpoint(out / "checkpoint", model, optimizer, {"step": step}, _ema_tensors(ema))
         begin = end
     bar.close()
     wall = time.perf_counter() - t_start
-    save_training_checkpoint(out / "checkpoint", model, optimizer, {"step": step})
+    save_training_checkpoint(out / "checkpoint", model, optimizer, {"step": step}, _ema_tensors(ema))
+    if ema is not None:  # the model that is saved (and left in memory) is the average
+        with torch.no_grad():
+            torch._foreach_copy_(params, ema)
     model.eval()
     sha = model.save_pretrained(out / "model")
     return TrainResult(steps=step, final_loss=loss_value, model_dir=str(out / "model"), model_sha256=sha,

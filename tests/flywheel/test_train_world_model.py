@@ -70,6 +70,34 @@ def test_resume_continues_bit_for_bit(tmp_path):
         assert torch.equal(a, b), name
 
 
+def test_weight_average_is_what_is_saved_and_resumes_bit_for_bit(tmp_path):
+    data = [clip(i) for i in range(5)]
+    cfg = TrainConfig(batch_size=2, log_every=1, wm_ema_decay=0.9)
+    raw = tiny_model()
+    train_world_model(raw, [Stage("s", data, 6, 1e-3)], TrainConfig(batch_size=2, log_every=1), tmp_path / "r",
+                      progress=False)
+    straight = tiny_model()
+    res = train_world_model(straight, [Stage("s", data, 6, 1e-3)], cfg, tmp_path / "a", progress=False)
+    # the same trajectory (the average does not feed back), but the saved weights are its average
+    init, last = tiny_model().transformer.proj_out.weight, raw.transformer.proj_out.weight
+    avg = straight.transformer.proj_out.weight
+    assert not torch.equal(avg, last) and not torch.equal(avg, init)
+    assert torch.equal(WorldModel.from_pretrained(res.model_dir).transformer.proj_out.weight, avg)
+    half = train_world_model(tiny_model(), [Stage("s", data, 3, 1e-3)], cfg, tmp_path / "b", progress=False)
+    resumed = tiny_model(seed=123)
+    train_world_model(resumed, [Stage("s", data, 6, 1e-3)], cfg, tmp_path / "c", resume_from=half.checkpoint_dir,
+                      progress=False)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    plain = train_world_model(tiny_model(), [Stage("s", data, 3, 1e-3)], TrainConfig(batch_size=2), tmp_path / "d",
+                              progress=False)
+    with pytest.raises(CheckpointError, match="weight average"):
+        train_world_model(tiny_model(), [Stage("s", data, 6, 1e-3)], cfg, tmp_path / "e",
+                          resume_from=plain.checkpoint_dir, progress=False)
+    with pytest.raises(ValueError, match="wm_ema_decay"):
+        TrainConfig(wm_ema_decay=1.0)
+
+
 def test_corrupt_training_checkpoint_is_refused(tmp_path):
     res = train_world_model(tiny_model(), [Stage("s", [clip(0)], 1, 1e-3)], TrainConfig(batch_size=1), tmp_path,
                             progress=False)
