@@ -49,14 +49,6 @@ class WorldModelConfig:
     # every token reads the action MLP's hidden features through its own linear map (needs pos_embed and
     # action_hidden > 0): "is the arm over this token for these actions" becomes one linear readout
     action_map: bool = False
-    # every token adds a small MLP of (its own learned key, the frame's actions): a neural field over the image
-    # that says what the actions draw at that token, nonlinear in both (needs pos_embed and action_hidden > 0;
-    # the MLP has action_hidden width and action_layers hidden layers)
-    action_field: bool = False
-    action_field_key: int = 32  # size of each token's learned key
-    # > 0: the transformer's output projection (Wan's proj_out, one linear map from a token to its patch of
-    # pixels) gets a hidden layer of this width, so a token can draw a shape, not a blend of a few patterns
-    patch_decoder_hidden: int = 0
     residual: bool = True  # diffuse the change from the start-frame latent (False: plain latents, as Wan)
     # what the transformer outputs: "velocity" (noise - x0, as Wan; needed for pretrained weights) or
     # "sample" (x0, turned into a velocity (x_t - x0) / t). A narrow model cannot reproduce
@@ -91,12 +83,6 @@ class WorldModelConfig:
             raise ValueError(f"world_model.num_frames must be 1 + 4k with the Wan VAE, got {self.num_frames}")
         if self.action_map and not (self.action_conditioning and self.action_hidden > 0 and self.pos_embed):
             raise ValueError("world_model.action_map needs action_conditioning, action_hidden > 0 and pos_embed")
-        if self.action_field and not (self.action_conditioning and self.action_hidden > 0 and self.pos_embed):
-            raise ValueError("world_model.action_field needs action_conditioning, action_hidden > 0 and pos_embed")
-        if self.action_field and self.action_map:
-            raise ValueError("world_model.action_field and world_model.action_map are alternatives: set one")
-        if self.patch_decoder_hidden < 0:
-            raise ValueError(f"world_model.patch_decoder_hidden must be >= 0, got {self.patch_decoder_hidden}")
         if self.action_layers < 1:
             raise ValueError(f"world_model.action_layers must be >= 1, got {self.action_layers}")
         for name in ("action_dropout", "text_dropout"):

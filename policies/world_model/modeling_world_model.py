@@ -58,28 +58,6 @@ class SuccessHead(nn.Module):
         return self.mlp(torch.cat([self.conv(latent), text], dim=-1)).squeeze(-1)  # (B,) logits
 
 
-class ActionField(nn.Module):
-    """What a frame's actions draw at each token: `MLP([key_p, actions])` for every token p, with a learned key
-    per token. `(B, t, C_a)` -> `(B, t, P, D)`. The first layer is split into a per-token and a per-frame part
-    and broadcast-added, so the cost is that of the hidden layers over B * t * P rows. Output zero-initialised."""
-
-    def __init__(self, tokens: int, key_dim: int, action_channels: int, hidden: int, layers: int, out: int) -> None:
-        super().__init__()
-        self.key = nn.Parameter(torch.randn(tokens, key_dim) * 0.5)
-        self.from_key = nn.Linear(key_dim, hidden, bias=False)
-        self.from_actions = nn.Linear(action_channels, hidden)
-        self.hidden = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(layers - 1))
-        self.out = nn.Linear(hidden, out)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
-
-    def forward(self, frame_actions: torch.Tensor) -> torch.Tensor:
-        h = F.silu(self.from_actions(frame_actions)[:, :, None] + self.from_key(self.key))  # (B, t, P, H)
-        for layer in self.hidden:
-            h = F.silu(layer(h))
-        return self.out(h)
-
-
 class PatchEmbedWithActions(nn.Module):
     """Wan's patch Conv3d on the latent channels, plus an embedding (linear or MLP) of the per-frame
     action vectors `frame_actions (B, t, C_a)` added to every token of its frame, plus (optionally) a
@@ -97,7 +75,7 @@ class PatchEmbedWithActions(nn.Module):
 
     def __init__(self, conv: nn.Conv3d, action_channels: int, grid: tuple[int, int] | None = None,
                  zero_init: bool = True, action_hidden: int = 0, action_map: bool = False,
-                 action_layers: int = 1, action_field: int = 0) -> None:
+                 action_layers: int = 1) -> None:
         super().__init__()
         self.conv = conv
         self.action_channels = action_channels
@@ -109,9 +87,11 @@ class PatchEmbedWithActions(nn.Module):
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
             # a linear embedding, or an MLP: the joint targets -> "where the arm is" map is far from linear
-            widths = [action_channels] + [action_hidden] * action_layers
-            hidden = [m for a, b in itertools.pairwise(widths) for m in (nn.Linear(a, b), nn.SiLU())]
-            self.action = last if not action_hidden else nn.Sequential(*hidden, last)
+            self.action = last
+            if action_hidden:
+                widths = [action_channels] + [action_hidden] * action_layers
+                hidden = [m for a, b in itertools.pairwise(widths) for m in (nn.Linear(a, b), nn.SiLU())]
+                self.action = nn.Sequential(*hidden, last)
         self.pos = None
         if grid is not None:
             self.pos = nn.Parameter(torch.zeros(conv.out_channels, 1, *grid))
@@ -119,10 +99,6 @@ class PatchEmbedWithActions(nn.Module):
                 nn.init.normal_(self.pos, std=0.02)
         if action_map:  # (tokens, D, hidden): every token's own linear readout of the action features
             self.action_map = nn.Parameter(torch.zeros(grid[0] * grid[1], conv.out_channels, action_hidden))
-        self.field = None  # action_field: the key size of an ActionField (0: none)
-        if action_field:
-            self.field = ActionField(grid[0] * grid[1], action_field, action_channels, action_hidden, action_layers,
-                                     conv.out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, t, H, W) -> (B, D, t, h, w)
         h = self.conv(x)
@@ -132,10 +108,7 @@ class PatchEmbedWithActions(nn.Module):
                 raise PolicyError(f"the patch embedding needs per-frame actions {(h.shape[0], h.shape[2])}, "
                                   f"got {None if fa is None else tuple(fa.shape)}")
             fa = fa.to(self.conv.weight.dtype)
-            if self.field is not None:  # the frame's embedding on every token + what the field draws there
-                a = self.action(fa)[:, :, None] + self.field(fa)  # (B, t, P, D)
-                h = h + a.permute(0, 3, 1, 2).reshape(h.shape).to(h.dtype)
-            elif self.action_map is None:
+            if self.action_map is None:
                 a = self.action(fa).to(h.dtype)  # (B, t, D)
                 h = h + a.transpose(1, 2)[..., None, None]
             else:
@@ -177,26 +150,15 @@ class WorldModel(nn.Module):
                 text_dim=cfg.text_dim, freq_dim=cfg.freq_dim, ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers,
                 rope_max_seq_len=256,
             )
-        if cfg.patch_decoder_hidden:
-            if cfg.pretrained_path and transformer_config is None:
-                raise PolicyError("world_model.patch_decoder_hidden would replace the pretrained output projection; "
-                                  "set it to 0 with pretrained_path")
-            lin = self.transformer.proj_out
-            self.transformer.proj_out = nn.Sequential(
-                nn.Linear(lin.in_features, cfg.patch_decoder_hidden), nn.SiLU(),
-                nn.Linear(cfg.patch_decoder_hidden, lin.out_features))
-        if transformer_config is None and not cfg.pretrained_path and cfg.prediction == "sample" and cfg.residual:
-            last = self.transformer.proj_out  # start as "nothing changes" (= copy the start frame)
-            last = last[-1] if isinstance(last, nn.Sequential) else last
-            nn.init.zeros_(last.weight)
-            nn.init.zeros_(last.bias)
+            if cfg.prediction == "sample" and cfg.residual:  # start as "nothing changes" (= copy the start frame)
+                nn.init.zeros_(self.transformer.proj_out.weight)
+                nn.init.zeros_(self.transformer.proj_out.bias)
         if self.action_channels or cfg.pos_embed:
             grid = (cfg.latent_size // cfg.patch_size[1], cfg.latent_size // cfg.patch_size[2])
             self.transformer.patch_embedding = PatchEmbedWithActions(
                 self.transformer.patch_embedding, self.action_channels, grid if cfg.pos_embed else None,
                 zero_init=bool(cfg.pretrained_path) or transformer_config is not None,
                 action_hidden=cfg.action_hidden, action_map=cfg.action_map, action_layers=cfg.action_layers,
-                action_field=cfg.action_field_key if cfg.action_field else 0,
             )
         self.success_head = SuccessHead(c, cfg.text_dim, cfg.success_hidden) if cfg.success_head else None
         if cfg.action_conditioning and cfg.normalize_actions:  # saved with the weights

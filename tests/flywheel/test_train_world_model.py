@@ -173,8 +173,8 @@ def test_evaluate_world_model_imagine_mode_and_context_frames():
     assert m["psnr_copy_last"] == pytest.approx(expect)
 
 
-@pytest.mark.parametrize("conditioning", [{}, {"action_map": True}, {"action_field": True, "action_layers": 2}],
-                         ids=["embedding", "map", "field"])
+@pytest.mark.parametrize("conditioning", [{}, {"action_map": True}, {"action_map": True, "action_layers": 2}],
+                         ids=["embedding", "map", "map-two-layers"])
 def test_evaluation_mode_follows_the_actions_on_a_task_that_needs_them(conditioning):
     """A square drawn where the action puts it: after a short training, predicting with the true actions
     must beat predicting with another clip's actions by a wide margin (the action pathway works end to end:

@@ -151,8 +151,6 @@ def test_pretrained_transformer_is_widened_not_reinitialised(tmp_path):
     assert torch.equal(m.transformer.blocks[0].ffn.net[2].weight, base.blocks[0].ffn.net[2].weight)
     with pytest.raises(PolicyError, match="not a local directory"):
         WorldModel(tiny_cfg(pretrained_path="Wan-AI/Wan2.1-I2V-14B"))
-    with pytest.raises(PolicyError, match="patch_decoder_hidden"):  # it would discard the pretrained projection
-        WorldModel(tiny_cfg(size="full", pretrained_path=str(tmp_path / "wan"), patch_decoder_hidden=32))
 
 
 def test_pretrained_text_encoder_from_local_dir(tmp_path):
@@ -204,24 +202,16 @@ def test_position_embedding_and_action_mlp_round_trip(tmp_path):
     assert not hasattr(WorldModel(tiny_cfg()).transformer.patch_embedding.pos, "shape")
 
 
-@pytest.mark.parametrize("kind", ["map", "field"])
-def test_action_map_gives_every_token_its_own_reading_of_the_actions(tmp_path, kind):
+def test_action_map_gives_every_token_its_own_reading_of_the_actions(tmp_path):
     torch.manual_seed(0)
-    m = WorldModel(tiny_cfg(pos_embed=True, action_hidden=32, action_layers=2,
-                            **{f"action_{kind}": True})).eval()
+    m = WorldModel(tiny_cfg(pos_embed=True, action_hidden=32, action_layers=2, action_map=True)).eval()
     pe = m.transformer.patch_embedding
-    grid, d = (S // 4) ** 2, m.transformer.config.num_attention_heads * 32
+    grid = (S // 4) ** 2
     assert len([x for x in pe.action if isinstance(x, torch.nn.Linear)]) == 3  # two hidden layers
-    if kind == "map":
-        assert pe.action_map.shape == (grid, d, 32) and pe.field is None
-        readout = pe.action_map
-    else:
-        assert pe.action_map is None and pe.field.key.shape == (grid, 32)
-        assert pe.field.out.out_features == d and len(pe.field.hidden) == 1
-        readout = pe.field.out.weight
-    assert torch.count_nonzero(readout) == 0  # starts with no effect, like the shared embedding
+    assert pe.action_map.shape == (grid, m.transformer.config.num_attention_heads * 32, 32)
+    assert torch.count_nonzero(pe.action_map) == 0  # starts with no effect, like the shared embedding
     with torch.no_grad():
-        readout.normal_(std=0.5)
+        pe.action_map.normal_(std=0.5)
         pe.action[-1].weight.normal_(std=0.5)
     x = torch.zeros(1, pe.conv.in_channels, 2, S, S)
 
@@ -240,53 +230,11 @@ def test_action_map_gives_every_token_its_own_reading_of_the_actions(tmp_path, k
     loaded = WorldModel.from_pretrained(tmp_path / "wm")
     frame, acts = torch.rand(3, S, S), torch.randn(2, 16)
     assert torch.equal(m.predict(frame, acts, "pick", steps=2)[0], loaded.predict(frame, acts, "pick", steps=2)[0])
-    with pytest.raises(ValueError, match=f"action_{kind}"):
-        tiny_cfg(action_hidden=32, **{f"action_{kind}": True})  # no position embedding: nothing to say where a token is
+    with pytest.raises(ValueError, match="action_map"):
+        tiny_cfg(action_map=True, action_hidden=32)  # no position embedding: nothing to say where a token is
 
 
-def test_patch_decoder_starts_as_copying_and_round_trips(tmp_path):
-    torch.manual_seed(0)
-    m = WorldModel(tiny_cfg(prediction="sample", patch_decoder_hidden=32)).eval()
-    head = m.transformer.proj_out
-    assert isinstance(head, torch.nn.Sequential) and head[0].out_features == 32
-    assert head[-1].out_features == 3 * 4 * 4 and torch.count_nonzero(head[-1].weight) == 0
-    frame = torch.rand(3, S, S)
-    video, _ = m.predict(frame, torch.randn(2, 16), "pick", steps=2)
-    assert torch.allclose(video, frame.expand_as(video), atol=1e-2)  # untrained: nothing changes (up to the
-    # noise left at the last sigma, 1e-3)
-    with torch.no_grad():
-        head[-1].weight.normal_(std=0.1)
-    loss, _ = m.train()(batch())
-    loss.backward()
-    assert head[0].weight.grad is not None and head[0].weight.grad.abs().sum() > 0
-    m.eval().save_pretrained(tmp_path / "wm")
-    loaded = WorldModel.from_pretrained(tmp_path / "wm")
-    acts = torch.randn(2, 16)
-    assert torch.equal(m.predict(frame, acts, "pick", steps=2)[0], loaded.predict(frame, acts, "pick", steps=2)[0])
-    with pytest.raises(ValueError, match="patch_decoder_hidden"):
-        tiny_cfg(patch_decoder_hidden=-1)
-
-
-def test_action_guidance_extrapolates_from_the_no_action_prediction():
-    torch.manual_seed(0)
-    m = WorldModel(tiny_cfg(prediction="sample")).eval()
-    with torch.no_grad():  # trained-like: the actions and the output matter
-        m.transformer.patch_embedding.action.weight.normal_(std=0.5)
-        m.transformer.proj_out.weight.normal_(std=0.1)
-    frame, acts = torch.rand(3, S, S), torch.randn(2, 16)
-    plain = m.predict(frame, acts, "pick", steps=2, seed=3)[0]
-    assert torch.equal(plain, m.predict(frame, acts, "pick", steps=2, seed=3, action_guidance=1.0)[0])
-    # weight 0 is the prediction without actions: imagine mode with the same seed and no text guidance
-    none = m.predict(frame, acts, "pick", steps=2, seed=3, action_guidance=0.0)[0]
-    imagined = m.imagine(frame, "pick", n=1, steps=2, guidance=1.0, seed=3, num_frames=3)[0]
-    assert torch.allclose(none, imagined, atol=1e-5)
-    guided = m.predict(frame, acts, "pick", steps=2, seed=3, action_guidance=2.0)[0]
-    assert (guided - plain).abs().max() > 1e-3 and torch.isfinite(guided).all()
-
-
-def test_action_field_and_map_are_alternatives_and_depth_is_checked():
-    with pytest.raises(ValueError, match="alternatives"):
-        tiny_cfg(pos_embed=True, action_hidden=32, action_map=True, action_field=True)
+def test_action_mlp_depth_is_checked():
     with pytest.raises(ValueError, match="action_layers"):
         tiny_cfg(action_hidden=32, action_layers=0)
 
