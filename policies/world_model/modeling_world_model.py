@@ -114,8 +114,12 @@ class PatchEmbedWithActions(nn.Module):
             else:
                 hid = self.action[:-1](fa)  # (B, t, hidden)
                 a = self.action[-1](hid)[..., None]  # (B, t, D, 1): the same on every token of a frame
-                a = a + torch.einsum("bth,pdh->btdp", hid, self.action_map)  # + a different one per token
-                h = h + a.reshape(*a.shape[:3], *h.shape[-2:]).transpose(1, 2).to(h.dtype)
+                # + a different one per token: one GEMM against the map as stored (an einsum here copied
+                # the 2 M-entry map into a transposed layout on every call, forward and backward)
+                p, d, k = self.action_map.shape
+                per_token = F.linear(hid, self.action_map.reshape(p * d, k)).unflatten(-1, (p, d))
+                a = a.transpose(-1, -2) + per_token  # (B, t, tokens, D)
+                h = h + a.permute(0, 3, 1, 2).reshape(h.shape).to(h.dtype)
         if self.pos is not None:
             h = h + self.pos.to(h.dtype)
         return h
