@@ -97,6 +97,10 @@ class SmallCNN(nn.Module):
     Four stride-2 stages pooled to a 4x4 layout; with `cfg.keypoints` > 0, also that many spatial-softmax
     keypoints from the second stage (H/4 resolution)."""
 
+    # channels-last activations (the weights stay contiguous, as safetensors wants them): the training step
+    # on CPU is ~20% faster, mostly in the convolutions' backward (bench/bench_idm_train.py measures both)
+    channels_last: bool = True
+
     def __init__(self, cfg: IDMConfig, in_channels: int = 3, out_dim: int | None = None) -> None:
         super().__init__()
         c = cfg.cnn_channels
@@ -113,7 +117,10 @@ class SmallCNN(nn.Module):
         self.proj = nn.Linear(4 * c * 16 + 2 * cfg.keypoints, out_dim or cfg.feature_dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        low = self.low(x * 2.0 - 1.0)  # (B, 2c, H/4, W/4)
+        x = x * 2.0 - 1.0
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        low = self.low(x)  # (B, 2c, H/4, W/4)
         h = self.high(low).flatten(1)  # (B, 4c * 16): a 4x4 layout, where things are
         if self.kp is not None:
             h = torch.cat([h, self.kp(low)], dim=-1)  # + (B, 2K) keypoints
