@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 import torch
+from bench_wm_train import timed_steps
 
 from flywheel.config import TrainConfig
 from flywheel.training.idm import WindowDataset, train_idm
@@ -31,22 +32,12 @@ def episodes(cfg, n: int, t: int = 40) -> list[dict]:
 
 
 def bare_loop(cfg, batch: dict, steps: int, channels_last: bool) -> float:
-    """Seconds per step: forward, backward, clip, AdamW on one in-memory batch."""
+    """Seconds per step of the bare loop over the IDM, its CNN channels-last or contiguous."""
     SmallCNN.channels_last = channels_last
     try:
         torch.manual_seed(0)
         model = InverseDynamicsModel(cfg).train()
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4, foreach=True)
-        for i in range(steps + 2):
-            if i == 2:
-                t0 = time.perf_counter()
-            loss, _ = model(batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-        return (time.perf_counter() - t0) / steps
+        return timed_steps(model, batch, steps, grad_clip=1.0, weight_decay=1e-4) / steps
     finally:
         SmallCNN.channels_last = True
 

@@ -27,12 +27,11 @@ def make_clips(cfg: WorldModelConfig, n: int) -> list[dict]:
              "actions": torch.randn(t - 1, 16, generator=g), "success": float(i % 2)} for i in range(n)]
 
 
-def bare_loop(cfg: WorldModelConfig, batch: dict, steps: int, grad_clip: float) -> float:
-    """clips/s of the plainest loop: forward, backward, clip, AdamW step on one in-memory batch."""
-    torch.manual_seed(0)
-    model = WorldModel(cfg).train()
+def timed_steps(model: torch.nn.Module, batch: dict, steps: int, grad_clip: float, weight_decay: float = 0.0) -> float:
+    """Seconds of `steps` of the plainest loop (forward, backward, clip, AdamW) on one in-memory batch,
+    after two warm-up steps. Also used by bench_idm_train.py."""
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0, foreach=True)
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=weight_decay, foreach=True)
     for i in range(steps + 2):
         if i == 2:
             t0 = time.perf_counter()
@@ -41,7 +40,13 @@ def bare_loop(cfg: WorldModelConfig, batch: dict, steps: int, grad_clip: float) 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
         opt.step()
-    return steps * batch["video"].shape[0] / (time.perf_counter() - t0)
+    return time.perf_counter() - t0
+
+
+def bare_loop(cfg: WorldModelConfig, batch: dict, steps: int, grad_clip: float) -> float:
+    """clips/s of the bare loop over the world model."""
+    torch.manual_seed(0)
+    return steps * batch["video"].shape[0] / timed_steps(WorldModel(cfg).train(), batch, steps, grad_clip)
 
 
 def loop(cfg: WorldModelConfig, clips: list[dict], steps: int, train_cfg: TrainConfig) -> float:
