@@ -113,12 +113,11 @@ class PatchEmbedWithActions(nn.Module):
                 h = h + a.transpose(1, 2)[..., None, None]
             else:
                 hid = self.action[:-1](fa)  # (B, t, hidden)
-                a = self.action[-1](hid)[..., None]  # (B, t, D, 1): the same on every token of a frame
-                # + a different one per token: one GEMM against the map as stored (an einsum here copied
-                # the 2 M-entry map into a transposed layout on every call, forward and backward)
+                # the same on every token of a frame, + a different one per token: one GEMM against the map
+                # as stored (an einsum copied the 2 M-entry map into a transposed layout on every call)
                 p, d, k = self.action_map.shape
                 per_token = F.linear(hid, self.action_map.reshape(p * d, k)).unflatten(-1, (p, d))
-                a = a.transpose(-1, -2) + per_token  # (B, t, tokens, D)
+                a = self.action[-1](hid)[..., None, :] + per_token  # (B, t, tokens, D)
                 h = h + a.permute(0, 3, 1, 2).reshape(h.shape).to(h.dtype)
         if self.pos is not None:
             h = h + self.pos.to(h.dtype)
