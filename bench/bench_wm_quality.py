@@ -10,7 +10,11 @@ goes through `StoreTrainer.train_world_model` (the demo preset's `train.wm_stage
 (`is_held_out`) is kept out of training and used for the metrics.
 
     nice -n 10 .venv/bin/python bench/bench_wm_quality.py [--expert 40] [--play 20] [--failures 10]
-        [--threads 2] [--steps-scale 1.0] [--eval-steps 8] [--keep DIR] [--reuse DIR] [override ...]
+        [--threads 2] [--steps-scale 1.0] [--eval-steps N] [--curve 1,2,4,8] [--keep DIR] [--reuse DIR]
+        [override ...]
+
+Evaluation mode samples with `--eval-steps` (default: the model's `world_model.predict_steps`, as the
+flywheel's held-out metric does); `psnr_gain_by_steps` gives the same metric (minus copying) for each step count of `--curve`.
 
 Extra positional arguments are Hydra overrides (e.g. `train.batch_size=16 world_model.prediction=velocity`).
 """
@@ -79,7 +83,10 @@ def main() -> None:
     ap.add_argument("--failures", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps-scale", type=float, default=1.0, help="multiply every stage's steps")
-    ap.add_argument("--eval-steps", type=int, default=8, help="sampling steps in evaluation mode")
+    ap.add_argument("--eval-steps", type=int, default=None,
+                    help="sampling steps in evaluation mode (default: the model's predict_steps)")
+    ap.add_argument("--curve", default="1,2,4,8", help="evaluation-mode PSNR for each of these step counts")
+    ap.add_argument("--imagine-steps", type=int, default=8, help="sampling steps in imagine mode")
     ap.add_argument("--guidance", type=float, default=2.0, help="text guidance in imagine mode")
     ap.add_argument("--reuse", default=None, help="a data dir kept by --keep: skip collection")
     ap.add_argument("--keep", default=None, help="keep the store in this data dir")
@@ -115,10 +122,15 @@ def main() -> None:
 
     clips, n_eps = held_out_clips(store, cfg.world_model.num_frames)
     t0 = time.perf_counter()
-    m = evaluate_world_model(model, clips, steps=args.eval_steps, imagine=True, guidance=args.guidance)
+    eval_steps = args.eval_steps or model.cfg.predict_steps
+    m = evaluate_world_model(model, clips, steps=eval_steps, imagine=True, guidance=args.guidance,
+                             imagine_steps=args.imagine_steps)
     eval_s = time.perf_counter() - t0
-    m1 = evaluate_world_model(model, clips, steps=1, imagine=True, guidance=args.guidance) \
-        if args.eval_steps != 1 else m
+    by_steps = {eval_steps: m}
+    for k in sorted({int(x) for x in args.curve.split(",") if x.strip()} | {1}):
+        if k not in by_steps:
+            by_steps[k] = evaluate_world_model(model, clips, steps=k)
+    m1 = by_steps[1]
     out = {
         "bench": "wm_quality", "device": "cpu", "threads": args.threads, "data": counts,
         "config": {"world_model": {k: getattr(cfg.world_model, k) for k in (
@@ -128,12 +140,14 @@ def main() -> None:
                    "batch_size": cfg.train.batch_size,
                    "stages": [[s.name, s.steps, s.lr] for s in cfg.train.wm_stages], "overrides": args.overrides},
         "train_wall_s": round(train_s, 1), "train_cpu_s": round(train_cpu_s, 1), "held_out_episodes": n_eps, "held_out_clips": int(m["n_clips"]),
-        "eval_steps": args.eval_steps,
+        "eval_steps": eval_steps, "predict_steps": model.cfg.predict_steps, "imagine_steps": args.imagine_steps,
         "psnr": round(m["psnr"], 2), "psnr_copy_last": round(m["psnr_copy_last"], 2),
-        "psnr_gain_db": round(m["psnr"] - m["psnr_copy_last"], 2),
+        "psnr_gain_db": round(m["psnr"] - m["psnr_copy_last"], 2), "psnr_gain_se": round(m["psnr_gain_se"], 2),
         "ssim": round(m["ssim"], 4), "ssim_copy_last": round(m["ssim_copy_last"], 4),
         "psnr_1step": round(m1["psnr"], 2), "ssim_1step": round(m1["ssim"], 4),
-        "imagine_psnr": round(m["psnr_imagine"], 2), "imagine_psnr_1step": round(m1["psnr_imagine"], 2),
+        # evaluation-mode PSNR minus copying for each number of sampling steps
+        "psnr_gain_by_steps": {str(k): round(v["psnr"] - v["psnr_copy_last"], 2) for k, v in sorted(by_steps.items())},
+        "imagine_psnr": round(m["psnr_imagine"], 2),
         "imagine_ssim": round(m["ssim_imagine"], 4), "imagine_guidance": args.guidance,
         "success_auroc": round(m["success_auroc"], 3), "n_labelled": int(m["n_labelled"]),
         "eval_s": round(eval_s, 1),

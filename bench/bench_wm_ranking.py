@@ -98,7 +98,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", default="/tmp/wmr/data")
     ap.add_argument("--states", type=int, default=12)
-    ap.add_argument("--steps", type=int, default=4, help="diffusion steps per world-model prediction")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="diffusion steps per world-model prediction (default: its predict_steps)")
     ap.add_argument("--policies", nargs="+", default=None)
     ap.add_argument("--no-imagine", action="store_true", help="leave imagine_then_act out (it is the slowest)")
     ap.add_argument("--expert-episodes", type=int, default=40)
@@ -137,7 +138,7 @@ def main() -> None:
         if np.isfinite(ranking.pearson_r) else None
     paths = wme.write_ranking_report(results, ranking, cfg.data_path / "reports")
     out = {
-        "bench": "wm_ranking", "n_policies": len(results), "n_states": len(states), "sampling_steps": args.steps,
+        "bench": "wm_ranking", "n_policies": len(results), "n_states": len(states), "sampling_steps": args.steps or wm.cfg.predict_steps,
         "pearson_r": wme.json_number(ranking.pearson_r), "pairwise_accuracy": wme.json_number(ranking.pairwise_accuracy),
         "pairs": ranking.pairs, "min_gap": ranking.min_gap,
         "baseline_shuffled": {"pearson_r": base["pearson_r"], "pairwise_accuracy": base["pairwise_accuracy"]},

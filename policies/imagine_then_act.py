@@ -254,7 +254,7 @@ class ImagineThenActPolicy(Policy):
             future = torch.as_tensor(np.stack([c.actions for c in ok]), dtype=torch.float32)  # (M, T-K, A)
             held = torch.as_tensor(proprio[: future.shape[2]]).expand(len(ok), self.context - 1, -1)  # the past
             actions = torch.cat([held, future], dim=1)  # (M, T-1, A)
-            pred = self.wm.predict_many(start, actions, self.caption, seed=seed, steps=self.pcfg.sampling_steps)
+            pred = self.wm.predict_many(start, actions, self.caption, seed=seed)  # its predict_steps
             pred = pred[:, self.context - 1:]  # (M, T, 3, H, W), from the current frame on
             imag = videos[[c.index - first for c in ok]]
             mse = (pred[:, 1:] - imag[:, 1:]).nan_to_num(1.0).pow(2).flatten(1).mean(1).clamp_min(1e-10)

@@ -25,7 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="initial states: a split's CI subset, or recorded failure states from the store")
     r.add_argument("--split", default="in_distribution", help="split for --source split")
     r.add_argument("--world-model", default="champion", help="world model alias or version (default champion)")
-    r.add_argument("--steps", type=int, default=4, help="diffusion sampling steps per prediction")
+    r.add_argument("--steps", type=int, default=None,
+                   help="diffusion sampling steps per prediction (default: the world model's predict_steps)")
     r.add_argument("--horizon", type=int, default=None, help="actions per episode (default env.max_steps)")
     r.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     r.add_argument("--quiet", action="store_true", help="no per-state progress")
@@ -68,7 +69,7 @@ def world_model_ranking(args: argparse.Namespace, dcfg: Any) -> int:
     results, ranking = wme.evaluate_policies(cfg, wm, specs, states, registry=registry, steps=args.steps,
                                              seed=cfg.seed, horizon=args.horizon, progress=say)
     meta = {"world_model_version": wm_ref.version, "states": [s.key for s in states], "source": args.source,
-            "sampling_steps": args.steps, "wall_s": time.monotonic() - t0}
+            "sampling_steps": args.steps or wm.cfg.predict_steps, "wall_s": time.monotonic() - t0}
     paths = wme.write_ranking_report(results, ranking, data / "reports", meta)
     if args.json:
         print(json.dumps(json.loads(paths["json"].read_text())))

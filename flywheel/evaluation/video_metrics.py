@@ -66,13 +66,14 @@ def error_regions(pred: torch.Tensor, future: torch.Tensor, last: torch.Tensor) 
 
 
 @torch.no_grad()
-def evaluate_world_model(model, clips: Iterable[dict], steps: int = 8, seed: int = 0,
-                         imagine: bool = False, guidance: float = 1.0) -> dict[str, float]:
+def evaluate_world_model(model, clips: Iterable[dict], steps: int | None = None, seed: int = 0,
+                         imagine: bool = False, guidance: float = 1.0, imagine_steps: int = 8) -> dict[str, float]:
     """Evaluation-mode metrics over held-out clips (dicts with video (T, 3, H, W), actions (T-1, A),
-    caption, success). The model is given its `cond_frames` first frames (K); the frames after them are
-    scored, against the baseline of copying the last given frame forward. AUROC uses the success head on
-    the real final frames of labelled clips. With `imagine`, also imagine mode (caption and start frames,
-    no actions; `guidance` on text) as `psnr_imagine` / `ssim_imagine`, on the same frames.
+    caption, success), with `steps` sampling steps (None: the model's `predict_steps`). The model is given
+    its `cond_frames` first frames (K); the frames after them are scored, against the baseline of copying
+    the last given frame forward. AUROC uses the success head on the real final frames of labelled clips.
+    With `imagine`, also imagine mode (caption and start frames, no actions; `guidance` on text,
+    `imagine_steps` steps) as `psnr_imagine` / `ssim_imagine`, on the same frames.
     `mse_<region>` / `mse_copy_<region>` (see `error_regions`) and `frac_<region>` say where the error is."""
     psnrs, ssims, base_psnrs, base_ssims, scores, labels = [], [], [], [], [], []
     regions = {k: [0.0, 0.0, 0] for k in ("moving", "near", "far")}  # model SE, copying SE, pixels
@@ -95,7 +96,7 @@ def evaluate_world_model(model, clips: Iterable[dict], steps: int = 8, seed: int
                 acc[1] += theirs[name][0]
                 acc[2] += ours[name][1]
             if imagine:
-                imag = model.imagine(start, caption, n=1, steps=steps, guidance=guidance, seed=seed + i,
+                imag = model.imagine(start, caption, n=1, steps=imagine_steps, guidance=guidance, seed=seed + i,
                                      num_frames=len(video))[0]
                 ipsnrs.append(psnr(imag[k:], future))
                 issims.append(ssim(imag[k:], future))
@@ -107,9 +108,14 @@ def evaluate_world_model(model, clips: Iterable[dict], steps: int = 8, seed: int
     def mean(xs: list[float]) -> float:
         return sum(xs) / len(xs) if xs else float("nan")
 
+    gains = [a - b for a, b in zip(psnrs, base_psnrs)]
+    # standard error of the mean per-clip gain over copying: "clearly above copying" is gain > 2 SE
+    gain_se = (sum((g - mean(gains)) ** 2 for g in gains) / (len(gains) - 1) / len(gains)) ** 0.5 \
+        if len(gains) > 1 else float("nan")
+
     return {
         "psnr": mean(psnrs), "ssim": mean(ssims), "psnr_copy_last": mean(base_psnrs),
-        "ssim_copy_last": mean(base_ssims), "success_auroc": auroc(scores, labels),
+        "ssim_copy_last": mean(base_ssims), "psnr_gain_se": gain_se, "success_auroc": auroc(scores, labels),
         "n_clips": float(len(psnrs)), "n_labelled": float(len(labels)),
         **{f"mse_{k}": a[0] / a[2] if a[2] else float("nan") for k, a in regions.items()},
         **{f"mse_copy_{k}": a[1] / a[2] if a[2] else float("nan") for k, a in regions.items()},

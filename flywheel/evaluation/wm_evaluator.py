@@ -255,7 +255,7 @@ def to_uint8(frame: torch.Tensor) -> np.ndarray:
 
 
 def rollout_in_world_model(wm: Any, actor: Any, rgb0: np.ndarray, proprio0: np.ndarray, caption: str,
-                           horizon: int, control_hz: float = 10.0, steps: int = 4, seed: int = 0) -> float:
+                           horizon: int, control_hz: float = 10.0, steps: int | None = None, seed: int = 0) -> float:
     """Roll `actor` closed loop inside `wm` (evaluation mode) for `horizon` actions from the real first
     observation; return the success head's probability on the final predicted frame."""
     n_dof = len(proprio0) // 2
@@ -352,7 +352,7 @@ def compare(predicted: list[float], real: list[float], min_gap: float = MIN_GAP)
 
 
 def evaluate_policies(cfg: Any, wm: Any, specs: list[PolicySpec], states: list[InitialState], *,
-                      registry: Any = None, steps: int = 4, seed: int = 0, horizon: int | None = None,
+                      registry: Any = None, steps: int | None = None, seed: int = 0, horizon: int | None = None,
                       progress: Callable[[str], None] = lambda _m: None) -> tuple[list[PolicyResult], Ranking]:
     """Predict (world model) and measure (sim) every policy's success on every state; compare."""
     from envs.backend import make_backend

@@ -55,6 +55,10 @@ class WorldModelConfig:
     # high-dimensional noise through its hidden width, but can reproduce the clean, low-dimensional
     # data: "sample" is what makes the tiny model's frames clean (see bench/bench_wm_quality.py).
     prediction: str = "velocity"
+    # sampling steps of evaluation mode (`predict`) when the caller gives none. Given the actions the future
+    # is nearly determined, and one step from pure noise returns the model's mean estimate of it; more steps
+    # commit the sample to one guess. Imagine mode (many futures) always takes the caller's steps.
+    predict_steps: int = 8
 
     def __post_init__(self) -> None:
         self.patch_size = tuple(int(p) for p in self.patch_size)  # YAML/JSON give lists
@@ -83,6 +87,8 @@ class WorldModelConfig:
             raise ValueError(f"world_model.num_frames must be 1 + 4k with the Wan VAE, got {self.num_frames}")
         if self.action_map and not (self.action_conditioning and self.action_hidden > 0 and self.pos_embed):
             raise ValueError("world_model.action_map needs action_conditioning, action_hidden > 0 and pos_embed")
+        if self.predict_steps < 1:
+            raise ValueError(f"world_model.predict_steps must be >= 1, got {self.predict_steps}")
         if self.action_layers < 1:
             raise ValueError(f"world_model.action_layers must be >= 1, got {self.action_layers}")
         for name in ("action_dropout", "text_dropout"):

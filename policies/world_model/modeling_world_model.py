@@ -366,9 +366,11 @@ class WorldModel(nn.Module):
         return self._sample(start, caption, n, steps, guidance, seed, num_frames or self.cfg.num_frames).cpu()
 
     def predict(self, frames: torch.Tensor, actions: torch.Tensor, caption: str = "", seed: int = 0,
-                steps: int = 8, guidance: float = 1.0, action_guidance: float = 1.0) -> tuple[torch.Tensor, float]:
+                steps: int | None = None, guidance: float = 1.0,
+                action_guidance: float = 1.0) -> tuple[torch.Tensor, float]:
         """Evaluation mode: what happens under exactly these `actions (T-1, A)`. Returns the video
-        `(T, 3, H, W)` and the success head's probability on its final frame (NaN without a head)."""
+        `(T, 3, H, W)` and the success head's probability on its final frame (NaN without a head).
+        `steps=None` takes the config's `predict_steps`."""
         actions = torch.as_tensor(actions, dtype=torch.float32)
         if actions.ndim != 2:
             raise PolicyError(f"actions must be (T-1, {self.cfg.action_dim}), got {tuple(actions.shape)}")
@@ -378,7 +380,7 @@ class WorldModel(nn.Module):
 
     @torch.no_grad()
     def predict_many(self, frames: torch.Tensor, actions: torch.Tensor, caption: str = "", seed: int = 0,
-                     steps: int = 8, guidance: float = 1.0, action_guidance: float = 1.0) -> torch.Tensor:
+                     steps: int | None = None, guidance: float = 1.0, action_guidance: float = 1.0) -> torch.Tensor:
         """Evaluation mode for N action sequences from the same start frame(s), as one batch: `actions
         (N, T-1, A)` (action t leads from frame t to t+1; with T0 start frames the first T0-1 are the
         past ones) -> videos `(N, T, 3, H, W)` on the CPU. `guidance` is classifier-free guidance on the
@@ -390,6 +392,7 @@ class WorldModel(nn.Module):
         if actions.ndim != 3 or actions.shape[2] != self.cfg.action_dim:
             raise PolicyError(f"actions must be (N, T-1, {self.cfg.action_dim}), got {tuple(actions.shape)}")
         t_frames = actions.shape[1] + 1
+        steps = self.cfg.predict_steps if steps is None else int(steps)
         return self._sample(start, caption, actions.shape[0], steps, guidance, seed, t_frames,
                             actions.to(self.device), action_guidance).cpu()
 

@@ -157,6 +157,14 @@ def test_evaluate_world_model_reports_baseline_and_auroc():
     assert metrics["n_clips"] == 3 and metrics["n_labelled"] == 2
     assert all(math.isfinite(metrics[k]) for k in ("psnr", "ssim", "psnr_copy_last", "success_auroc"))
     assert "psnr_imagine" not in metrics
+    # the standard error of the per-clip gain over copying, from the same per-clip figures
+    gains = []
+    for i, c in enumerate([clip(0, 1.0), clip(1, 0.0), clip(2, None)]):
+        v = torch.as_tensor(c["video"], dtype=torch.float32)
+        pred, _ = model.predict(v[0], c["actions"], c["caption"], seed=i, steps=2)
+        gains.append(psnr(pred[1:], v[1:]) - psnr(v[:1].expand_as(v[1:]), v[1:]))
+    assert metrics["psnr"] - metrics["psnr_copy_last"] == pytest.approx(sum(gains) / 3, abs=1e-4)
+    assert metrics["psnr_gain_se"] == pytest.approx(torch.tensor(gains).std().item() / 3 ** 0.5, rel=1e-4)
     assert sum(metrics[f"frac_{k}"] for k in ("moving", "near", "far")) == pytest.approx(1.0)
     present = [k for k in ("moving", "near", "far") if metrics[f"frac_{k}"] > 0]
     assert present and all(metrics[f"mse_{k}"] > 0 and metrics[f"mse_copy_{k}"] > 0 for k in present)

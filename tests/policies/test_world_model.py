@@ -70,6 +70,18 @@ def test_predict_shapes_and_probability(model):
     assert 0.0 <= model.success_prob(torch.rand(3, S, S), "x") <= 1.0
 
 
+def test_predict_takes_the_configured_steps_when_given_none():
+    torch.manual_seed(0)
+    m = WorldModel(tiny_cfg(predict_steps=3)).eval()
+    frame, acts = torch.rand(3, S, S), torch.randn(2, 16)
+    default = m.predict(frame, acts, "pick", seed=4)[0]
+    assert torch.equal(default, m.predict(frame, acts, "pick", seed=4, steps=3)[0])
+    assert not torch.equal(default, m.predict(frame, acts, "pick", seed=4, steps=1)[0])
+    assert torch.equal(m.predict_many(frame, acts[None], "pick", seed=4)[0], default)
+    with pytest.raises(ValueError, match="world_model.predict_steps"):
+        tiny_cfg(predict_steps=0)
+
+
 def test_same_seed_same_video(model):
     frame = torch.rand(3, S, S)
     a = model.imagine(frame, "pick", n=2, steps=3, guidance=2.0, seed=7)
