@@ -17,7 +17,10 @@ half of the extraction loses the episodes.
 Baseline: N=1 in the same run; the seeds' anchor is 30% -> 45% (ratio 1.5). Prints one JSON object.
 
     .venv/bin/python bench/bench_ttc.py --data-dir DIR [--ns 1,2,4,8] [--in-dist 100] [--other 40]
-        [--results DIR/bench_ttc.jsonl] [--summary-only] [--idm CKPT] [--world-model CKPT]
+        [--results DIR/bench_ttc.jsonl] [--summary-only] [--idm CKPT] [--world-model CKPT] [override ...]
+
+Extra positional arguments are Hydra overrides of the demo preset (e.g. `policy.horizon=2`); rows are
+tagged with them, and a resumed run only counts rows with the same overrides.
 
 With no champions in DIR, the demo models are trained first (`flywheel run preset=demo data_dir=DIR`).
 """
@@ -43,12 +46,12 @@ def key(r: dict) -> tuple:
     return r.get("policy", "imagine_then_act"), r["n"], r["split"], r["index"]
 
 
-def load_done(path: Path, models: dict[str, int]) -> list[dict]:
-    """Rows already in the results file for these model versions."""
+def load_done(path: Path, models: dict[str, int], overrides: list[str] | None = None) -> list[dict]:
+    """Rows already in the results file for these model versions (and these config overrides)."""
     if not path.exists():
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r.get("models") == models]
+    return [r for r in rows if r.get("models") == models and r.get("overrides", []) == (overrides or [])]
 
 
 def summarize(rows: list[dict], ns: list[int]) -> dict:
@@ -144,6 +147,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--idm", default=None, help="an IDM checkpoint dir to use instead of DATA_DIR's champion")
     ap.add_argument("--world-model", default=None, help="a world-model checkpoint dir instead of the champion")
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides of the demo preset, e.g. policy.horizon=2")
     args = ap.parse_args()
     import torch
 
@@ -161,11 +165,11 @@ def main() -> None:
     data_dir = Path(args.data_dir).resolve()
     ns = [] if args.ns == "none" else sorted(int(x) for x in args.ns.split(","))
     controls = [] if args.controls == "none" else args.controls.split(",")
-    cfg = to_object(compose(["preset=demo", f"data_dir={data_dir}"]))
+    cfg = to_object(compose(["preset=demo", f"data_dir={data_dir}", *args.overrides]))
     store, _, wm_reg, idm_reg = champions(cfg, data_dir, train=not args.no_train)
     models = {"world_model": args.world_model or wm_reg.version, "idm": args.idm or idm_reg.version}
     results = Path(args.results) if args.results else data_dir / "bench_ttc.jsonl"
-    rows = load_done(results, models)
+    rows = load_done(results, models, args.overrides)
     counts = {"in_distribution": args.in_dist, "new_tasks": args.other, "ood_objects": args.other}
     t_start = time.perf_counter()
     ran = 0
@@ -210,6 +214,7 @@ def main() -> None:
                         item = items[split][index]
                         row = {"policy": name, "n": n, "split": split, "index": index, "seed": item.seed,
                                "family": item.family, "models": models,
+                               **({"overrides": args.overrides} if args.overrides else {}),
                                **run_episode(actor, backend, item, index, cfg.env.max_steps), "wall_s": 0.0}
                         row["wall_s"] = round(time.perf_counter() - t0, 2)
                         f.write(json.dumps(row) + "\n")
@@ -224,6 +229,7 @@ def main() -> None:
         "bench": "ttc",
         "data_dir": str(data_dir),
         "models": models,
+        "overrides": args.overrides,
         "results": str(results),
         "episodes_planned_per_point": counts,
         "episodes_run_now": ran,
