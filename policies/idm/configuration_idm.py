@@ -66,6 +66,12 @@ class IDMConfig:
     # the open/closed midpoint), trained with cross-entropy: a finger opening is a pixel or two at 64x64, and
     # the regressed positions blur a grasp's timing.
     pose_grip: str = "regress"
+    # Pose target, classified grips: frame t is labelled with the grip command `pose_grip_lag` steps before the
+    # one that led to it, and extraction reads the command of step j off frame j + 1 + lag (the video's last
+    # frame where it ends sooner). A finger closing on a wide object moves under a pixel at 64x64, but a few
+    # steps later the object is carried with the hand (or, after a release, left behind): the consequence is
+    # what the frames show.
+    pose_grip_lag: int = 0
     # How the two frames meet. "late": one backbone pass per frame, features concatenated (frames are
     # encoded once per video at extraction). "early" (small_cnn only): one pass over the stacked pair
     # [frame0, frame1, frame1 - frame0], so the convolutions see the motion itself.
@@ -85,6 +91,10 @@ class IDMConfig:
     gripper_closed: float = 0.0
     gripper_open: float = 0.045
     gripper_snap: float = 0.0
+    # With snapping: a gripper closed at the video's first frame (measured more than 10% of its range from fully
+    # open, not opening) snaps open only past the midpoint between its measured opening and fully open. A
+    # 6 cm object stops the fingers at 0.68 of the range, just under a 0.75 threshold.
+    gripper_hold_relative: bool = False
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -95,6 +105,10 @@ class IDMConfig:
             raise ValueError(f"idm.pose_input must be 'pair' or 'frame', got {self.pose_input!r}")
         if self.pose_grip not in ("regress", "classify"):
             raise ValueError(f"idm.pose_grip must be 'regress' or 'classify', got {self.pose_grip!r}")
+        if self.pose_grip_lag < 0 or self.pose_grip_lag >= self.window:
+            raise ValueError(f"idm.pose_grip_lag must be in [0, idm.window), got {self.pose_grip_lag}")
+        if self.pose_grip_lag and self.pose_grip != "classify":
+            raise ValueError("idm.pose_grip_lag needs idm.pose_grip='classify' (the lag labels the grip head)")
         if self.pose_smooth < 0:
             raise ValueError(f"idm.pose_smooth must be >= 0, got {self.pose_smooth}")
         if not 0.0 <= self.pose_color_aug <= 1.0:

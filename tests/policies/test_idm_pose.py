@@ -175,6 +175,46 @@ def test_grip_classifier_trains_and_sets_the_grips(tmp_path, pose_input):
         IDMConfig(target="pose", pose_grip="both")
 
 
+def test_grip_lag_reads_each_command_off_a_later_frame():
+    t, lag = 9, 2
+    q = torch.zeros(t, A)
+    model = tiny("pair", pose_grip="classify", pose_grip_lag=lag, pose_noise=0.0)
+    idx = lambda f: torch.round(f[:, 0, 0, 0] * 100).long()
+    closed_from = 5  # frames 5.. show the grip closed (its consequence)
+    model.read = lambda fs, ft=None: (q[idx(ft)] - q[idx(fs)], (idx(ft) >= closed_from).float()[:, None].expand(-1, 2))
+    grips = model.extract(coded_video(q), torch.zeros(32)).actions[:, 14]
+    # step j's command is read at frame j + 1 + lag: closed from step closed_from - 1 - lag on
+    assert grips.tolist() == pytest.approx([0.045] * (closed_from - 1 - lag) + [0.0] * (t - closed_from + lag))
+    with pytest.raises(ValueError, match="pose_grip_lag"):
+        IDMConfig(target="pose", pose_grip="classify", pose_grip_lag=8)
+    with pytest.raises(ValueError, match="pose_grip_lag"):
+        IDMConfig(target="pose", pose_grip_lag=1)  # regressed grips have no labels to lag
+
+
+def test_grip_lag_labels_each_pair_with_an_earlier_command(monkeypatch):
+    """With lag W-1 only pairs ending at the window's last frame are labelled, with the window's first command."""
+    eps = [episode(12, 0)]
+    eps[0]["actions"][:, 14:] = 0.045
+    eps[0]["actions"][6:, 14:] = 0.0  # closed from step 6
+    ds = WindowDataset(eps, W, all_frames=True)
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=len(ds))))  # window i starts at step i
+    seen = []
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+
+    def spy(logits, target, **kw):
+        seen.append((target.clone(), kw["weight"].clone()))
+        return bce(logits, target, **kw)
+
+    monkeypatch.setattr(torch.nn.functional, "binary_cross_entropy_with_logits", spy)
+    torch.manual_seed(1)
+    tiny("pair", pose_grip="classify", pose_grip_lag=W - 1)(batch)
+    target, weight = seen[0]
+    valid = weight[:, 0] > 0
+    assert 0 < int(valid.sum()) < len(ds)  # pairs that end before frame W carry no label
+    starts = torch.arange(len(ds))
+    assert torch.equal(target[valid, 0], (starts[valid] >= 6).float())
+
+
 def test_pose_loss_reads_uint8_env_frames_as_it_reads_float_frames():
     """The dataset hands the pose loss unconverted uint8 windows; converting only the pair must change nothing."""
     eps = [episode(12, 0)]
