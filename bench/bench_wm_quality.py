@@ -139,7 +139,7 @@ def main() -> None:
                                                                         "warmup_steps") if hasattr(cfg.world_model, k)])},
                    "batch_size": cfg.train.batch_size,
                    "stages": [[s.name, s.steps, s.lr] for s in cfg.train.wm_stages], "overrides": args.overrides},
-        "train_wall_s": round(train_s, 1), "train_cpu_s": round(train_cpu_s, 1), "held_out_episodes": n_eps, "held_out_clips": int(m["n_clips"]),
+        "train_wall_s": round(train_s, 1), "train_cpu_s": round(train_cpu_s, 1), "held_out_episodes": n_eps, "held_out_clips": int(m["n_clips"]), "static_clips": int(m["n_static_clips"]),
         "eval_steps": eval_steps, "predict_steps": model.cfg.predict_steps, "imagine_steps": args.imagine_steps,
         "psnr": round(m["psnr"], 2), "psnr_copy_last": round(m["psnr_copy_last"], 2),
         "psnr_gain_db": round(m["psnr"] - m["psnr_copy_last"], 2), "psnr_gain_se": round(m["psnr_gain_se"], 2),

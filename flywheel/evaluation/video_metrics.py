@@ -74,8 +74,12 @@ def evaluate_world_model(model, clips: Iterable[dict], steps: int | None = None,
     the last given frame forward. AUROC uses the success head on the real final frames of labelled clips.
     With `imagine`, also imagine mode (caption and start frames, no actions; `guidance` on text,
     `imagine_steps` steps) as `psnr_imagine` / `ssim_imagine`, on the same frames.
-    `mse_<region>` / `mse_copy_<region>` (see `error_regions`) and `frac_<region>` say where the error is."""
+    `mse_<region>` / `mse_copy_<region>` (see `error_regions`) and `frac_<region>` say where the error is.
+    A clip whose future is its last given frame, unchanged (a robot holding still), has no PSNR against copying
+    (infinite): it is left out of the PSNR / SSIM figures and counted in `n_static_clips`, with the model's
+    mean squared error there (motion it invents where nothing moves) as `mse_static`."""
     psnrs, ssims, base_psnrs, base_ssims, scores, labels = [], [], [], [], [], []
+    static_mse: list[float] = []
     regions = {k: [0.0, 0.0, 0] for k in ("moving", "near", "far")}  # model SE, copying SE, pixels
     ipsnrs, issims = [], []
     k = int(getattr(getattr(model, "cfg", None), "cond_frames", 1))
@@ -86,20 +90,23 @@ def evaluate_world_model(model, clips: Iterable[dict], steps: int | None = None,
             start = video[0] if k == 1 else video[:k]
             pred, _ = model.predict(start, clip["actions"], caption, seed=seed + i, steps=steps)
             future, copy = video[k:], video[k - 1:k].expand_as(video[k:])
-            psnrs.append(psnr(pred[k:], future))
-            ssims.append(ssim(pred[k:], future))
-            base_psnrs.append(psnr(copy, future))
-            base_ssims.append(ssim(copy, future))
-            ours, theirs = error_regions(pred[k:], future, video[k - 1]), error_regions(copy, future, video[k - 1])
-            for name, acc in regions.items():
-                acc[0] += ours[name][0]
-                acc[1] += theirs[name][0]
-                acc[2] += ours[name][1]
-            if imagine:
-                imag = model.imagine(start, caption, n=1, steps=imagine_steps, guidance=guidance, seed=seed + i,
-                                     num_frames=len(video))[0]
-                ipsnrs.append(psnr(imag[k:], future))
-                issims.append(ssim(imag[k:], future))
+            if torch.equal(copy, future):
+                static_mse.append(F.mse_loss(pred[k:].float(), future).item())
+            else:
+                psnrs.append(psnr(pred[k:], future))
+                ssims.append(ssim(pred[k:], future))
+                base_psnrs.append(psnr(copy, future))
+                base_ssims.append(ssim(copy, future))
+                ours, theirs = error_regions(pred[k:], future, video[k - 1]), error_regions(copy, future, video[k - 1])
+                for name, acc in regions.items():
+                    acc[0] += ours[name][0]
+                    acc[1] += theirs[name][0]
+                    acc[2] += ours[name][1]
+                if imagine:
+                    imag = model.imagine(start, caption, n=1, steps=imagine_steps, guidance=guidance, seed=seed + i,
+                                         num_frames=len(video))[0]
+                    ipsnrs.append(psnr(imag[k:], future))
+                    issims.append(ssim(imag[k:], future))
         s = clip.get("success")
         if s is not None and not math.isnan(float(s)) and getattr(model, "success_head", None) is not None:
             scores.append(model.success_prob(video, caption))
@@ -117,6 +124,7 @@ def evaluate_world_model(model, clips: Iterable[dict], steps: int | None = None,
         "psnr": mean(psnrs), "ssim": mean(ssims), "psnr_copy_last": mean(base_psnrs),
         "ssim_copy_last": mean(base_ssims), "psnr_gain_se": gain_se, "success_auroc": auroc(scores, labels),
         "n_clips": float(len(psnrs)), "n_labelled": float(len(labels)),
+        "n_static_clips": float(len(static_mse)), "mse_static": mean(static_mse),
         **{f"mse_{k}": a[0] / a[2] if a[2] else float("nan") for k, a in regions.items()},
         **{f"mse_copy_{k}": a[1] / a[2] if a[2] else float("nan") for k, a in regions.items()},
         **{f"frac_{k}": a[2] / max(1, sum(b[2] for b in regions.values())) for k, a in regions.items()},

@@ -170,6 +170,22 @@ def test_evaluate_world_model_reports_baseline_and_auroc():
     assert present and all(metrics[f"mse_{k}"] > 0 and metrics[f"mse_copy_{k}"] > 0 for k in present)
 
 
+def test_a_clip_where_nothing_moves_is_counted_apart_not_averaged_as_infinite_psnr():
+    model = tiny_model().eval()
+    still = clip(5, 0.0)
+    still["video"][1:] = still["video"][:1]  # the robot held still: copying is exact, its PSNR infinite
+    moving = [clip(0, 1.0), clip(1, 0.0)]
+    m = evaluate_world_model(model, [*moving, still], steps=2, imagine=True)
+    ref = evaluate_world_model(model, moving, steps=2, imagine=True)
+    assert m["n_clips"] == 2 and m["n_static_clips"] == 1 and m["n_labelled"] == 3  # its label still counts
+    assert all(math.isfinite(m[k]) for k in ("psnr", "psnr_copy_last", "psnr_gain_se", "psnr_imagine"))
+    assert m["psnr_copy_last"] == pytest.approx(ref["psnr_copy_last"])
+    v = torch.as_tensor(still["video"])
+    pred, _ = model.predict(v[0], still["actions"], still["caption"], seed=2, steps=2)
+    assert m["mse_static"] == pytest.approx(float(((pred[1:] - v[1:]) ** 2).mean()), rel=1e-5)
+    assert ref["n_static_clips"] == 0 and math.isnan(ref["mse_static"])
+
+
 def test_evaluate_world_model_imagine_mode_and_context_frames():
     model = tiny_model(cond_frames=2).eval()
     clips = [clip(0, 1.0), clip(1, 0.0)]
