@@ -11,6 +11,7 @@ goes through `StoreTrainer.train_world_model` (the demo preset's `train.wm_stage
 
     nice -n 10 .venv/bin/python bench/bench_wm_quality.py [--expert 40] [--play 20] [--failures 10]
         [--threads 2] [--steps-scale 1.0] [--eval-steps N] [--curve 1,2,4,8] [--keep DIR] [--reuse DIR]
+        [--model CKPT]
         [override ...]
 
 Evaluation mode samples with `--eval-steps` (default: the model's `world_model.predict_steps`, as the
@@ -90,6 +91,9 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=2.0, help="text guidance in imagine mode")
     ap.add_argument("--reuse", default=None, help="a data dir kept by --keep: skip collection")
     ap.add_argument("--keep", default=None, help="keep the store in this data dir")
+    ap.add_argument("--model", default=None,
+                    help="a world-model checkpoint dir to measure instead of training one (e.g. a flywheel run's "
+                         "champion, on another store's held-out clips)")
     ap.add_argument("--tag", default="", help="suffix of the result file name")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
@@ -112,13 +116,15 @@ def main() -> None:
         counts = {"reused": args.reuse, "episodes": store.counts().get("episodes", 0)}
     else:
         counts = collect(store, args.expert, args.play, args.failures, cfg.env.image_size, cfg.env.max_steps)
-    phase = f"bench-{time.time_ns()}"
-    trainer = StoreTrainer(cfg, store, ModelRegistry(store, data_dir), progress=False, say=lambda s: None)
-    trainer.work = Path(tempfile.mkdtemp(prefix="wmq-"))
     t0, c0 = time.perf_counter(), time.process_time()
-    reg = trainer.train_world_model(parent=None, phase=phase)
+    if args.model:
+        model_path = args.model
+    else:
+        trainer = StoreTrainer(cfg, store, ModelRegistry(store, data_dir), progress=False, say=lambda s: None)
+        trainer.work = Path(tempfile.mkdtemp(prefix="wmq-"))
+        model_path = trainer.train_world_model(parent=None, phase=f"bench-{time.time_ns()}").path
     train_s, train_cpu_s = time.perf_counter() - t0, time.process_time() - c0
-    model = WorldModel.from_pretrained(reg.path)
+    model = WorldModel.from_pretrained(model_path)
 
     clips, n_eps = held_out_clips(store, cfg.world_model.num_frames)
     t0 = time.perf_counter()
@@ -139,7 +145,7 @@ def main() -> None:
                                                                         "warmup_steps") if hasattr(cfg.world_model, k)])},
                    "batch_size": cfg.train.batch_size,
                    "stages": [[s.name, s.steps, s.lr] for s in cfg.train.wm_stages], "overrides": args.overrides},
-        "train_wall_s": round(train_s, 1), "train_cpu_s": round(train_cpu_s, 1), "held_out_episodes": n_eps, "held_out_clips": int(m["n_clips"]), "static_clips": int(m["n_static_clips"]),
+        "model": str(model_path) if args.model else None, "train_wall_s": round(train_s, 1), "train_cpu_s": round(train_cpu_s, 1), "held_out_episodes": n_eps, "held_out_clips": int(m["n_clips"]), "static_clips": int(m["n_static_clips"]),
         "eval_steps": eval_steps, "predict_steps": model.cfg.predict_steps, "imagine_steps": args.imagine_steps,
         "psnr": round(m["psnr"], 2), "psnr_copy_last": round(m["psnr_copy_last"], 2),
         "psnr_gain_db": round(m["psnr"] - m["psnr_copy_last"], 2), "psnr_gain_se": round(m["psnr_gain_se"], 2),
