@@ -91,10 +91,6 @@ class IDMConfig:
     gripper_closed: float = 0.0
     gripper_open: float = 0.045
     gripper_snap: float = 0.0
-    # With snapping: a gripper closed at the video's first frame (measured more than 10% of its range from fully
-    # open, not opening) snaps open only past the midpoint between its measured opening and fully open. A
-    # 6 cm object stops the fingers at 0.68 of the range, just under a 0.75 threshold.
-    gripper_hold_relative: bool = False
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:

@@ -30,7 +30,6 @@ from policies.idm.processor_idm import (
 from policies.world_model.checkpoint import load_checkpoint, save_checkpoint
 
 CHECKPOINT_FORMAT = "flywheel-idm/1"  # inside config.json; the file layout is the shared checkpoint format
-HELD_MARGIN = 0.1  # a gripper more than this fraction of its range from fully open counts as holding
 
 
 @dataclass
@@ -41,28 +40,15 @@ class Extraction:
     spread: Tensor
 
 
-def snap_grippers(actions: Tensor, cfg: IDMConfig, proprio0: Tensor | None = None) -> Tensor:
-    """Snap the gripper commands of `actions (T, A)` to fully open / closed (see `IDMConfig.gripper_snap`).
-
-    With `cfg.gripper_hold_relative` and the proprio at the video's first frame (P,) (joint positions, then
-    velocities), a gripper that starts neither fully open nor opening (closed, or closed on an object)
-    reads open only past the midpoint between its measured opening and fully open: fingers stopped by a
-    wide object sit just under the fixed threshold, where reading noise alone would drop the object."""
+def snap_grippers(actions: Tensor, cfg: IDMConfig) -> Tensor:
+    """Snap the gripper commands of `actions (T, A)` to fully open / closed (see `IDMConfig.gripper_snap`)."""
     if cfg.gripper_snap <= 0 or not cfg.gripper_dims:
         return actions
     dims = list(cfg.gripper_dims)
     lo, hi = cfg.gripper_closed, cfg.gripper_open
     frac = (actions[:, dims] - lo) / (hi - lo)  # 0 closed .. 1 open
-    threshold = torch.full((len(dims),), cfg.gripper_snap, dtype=frac.dtype)
-    if cfg.gripper_hold_relative and proprio0 is not None:
-        a = cfg.action_dim
-        frac0 = ((proprio0[dims].to(frac) - lo) / (hi - lo)).clamp(0, 1)
-        opening = (proprio0[[a + d for d in dims]].to(frac) / (hi - lo) > HELD_MARGIN) if proprio0.shape[0] >= 2 * a \
-            else torch.zeros(len(dims), dtype=torch.bool)  # faster than a tenth of the range per second
-        held = (frac0 < 1 - HELD_MARGIN) & ~opening
-        threshold = torch.where(held, torch.maximum(threshold, (frac0 + 1) / 2), threshold)
     out = actions.clone()
-    out[:, dims] = torch.where(frac >= threshold, torch.tensor(hi), torch.tensor(lo)).to(actions.dtype)
+    out[:, dims] = torch.where(frac >= cfg.gripper_snap, torch.tensor(hi), torch.tensor(lo)).to(actions.dtype)
     return out
 
 
@@ -544,7 +530,7 @@ class InverseDynamicsModel(nn.Module):
         q = proprio0[:a] + rel  # (K, T, A)
         acts = q[:, 1:] + self.lead * arm * (q[:, 1:] - q[:, :-1])  # (K, T-1, A)
         if grip is None:
-            actions = snap_grippers(acts.mean(0).float().cpu(), cfg, proprio0.float().cpu())
+            actions = snap_grippers(acts.mean(0).float().cpu(), cfg)
         else:  # the classified grips: closed where the draws' mean probability is above one half
             actions = acts.mean(0).float().cpu()
             closed = grip.mean(0).float().cpu() > 0.5  # (T-1, G): read at frames 1..T-1
@@ -647,7 +633,7 @@ class InverseDynamicsModel(nn.Module):
                     [self.sample(c, z) for c, z in zip(cond.split(cfg.max_batch), noise.split(cfg.max_batch))]
                 ).reshape(n, k, cfg.window, cfg.action_dim)  # (N, K, W, A)
                 est, spread = average_windows(preds, n_pad)  # (T'-1, A), (T'-1,)
-        actions = snap_grippers(est[:n_actions].float().cpu(), cfg, proprio0.float().cpu())
+        actions = snap_grippers(est[:n_actions].float().cpu(), cfg)
         return Extraction(actions=actions, spread=spread[:n_actions].float().cpu())
 
     def _extract_chained(

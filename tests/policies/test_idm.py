@@ -46,25 +46,6 @@ def test_gripper_snap_makes_grip_commands_binary_and_leaves_the_arm_alone():
         tiny(gripper_dims=(16,))
 
 
-def test_a_held_grip_opens_only_past_the_midpoint_to_fully_open():
-    from policies.idm.modeling_idm import snap_grippers
-
-    cfg = tiny(gripper_snap=0.75, gripper_hold_relative=True)
-    acts = torch.zeros(4, 16)
-    acts[:, 14] = torch.tensor([0.0307, 0.0345, 0.0377, 0.0379])  # left: read around a 6 cm object's width
-    acts[:, 15] = acts[:, 14]
-    p0 = torch.zeros(32)
-    p0[14], p0[15] = 0.0307, 0.045  # left fingers stopped by the object, right fully open
-    out = snap_grippers(acts, cfg, p0)
-    assert out[:, 14].tolist() == pytest.approx([0.0, 0.0, 0.0, 0.045])  # opens past (0.0307 + 0.045) / 2
-    assert out[:, 15].tolist() == pytest.approx([0.0, 0.045, 0.045, 0.045])  # the fixed 0.75 threshold
-    fixed = snap_grippers(acts, tiny(gripper_snap=0.75), p0)
-    assert fixed[1, 14] == pytest.approx(0.045)  # without it, a read 0.004 over the width drops the object
-    p0[30] = 0.05  # left fingers opening (m/s): the command is already open, the fixed threshold applies
-    assert snap_grippers(acts, cfg, p0)[:, 14].tolist() == pytest.approx([0.0, 0.045, 0.045, 0.045])
-    assert torch.equal(snap_grippers(acts, cfg), fixed)  # no proprio: the fixed threshold
-
-
 def test_extract_snaps_the_grippers_when_configured():
     torch.manual_seed(0)
     video, p0 = torch.rand(10, 3, 64, 64), torch.zeros(32)
