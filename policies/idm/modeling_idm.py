@@ -482,10 +482,10 @@ class InverseDynamicsModel(nn.Module):
         if cfg.pose_grip == "classify":  # frame t's grip: the command of the step that led to it (lag steps before)
             dims = list(cfg.gripper_dims)
             mid = (cfg.gripper_open + cfg.gripper_closed) / 2
-            step = (t - 1 - cfg.pose_grip_lag).clamp_min(0)
-            cmd = batch["actions"][rows, step][:, dims]
+            step = t - 1 - cfg.pose_grip_lag  # the labelled step; before the window: no label
+            cmd = batch["actions"][rows, step.clamp_min(0)][:, dims]
             closed = (cmd < mid) if cfg.gripper_open > cfg.gripper_closed else (cmd > mid)
-            valid = (t - 1 - cfg.pose_grip_lag >= 0).float()[:, None].expand_as(cmd)  # the labelled step is in the window
+            valid = (step >= 0).float()[:, None].expand_as(cmd)
             logits = self.grip_head(h if cfg.pose_input == "pair" else h[b:])
             grip_loss = F.binary_cross_entropy_with_logits(logits.float(), closed.float(), weight=valid,
                                                            reduction="sum") / valid.sum().clamp_min(1.0)
