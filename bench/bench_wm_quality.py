@@ -41,6 +41,7 @@ def collect(store, n_expert: int, n_play: int, n_fail: int, image_size: int, max
     from envs.expert import ScriptedExpert
     from envs.play import PlayPolicy, collect_episode
     from envs.tabletop import HumanoidTabletopEnv
+    from policies.captions import SceneCaptionUpsampler
 
     env = HumanoidTabletopEnv(EnvConfig(image_size=image_size, max_steps=max_steps))
     t0 = time.perf_counter()
@@ -58,7 +59,7 @@ def collect(store, n_expert: int, n_play: int, n_fail: int, image_size: int, max
         ep = collect_episode(env, policy, None, seed=seed, max_steps=steps)
         rec = EpisodeRecord(source=source, task_family=ep.task["family"], instruction=ep.task["instruction"],
                             policy=policy_name, success=ep.success, length=ep.length, seed=seed,
-                            caption=ep.task["instruction"], task=ep.task)
+                            caption=SceneCaptionUpsampler().upsample(ep.task["instruction"], ep.scene), task=ep.task)
         store.record_episode(rec, {"frames": ep.frames, "proprio": ep.proprio, "actions": ep.actions},
                              initial_state=ep.initial_state)
         counts[source] += 1

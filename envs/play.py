@@ -78,6 +78,7 @@ class EpisodeData:
     initial_state: dict[str, np.ndarray]
     task: dict[str, Any]
     infos: list[dict[str, Any]] = field(default_factory=list)
+    scene: dict[str, Any] = field(default_factory=dict)  # `scene_description()` at reset, for the caption
 
     @property
     def length(self) -> int:
@@ -95,6 +96,7 @@ def collect_episode(env, policy, task: TaskInstance | dict | None, seed: int, ma
     opts = {"task": task} if task is not None else None
     obs, info = env.reset(seed=seed, options=opts)
     initial_state = env_u.get_state()
+    scene = env_u.scene_description()
     policy.reset(env_u.task)
     frames, proprio, actions, infos = [obs["rgb"]], [obs["proprio"]], [], []
     reward, ok = 0.0, False
@@ -112,4 +114,4 @@ def collect_episode(env, policy, task: TaskInstance | dict | None, seed: int, ma
             break
     return EpisodeData(frames=np.stack(frames), proprio=np.stack(proprio).astype(np.float32),
                        actions=np.stack(actions).astype(np.float32), success=ok, reward=reward,
-                       initial_state=initial_state, task=env_u.task.to_dict(), infos=infos)
+                       initial_state=initial_state, task=env_u.task.to_dict(), infos=infos, scene=scene)

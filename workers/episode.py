@@ -127,6 +127,19 @@ def build_policy(cfg: Any, payload: EpisodePayload, backend: Any, store: Any = N
 
 # ------------------------------------------------------------------ the episode loop
 
+_upsamplers: dict[tuple[str, str | None], Any] = {}
+
+
+def caption_for(cfg: Any, instruction: str, scene: dict[str, Any]) -> str:
+    """The detailed caption of `policy.caption_upsampler` for an episode (one upsampler per process)."""
+    from policies.captions import make_upsampler
+
+    key = (str(cfg.policy.caption_upsampler), getattr(cfg.policy, "upsampler_url", None))
+    if key not in _upsamplers:
+        _upsamplers[key] = make_upsampler(*key)
+    return _upsamplers[key].upsample(instruction, scene)
+
+
 
 def resolve_task(payload: EpisodePayload) -> Any:
     """The `envs.tasks.TaskInstance` a payload names (the scheduler resolved it into `task`)."""
@@ -196,6 +209,9 @@ def run_episode(cfg: Any, payload: EpisodePayload, should_stop: Callable[[], boo
             if res.done or success or not res.observations:
                 break
         logs = policy.logs() if hasattr(policy, "logs") else {}
+        # every episode's caption comes from the upsampler imagine-then-act plans with, whatever policy ran it,
+        # so the world model trains on the captions it is prompted with
+        caption = logs.get("caption") or caption_for(cfg, instruction, scene)
     except Cancelled:
         raise
     except Exception:
@@ -208,6 +224,6 @@ def run_episode(cfg: Any, payload: EpisodePayload, should_stop: Callable[[], boo
         actions=np.asarray(actions, np.float32).reshape(-1, 16),
         success=success, reward=reward, task=task.to_dict(), instruction=instruction,
         initial_state=initial_state, failure_reason=failure, logs=logs, plans=plans, model_ids=model_ids,
-        caption=logs.get("caption"),
+        caption=caption,
         timings={"reset_s": t_reset - t0, "rollout_s": t_end - t_reset, "total_s": t_end - t0},
     )

@@ -45,6 +45,25 @@ def test_env_scene_relations_become_words():
     env.close()
 
 
+def test_tiny_world_model_reads_whole_captions():
+    """The tiny world model's text length holds the scene captions of many tasks (a truncated caption loses
+    the objects' positions, the part that grounds the task)."""
+    from envs.tabletop import HumanoidTabletopEnv
+    from envs.tasks import sample_task
+    from flywheel.compose import compose
+    from policies.world_model.modeling_text_encoder import hash_tokenize
+
+    cfg = compose(["preset=demo"])
+    env = HumanoidTabletopEnv()
+    up = SceneCaptionUpsampler()
+    for seed in range(40):
+        env.reset(seed=seed, options={"task": sample_task(None, seed)})
+        cap = up.upsample(env.task.instruction, env.scene_description())
+        ids = hash_tokenize([cap], 1 << 20, 10_000)[0]
+        assert int((ids != 0).sum()) < cfg.world_model.max_text_tokens, cap
+    env.close()
+
+
 class _Fake(BaseHTTPRequestHandler):
     reply: object = None
 

@@ -82,6 +82,9 @@ def test_inline_episode_is_recorded_with_its_arrays(cfg):
     T = ep.length
     assert arrays["frames"].dtype.name == "uint8" and arrays["frames"].shape[0] == T + 1
     assert arrays["proprio"].shape == (T + 1, 32) and arrays["actions"].shape == (T, 16)
+    # the expert's episode is captioned by the upsampler imagine-then-act is prompted with, not the bare
+    # instruction: the world model trains on the captions it will be given
+    assert ep.caption.startswith("Egocentric view") and ep.instruction in ep.caption and "On the table:" in ep.caption
 
 
 def test_hook_errors_are_recorded_clearly(cfg):
