@@ -130,6 +130,7 @@ class ClipDataset(Dataset):
             "actions": torch.from_numpy(np.ascontiguousarray(ep.actions[s : s + t - 1], dtype=np.float32)),
             "caption": ep.caption,
             "success": torch.tensor(float(ep.success) if ends_episode else math.nan),
+            "episode_success": bool(ep.success),
         }
 
 

@@ -67,6 +67,8 @@ def collate_clips(items: list[dict]) -> dict:
         "actions": None if any(a is None for a in actions)
         else torch.stack([torch.as_tensor(a, dtype=torch.float32) for a in actions]),
         "success": torch.tensor([math.nan if s is None else float(s) for s in success], dtype=torch.float32),
+        **({"episode_success": torch.tensor([bool(it["episode_success"]) for it in items])}
+           if all("episode_success" in it for it in items) else {}),
     }
 
 

@@ -41,6 +41,11 @@ class WorldModelConfig:
     action_layers: int = 1  # hidden layers of that MLP (joint targets -> where the arm is drawn is far from linear)
     action_dropout: float = 0.5  # training: drop the action chunk so one model serves both modes
     text_dropout: float = 0.1  # training: empty caption, for classifier-free guidance
+    # training: actions are dropped (imagine mode) only on clips of episodes that succeeded (the batch's
+    # `episode_success`); failed rollouts and play still train evaluation mode. Imagine mode is what the
+    # planner asks for the robot to *do* with a caption that says it completes the task, and a failure's
+    # future under that caption teaches it to imagine failing (arms that stay put)
+    imagine_from_success: bool = False
     success_head: bool = True
     success_hidden: int = 64
     success_loss_weight: float = 0.5

@@ -248,7 +248,8 @@ class WorldModel(nn.Module):
     # ----------------------------------------------------------------------------- training
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         """Flow-matching loss (+ success BCE on labelled clips). Batch: video (B, T, 3, H, W) in [0, 1],
-        caption list[str], actions (B, T-1, A) or None, success (B,) with NaN for unknown."""
+        caption list[str], actions (B, T-1, A) or None, success (B,) with NaN for unknown, optional
+        episode_success (B,) bool: whether the clip's episode succeeded (see `imagine_from_success`)."""
         cfg, dev = self.cfg, self.device
         video = batch["video"].to(dev, torch.float32)
         b, t_frames = video.shape[:2]
@@ -259,6 +260,9 @@ class WorldModel(nn.Module):
         if actions is not None:
             actions = actions.to(dev, torch.float32)
             present = torch.rand(b, device=dev) >= cfg.action_dropout
+            ok = batch.get("episode_success")
+            if cfg.imagine_from_success and ok is not None:  # imagine mode learns only what succeeded
+                present |= ~torch.as_tensor(ok, device=dev).bool()
         chans, frame_actions = self._cond_channels(cond, n_cond, actions, present)
 
         hidden, pooled = self._text(list(batch["caption"]))
