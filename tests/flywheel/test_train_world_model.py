@@ -237,3 +237,23 @@ def test_evaluation_mode_follows_the_actions_on_a_task_that_needs_them(condition
             err[k] += float(((pred[1:] - v[1:]) ** 2).mean())
     psnr = {k: 10 * math.log10(16 / e) for k, e in err.items()}
     assert psnr["true"] > psnr["shuffled"] + 3.0, psnr
+
+
+def test_store_clips_carry_their_episode_outcome():
+    """Every clip says whether its episode succeeded (the world model's `imagine_from_success` reads it), also
+    clips that do not end on the outcome; collated, the batch has it when every clip does."""
+    import numpy as np
+
+    from flywheel.data import ClipDataset, LoadedEpisode
+
+    def ep(i: int, ok: bool) -> LoadedEpisode:
+        return LoadedEpisode(id=i, caption="c", success=ok, frames=np.zeros((6, S, S, 3), np.uint8),
+                             proprio=np.zeros((6, 32), np.float32), actions=np.zeros((5, 16), np.float32),
+                             source="expert", task_family="pick")
+
+    ds = ClipDataset([ep(1, True), ep(2, False)], num_frames=3)
+    items = [ds[i] for i in range(len(ds))]
+    assert [it["episode_success"] for it in items] == [True] * 4 + [False] * 4
+    assert math.isnan(float(items[0]["success"]))  # its outcome frame is not in this clip
+    assert collate_clips([items[0], items[-1]])["episode_success"].tolist() == [True, False]
+    assert "episode_success" not in collate_clips([clip(0), clip(1)])

@@ -262,3 +262,23 @@ def test_action_stats_standardise_the_chunk_and_survive_a_round_trip(tmp_path):
     with pytest.raises(PolicyError, match="finite"):
         m.fit_action_stats(torch.full((4, 16), float("nan")))
     WorldModel(tiny_cfg()).fit_action_stats(acts)  # without normalize_actions: nothing to fit, no error
+
+
+@pytest.mark.parametrize("from_success", [False, True])
+def test_imagine_from_success_keeps_the_actions_of_failed_episodes(monkeypatch, from_success):
+    """With `imagine_from_success`, a clip's actions are dropped (imagine mode) only when its episode
+    succeeded: a failed episode's clip always trains evaluation mode."""
+    torch.manual_seed(0)
+    m = WorldModel(tiny_cfg(action_dropout=1.0, imagine_from_success=from_success))
+    seen = []
+    orig = m._cond_channels
+
+    def spy(cond, n_cond, actions, present):
+        seen.append(present.clone())
+        return orig(cond, n_cond, actions, present)
+
+    monkeypatch.setattr(m, "_cond_channels", spy)
+    m(batch() | {"episode_success": torch.tensor([True, False])})
+    assert seen[0].tolist() == ([False, True] if from_success else [False, False])
+    m(batch())  # no episode outcome in the batch: the plain dropout
+    assert seen[1].tolist() == [False, False]
