@@ -47,6 +47,10 @@ class TrainConfig:
     idm_steps: int = 400
     idm_batch_size: int | None = None  # None: batch_size
     idm_lr: float = 1e-3
+    # the IDM's learning rate over a run: "constant", or "cosine" from idm_lr down to idm_lr * idm_lr_min
+    # at the run's last step (a regression's error floor at a constant rate is the rate's noise)
+    idm_lr_schedule: str = "constant"
+    idm_lr_min: float = 0.05
     finetune_steps: int = 100
     grad_clip: float = 1.0
     log_every: int = 20
@@ -55,6 +59,10 @@ class TrainConfig:
     wm_ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.idm_lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"train.idm_lr_schedule must be constant or cosine, got {self.idm_lr_schedule!r}")
+        if not 0.0 <= self.idm_lr_min <= 1.0:
+            raise ValueError(f"train.idm_lr_min must be in [0, 1], got {self.idm_lr_min}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"train.precision must be fp32, bf16 or fp16, got {self.precision!r}")
         if self.batch_size < 1:

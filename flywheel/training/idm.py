@@ -9,6 +9,8 @@ batches and noise an uninterrupted run would have.
 """
 from __future__ import annotations
 
+import math
+
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,6 +133,12 @@ class TrainResult:
     checkpoint: Path | None = None
 
 
+def cosine_factor(step: int, steps: int, floor: float) -> float:
+    """The learning-rate factor of a cosine schedule at `step` of `steps`: 1 at the first, `floor` at the last."""
+    frac = step / max(steps - 1, 1)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(frac, 1.0)))
+
+
 def train_idm(
     model: InverseDynamicsModel,
     dataset: Dataset,
@@ -170,6 +178,9 @@ def train_idm(
     bar = progress_bar(steps, progress, "train idm", initial=start)
     for step, batch in zip(range(start, steps), loader):
         torch.manual_seed(cfg.seed * 1_000_003 + step)  # flow noise and times: the same on resume
+        if cfg.idm_lr_schedule == "cosine":  # a function of the step alone: the same on resume
+            for group in opt.param_groups:
+                group["lr"] = lr * cosine_factor(step, steps, cfg.idm_lr_min)
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with autocast(device, cfg.precision):
             loss, logs = model(batch)

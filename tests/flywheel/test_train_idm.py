@@ -9,7 +9,7 @@ import torch
 
 from flywheel.config import TrainConfig
 from flywheel.evaluation.dtw import evaluate_idm
-from flywheel.training.idm import WindowDataset, train_idm
+from flywheel.training.idm import WindowDataset, cosine_factor, train_idm
 from policies.idm import IDMConfig, InverseDynamicsModel
 
 torch.set_num_threads(1)
@@ -82,6 +82,19 @@ def test_resume_continues_exactly(tmp_path):
     assert result.step == 6 and len(result.losses) == 3
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+
+
+def test_cosine_schedule_decays_the_idm_rate_to_its_floor(tmp_path):
+    assert cosine_factor(0, 10, 0.05) == 1.0 and cosine_factor(9, 10, 0.05) == pytest.approx(0.05)
+    assert 0.05 < cosine_factor(5, 10, 0.05) < 1.0
+    ds = WindowDataset([episode(10, 0), episode(8, 1)], W)
+    for schedule, last in (("constant", 1e-3), ("cosine", 1e-3 * 0.05)):
+        cfg = TrainConfig(batch_size=4, idm_lr_schedule=schedule, idm_lr_min=0.05)
+        train_idm(tiny_model(), ds, cfg, tmp_path / schedule, steps=4, lr=1e-3, progress=False)
+        groups = json.loads((tmp_path / schedule / "trainer_state.json").read_text())["optimizer"]["param_groups"]
+        assert groups[0]["lr"] == pytest.approx(last)  # the rate of the last step
+    with pytest.raises(ValueError, match="idm_lr_schedule"):
+        TrainConfig(idm_lr_schedule="linear")
 
 
 def test_evaluate_idm_reports_dtw_and_mse_against_the_hold_baseline():
