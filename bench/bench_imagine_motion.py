@@ -1,0 +1,105 @@
+"""Does the world model imagine the motion the task needs? For the first in_distribution items (the scene's
+start, and the expert's state after 8 and 16 steps), the scripted expert's next 8 steps are simulated; the
+IDM then reads the arm targets of the planner's first `--horizon` steps off (a) the real future and (b) each
+of N futures imagined from the same frame with the scene caption. Each is scored by the mean absolute
+arm-joint error (rad) against the expert's targets, and divided by the error of holding still (the measured
+joints as the target): below 1 the extracted motion goes where the expert goes. `real_vs_hold` is the IDM's
+own floor (a perfect world model); `imag_vs_hold` is what the planner gets from imagination, and
+`imag_best_vs_hold` is the best of the N candidates (what a perfect score would pick). Prints one JSON object.
+
+    .venv/bin/python bench/bench_imagine_motion.py --world-model CKPT --idm CKPT [--items 12] [--n 4]
+        [--steps 4] [--guidance 2.0] [--horizon 4]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--world-model", required=True)
+    ap.add_argument("--idm", required=True)
+    ap.add_argument("--items", type=int, default=12)
+    ap.add_argument("--n", type=int, default=4, help="imagined candidates per state")
+    ap.add_argument("--steps", type=int, default=4, help="sampling steps")
+    ap.add_argument("--guidance", type=float, default=2.0)
+    ap.add_argument("--horizon", type=int, default=4, help="extracted steps scored (the planner executes these)")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from envs.backend import make_backend
+    from envs.errors import EnvError
+    from envs.expert import ScriptedExpert
+    from envs.splits import ci_subset
+    from flywheel.compose import compose, to_object
+    from policies.captions import SceneCaptionUpsampler
+    from policies.idm import InverseDynamicsModel
+    from policies.world_model import WorldModel
+
+    cfg = to_object(compose(["preset=demo"]))
+    wm = WorldModel.from_pretrained(args.world_model)
+    idm = InverseDynamicsModel.from_pretrained(args.idm)
+    backend = make_backend("sim", cfg.backend, cfg.env)
+    arm = [i for i in range(16) if i not in idm.config.gripper_dims]
+    h = args.horizon
+
+    def tensor(rgb: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float() / 255.0
+
+    rows = []
+    for idx, item in enumerate(ci_subset("in_distribution", args.items)):
+        for skip in (0, 8, 16):
+            obs = backend.reset(task=item.task(), seed=item.seed)
+            caption = SceneCaptionUpsampler().upsample(item.instruction, backend.scene_description())
+            expert = ScriptedExpert(backend.env, seed=item.seed)
+            expert.reset(backend.env.task)
+            try:
+                for _ in range(skip):
+                    obs = backend.step(np.asarray(expert.act(obs), np.float32)[None]).observations[-1]
+                start, real, targets = obs, [obs["rgb"]], []
+                for _ in range(8):
+                    a = np.asarray(expert.act(obs), np.float32)
+                    targets.append(a)
+                    obs = backend.step(a[None]).observations[-1]
+                    real.append(obs["rgb"])
+            except EnvError:  # the expert finished before this state: nothing left to imagine
+                continue
+            want = np.stack(targets)[:h, arm]
+            proprio = torch.from_numpy(start["proprio"].astype(np.float32))
+
+            def error(actions: np.ndarray, want: np.ndarray = want) -> float:
+                return float(np.abs(actions[:h, arm] - want).mean())
+
+            real_err = error(idm.extract(torch.stack([tensor(f) for f in real]), proprio, seed=0).actions.numpy())
+            videos = wm.imagine(tensor(start["rgb"]), caption, n=args.n, steps=args.steps, guidance=args.guidance,
+                                seed=idx, num_frames=9)
+            imag = [error(idm.extract(v, proprio, seed=0).actions.numpy()) for v in videos]
+            rows.append({"hold": float(np.abs(start["proprio"][:16][arm][None] - want).mean()), "real": real_err,
+                         "imag": float(np.mean(imag)), "imag_best": float(np.min(imag))})
+    if hasattr(backend, "close"):
+        backend.close()
+    if not rows:
+        raise SystemExit("no state to measure: every expert episode ended first")
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    print(json.dumps({
+        "states": len(rows), "items": args.items, "n": args.n, "steps": args.steps, "guidance": args.guidance,
+        "horizon": h, "arm_error_rad": {k: round(v, 4) for k, v in mean.items()},
+        "real_vs_hold": round(mean["real"] / mean["hold"], 3), "imag_vs_hold": round(mean["imag"] / mean["hold"], 3),
+        "imag_best_vs_hold": round(mean["imag_best"] / mean["hold"], 3),
+        "world_model": args.world_model, "idm": args.idm,
+    }))
+
+
+if __name__ == "__main__":
+    main()
