@@ -10,7 +10,6 @@ batches and noise an uninterrupted run would have.
 from __future__ import annotations
 
 import math
-
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
