@@ -175,6 +175,10 @@ def run_episode(cfg: Any, payload: EpisodePayload, should_stop: Callable[[], boo
         policy, model_ids = build_policy(cfg, payload, backend, store)
         instruction = payload.instruction or task.instruction
         policy.reset(task.to_dict(), instruction, scene)
+        # every episode's caption comes from the upsampler imagine-then-act plans with, whatever policy runs it,
+        # so the world model trains on the captions it is prompted with (asked before the robot moves: an
+        # unreachable upsampler fails the episode, not a finished rollout)
+        caption = getattr(policy, "caption", None) or caption_for(cfg, instruction, scene)
         t_reset = time.perf_counter()
         frames, proprio, actions = [obs["rgb"]], [obs["proprio"]], []
         plans: list[dict[str, Any]] = []  # per planning step: scored candidates and their videos
@@ -209,9 +213,6 @@ def run_episode(cfg: Any, payload: EpisodePayload, should_stop: Callable[[], boo
             if res.done or success or not res.observations:
                 break
         logs = policy.logs() if hasattr(policy, "logs") else {}
-        # every episode's caption comes from the upsampler imagine-then-act plans with, whatever policy ran it,
-        # so the world model trains on the captions it is prompted with
-        caption = logs.get("caption") or caption_for(cfg, instruction, scene)
     except Cancelled:
         raise
     except Exception:

@@ -165,3 +165,14 @@ def test_a_failed_send_leaves_no_orphan_run(cfg, monkeypatch):
     assert [r.state for r in runs] == ["queued", "queued", "dead", "dead", "dead"]
     assert "could not send" in runs[2].error and all("not sent" in r.error for r in runs[3:])
     assert calls == [r.id for r in runs[:3]]
+
+
+def test_unreachable_caption_upsampler_fails_the_run_and_records_nothing(make_config, tmp_path):
+    """The caption is asked for before the rollout: an upsampler that cannot be reached fails the run with
+    its URL, and no half episode is recorded."""
+    cfg = make_config(tmp_path / "data", "policy.caption_upsampler=openai", "policy.upsampler_url=http://127.0.0.1:9")
+    d = InProcessDispatcher(cfg)
+    [run_id] = d.dispatch([{"family": "pick", "seed": 5, "policy": "scripted_expert", "max_steps": 30}])
+    [row] = d.wait([run_id], timeout=30)
+    assert row.state == "failed" and "127.0.0.1:9" in (row.error or "")
+    assert d.scheduler.store.episodes() == []
