@@ -43,8 +43,9 @@ def main() -> None:
     from envs.expert import ScriptedExpert
     from envs.splits import ci_subset
     from flywheel.compose import compose, to_object
-    from policies.captions import SceneCaptionUpsampler
+    from policies.captions import make_upsampler
     from policies.idm import InverseDynamicsModel
+    from policies.imagine_then_act import frame_to_tensor
     from policies.world_model import WorldModel
 
     cfg = to_object(compose(["preset=demo"]))
@@ -53,15 +54,13 @@ def main() -> None:
     backend = make_backend("sim", cfg.backend, cfg.env)
     arm = [i for i in range(16) if i not in idm.config.gripper_dims]
     h = args.horizon
-
-    def tensor(rgb: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float() / 255.0
+    upsampler = make_upsampler(cfg.policy.caption_upsampler, cfg.policy.upsampler_url)  # the planner's captions
 
     rows = []
     for idx, item in enumerate(ci_subset("in_distribution", args.items)):
         for skip in (0, 8, 16):
             obs = backend.reset(task=item.task(), seed=item.seed)
-            caption = SceneCaptionUpsampler().upsample(item.instruction, backend.scene_description())
+            caption = upsampler.upsample(item.instruction, backend.scene_description())
             expert = ScriptedExpert(backend.env, seed=item.seed)
             expert.reset(backend.env.task)
             try:
@@ -81,8 +80,8 @@ def main() -> None:
             def error(actions: np.ndarray, want: np.ndarray = want) -> float:
                 return float(np.abs(actions[:h, arm] - want).mean())
 
-            real_err = error(idm.extract(torch.stack([tensor(f) for f in real]), proprio, seed=0).actions.numpy())
-            videos = wm.imagine(tensor(start["rgb"]), caption, n=args.n, steps=args.steps, guidance=args.guidance,
+            real_err = error(idm.extract(torch.stack([frame_to_tensor(f) for f in real]), proprio, seed=0).actions.numpy())
+            videos = wm.imagine(frame_to_tensor(start["rgb"]), caption, n=args.n, steps=args.steps, guidance=args.guidance,
                                 seed=idx, num_frames=9)
             imag = [error(idm.extract(v, proprio, seed=0).actions.numpy()) for v in videos]
             rows.append({"hold": float(np.abs(start["proprio"][:16][arm][None] - want).mean()), "real": real_err,

@@ -44,6 +44,7 @@ def collect(store, n_expert: int, n_play: int, n_fail: int, image_size: int, max
     from policies.captions import SceneCaptionUpsampler
 
     env = HumanoidTabletopEnv(EnvConfig(image_size=image_size, max_steps=max_steps))
+    upsampler = SceneCaptionUpsampler()  # the planner's default captions
     t0 = time.perf_counter()
     jobs = [("expert", "scripted_expert", 10_000 + i, None) for i in range(n_expert)]
     jobs += [("play", "play", 20_000 + i, None) for i in range(n_play)]
@@ -59,7 +60,7 @@ def collect(store, n_expert: int, n_play: int, n_fail: int, image_size: int, max
         ep = collect_episode(env, policy, None, seed=seed, max_steps=steps)
         rec = EpisodeRecord(source=source, task_family=ep.task["family"], instruction=ep.task["instruction"],
                             policy=policy_name, success=ep.success, length=ep.length, seed=seed,
-                            caption=SceneCaptionUpsampler().upsample(ep.task["instruction"], ep.scene), task=ep.task)
+                            caption=upsampler.upsample(ep.task["instruction"], ep.scene), task=ep.task)
         store.record_episode(rec, {"frames": ep.frames, "proprio": ep.proprio, "actions": ep.actions},
                              initial_state=ep.initial_state)
         counts[source] += 1

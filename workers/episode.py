@@ -140,7 +140,6 @@ def caption_for(cfg: Any, instruction: str, scene: dict[str, Any]) -> str:
     return _upsamplers[key].upsample(instruction, scene)
 
 
-
 def resolve_task(payload: EpisodePayload) -> Any:
     """The `envs.tasks.TaskInstance` a payload names (the scheduler resolved it into `task`)."""
     from envs.tasks import TaskInstance
