@@ -46,6 +46,13 @@ class WorldModelConfig:
     # planner asks for the robot to *do* with a caption that says it completes the task, and a failure's
     # future under that caption teaches it to imagine failing (arms that stay put)
     imagine_from_success: bool = False
+    # training: on imagine-mode clips (actions dropped) a linear head reads the action chunk that leads into
+    # each latent frame off the mean of that frame's tokens after block `imagine_action_block` (negative
+    # counts from the end), with this weight on its MSE (standardised actions). In imagine mode the model has
+    # to decide what the robot does before it can draw it; the pixel loss alone is a weak signal for that
+    # decision, the head supervises it directly. 0: no head
+    imagine_action_loss: float = 0.0
+    imagine_action_block: int = -2
     success_head: bool = True
     success_hidden: int = 64
     success_loss_weight: float = 0.5
@@ -92,6 +99,13 @@ class WorldModelConfig:
             raise ValueError(f"world_model.num_frames must be 1 + 4k with the Wan VAE, got {self.num_frames}")
         if self.action_map and not (self.action_conditioning and self.action_hidden > 0 and self.pos_embed):
             raise ValueError("world_model.action_map needs action_conditioning, action_hidden > 0 and pos_embed")
+        if self.imagine_action_loss < 0:
+            raise ValueError(f"world_model.imagine_action_loss must be >= 0, got {self.imagine_action_loss}")
+        if self.imagine_action_loss and not self.action_conditioning:
+            raise ValueError("world_model.imagine_action_loss needs action_conditioning (it predicts the actions)")
+        if self.imagine_action_loss and not -self.num_layers <= self.imagine_action_block < self.num_layers:
+            raise ValueError(f"world_model.imagine_action_block must index one of the {self.num_layers} blocks, "
+                             f"got {self.imagine_action_block}")
         if self.predict_steps < 1:
             raise ValueError(f"world_model.predict_steps must be >= 1, got {self.predict_steps}")
         if self.action_layers < 1:

@@ -164,6 +164,16 @@ class WorldModel(nn.Module):
                 action_hidden=cfg.action_hidden, action_map=cfg.action_map, action_layers=cfg.action_layers,
             )
         self.success_head = SuccessHead(c, cfg.text_dim, cfg.success_hidden) if cfg.success_head else None
+        self.action_head = None
+        self._tapped: torch.Tensor | None = None
+        if cfg.imagine_action_loss:
+            blocks = self.transformer.blocks
+            if not -len(blocks) <= cfg.imagine_action_block < len(blocks):
+                raise PolicyError(f"world_model.imagine_action_block={cfg.imagine_action_block}: the transformer "
+                                  f"has {len(blocks)} blocks")
+            inner = self.transformer.config.num_attention_heads * self.transformer.config.attention_head_dim
+            self.action_head = nn.Linear(inner, cfg.temporal_factor * cfg.action_dim)
+            blocks[cfg.imagine_action_block].register_forward_hook(self._tap)
         if cfg.action_conditioning and cfg.normalize_actions:  # saved with the weights
             self.register_buffer("action_mean", torch.zeros(cfg.action_dim))
             self.register_buffer("action_std", torch.ones(cfg.action_dim))
@@ -179,6 +189,21 @@ class WorldModel(nn.Module):
             raise PolicyError(f"action stats need >= 2 finite actions, got {tuple(a.shape)}")
         self.action_mean.copy_(a.mean(0))
         self.action_std.copy_(a.std(0).clamp(min=1e-3))
+
+    def _tap(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        """Forward hook on the block the action head reads: keeps its output `(B, L, D)` while training."""
+        if self.training:
+            self._tapped = output
+
+    def _imagined_actions(self, b: int, t: int) -> torch.Tensor:
+        """The action head's standardised chunk `(B, t - 1, r * A)` leading into latent frames 1.., from the
+        tokens the last transformer call left at the tapped block."""
+        h = self._tapped
+        self._tapped = None
+        if h is None:
+            raise PolicyError("the action head has no tapped block output: call it right after a training forward")
+        frames = h.float().reshape(b, t, -1, h.shape[-1]).mean(2)  # tokens are (t, h, w)-ordered
+        return self.action_head(frames[:, 1:])
 
     @property
     def device(self) -> torch.device:
@@ -284,6 +309,16 @@ class WorldModel(nn.Module):
         else:
             loss_fm = F.mse_loss(out[:, :, n_cond:].float(), (noise - x0)[:, :, n_cond:])
         loss, logs = loss_fm, {"loss_fm": loss_fm.item()}
+        if self.action_head is not None:
+            pred = self._imagined_actions(b, x_t.shape[2])
+            if actions is not None and (~present).any():  # imagine-mode clips: say what the robot will do
+                target = actions
+                if hasattr(self, "action_mean"):
+                    target = (actions - self.action_mean) / self.action_std
+                target = target.reshape(b, x_t.shape[2] - 1, -1)
+                loss_a = F.mse_loss(pred[~present], target[~present])
+                loss = loss + cfg.imagine_action_loss * loss_a
+                logs["loss_imagine_action"] = loss_a.item()
 
         success = batch.get("success")
         if self.success_head is not None and success is not None:

@@ -282,3 +282,32 @@ def test_imagine_from_success_keeps_the_actions_of_failed_episodes(monkeypatch, 
     assert seen[0].tolist() == ([False, True] if from_success else [False, False])
     m(batch())  # no episode outcome in the batch: the plain dropout
     assert seen[1].tolist() == [False, False]
+
+
+def test_imagine_action_head_learns_the_actions_of_imagine_mode_clips(tmp_path):
+    """`imagine_action_loss`: on imagine-mode clips a head reads the dropped actions off a block's tokens, and
+    a few steps of it move its prediction towards them; evaluation-mode clips add no such loss; the head
+    survives a checkpoint round trip; a block that does not exist is refused."""
+    torch.manual_seed(0)
+    m = WorldModel(tiny_cfg(num_layers=2, action_dropout=1.0, imagine_action_loss=1.0, imagine_action_block=0))
+    b = batch()
+    opt = torch.optim.Adam(m.action_head.parameters(), lr=0.05)
+    losses = []
+    for _ in range(30):
+        loss, logs = m(b)
+        losses.append(logs["loss_imagine_action"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert losses[-1] < 0.5 * losses[0]
+    m.cfg.action_dropout = 0.0  # every clip keeps its actions: nothing for the head to say
+    assert "loss_imagine_action" not in m(b)[1]
+    m.save_pretrained(tmp_path / "wm")
+    back = WorldModel.from_pretrained(tmp_path / "wm")
+    assert torch.equal(back.action_head.weight, m.action_head.weight)
+    back.imagine(torch.rand(1, 3, S, S), "pick the red cube", n=2, steps=2)  # sampling never needs the head
+    assert back._tapped is None
+    with pytest.raises(ValueError, match="imagine_action_block"):
+        tiny_cfg(num_layers=2, imagine_action_loss=1.0, imagine_action_block=2)
+    with pytest.raises(ValueError, match="imagine_action_loss"):
+        tiny_cfg(imagine_action_loss=-1.0)
