@@ -239,6 +239,16 @@ class Scheduler:
         self.status(run_id)  # unknown id -> WorkerError
         return self.store.cancel(int(run_id), reason) is not None
 
+    def rerun(self, run_id: int) -> bool:
+        """Queue a failed, dead or cancelled run again, with all its attempts, and send it; False if it was in
+        another state (queued, running or succeeded: nothing to do)."""
+        self.status(run_id)  # unknown id -> WorkerError
+        row = self.store.reopen(int(run_id))
+        if row is None:
+            return False
+        self.send(row)
+        return True
+
     def wait(self, run_ids: Sequence[int], timeout: float | None = None, poll_s: float = 0.2) -> list[Any]:
         """Block until every run is terminal; returns their rows. WorkerError on timeout, naming the rest."""
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -176,3 +176,29 @@ def test_unreachable_caption_upsampler_fails_the_run_and_records_nothing(make_co
     [row] = d.wait([run_id], timeout=30)
     assert row.state == "failed" and "127.0.0.1:9" in (row.error or "")
     assert d.scheduler.store.episodes() == []
+
+
+def test_rerun_queues_a_failed_run_again_with_all_its_attempts(cfg, monkeypatch):
+    """A run that failed (a crash, a bug since fixed) is what the same key finds again; `rerun` trains it
+    again (the flywheel's trainer does so when `flywheel run` is re-run), and leaves other states alone."""
+    import workers.tasks as tasks
+
+    sched = Scheduler(cfg, inline=True)
+    body, heartbeat = tasks.TASKS_BY_NAME["flywheel.noop"]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setitem(tasks.TASKS_BY_NAME, "flywheel.noop", (broken, heartbeat))
+    [run_id] = sched.enqueue({"kind": "noop"}, key="k-rerun")
+    row = sched.status(run_id)
+    assert row.state == "failed" and "disk full" in row.error
+    assert sched.enqueue({"kind": "noop"}, key="k-rerun") == [run_id]  # the same key: the same failed run
+    assert sched.status(run_id).state == "failed"
+    monkeypatch.setitem(tasks.TASKS_BY_NAME, "flywheel.noop", (body, heartbeat))
+    assert sched.rerun(run_id)
+    row = sched.status(run_id)
+    assert row.state == "succeeded" and row.error is None and row.attempts == 1
+    assert not sched.rerun(run_id)  # succeeded: nothing to run again
+    with pytest.raises(WorkerError, match="unknown task run id"):
+        sched.rerun(10_000)
