@@ -8,7 +8,10 @@ own floor (a perfect world model); `imag_vs_hold` is what the planner gets from 
 `imag_best_vs_hold` is the best of the N candidates (what a perfect score would pick). Prints one JSON object.
 
     .venv/bin/python bench/bench_imagine_motion.py --world-model CKPT --idm CKPT [--items 12] [--n 4]
-        [--steps 4] [--guidance 2.0] [--horizon 4]
+        [--steps 4] [--guidance 2.0] [--horizon 4] [--strips DIR]
+
+With `--strips DIR`, every measured state also leaves DIR/item{i}_skip{s}.png: the real future on the top row,
+the N imagined ones below, the 9 frames left to right.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=2.0)
     ap.add_argument("--horizon", type=int, default=4, help="extracted steps scored (the planner executes these)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--strips", default=None, help="a folder for one PNG per state: real future over imagined ones")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -84,6 +88,8 @@ def main() -> None:
             videos = wm.imagine(frame_to_tensor(start["rgb"]), caption, n=args.n, steps=args.steps, guidance=args.guidance,
                                 seed=idx, num_frames=9)
             imag = [error(idm.extract(v, proprio, seed=0).actions.numpy()) for v in videos]
+            if args.strips:
+                save_strip(Path(args.strips) / f"item{idx}_skip{skip}.png", np.stack(real), videos)
             rows.append({"hold": float(np.abs(start["proprio"][:16][arm][None] - want).mean()), "real": real_err,
                          "imag": float(np.mean(imag)), "imag_best": float(np.min(imag))})
     if hasattr(backend, "close"):
@@ -98,6 +104,17 @@ def main() -> None:
         "imag_best_vs_hold": round(mean["imag_best"] / mean["hold"], 3),
         "world_model": args.world_model, "idm": args.idm,
     }))
+
+
+def save_strip(path: Path, real: np.ndarray, videos: torch.Tensor) -> None:
+    """Real frames `(T, H, W, 3)` uint8 on the top row, each imagined video `(T, 3, H, W)` in [0, 1] below."""
+    from PIL import Image
+
+    imagined = (videos.clamp(0, 1).permute(0, 1, 3, 4, 2).numpy() * 255).round().astype(np.uint8)
+    rows = [real] + list(imagined)
+    grid = np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).save(path)
 
 
 if __name__ == "__main__":
