@@ -8,7 +8,7 @@ own floor (a perfect world model); `imag_vs_hold` is what the planner gets from 
 `imag_best_vs_hold` is the best of the N candidates (what a perfect score would pick). Prints one JSON object.
 
     .venv/bin/python bench/bench_imagine_motion.py --world-model CKPT --idm CKPT [--items 12] [--n 4]
-        [--steps 4] [--guidance 2.0] [--horizon 4] [--strips DIR]
+        [--steps 4] [--guidance 2.0] [--horizon 4] [--plan] [--strips DIR]
 
 With `--strips DIR`, every measured state also leaves DIR/item{i}_skip{s}.png: the real future on the top row,
 the N imagined ones below, the 9 frames left to right.
@@ -38,6 +38,9 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=2.0)
     ap.add_argument("--horizon", type=int, default=4, help="extracted steps scored (the planner executes these)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--plan", action="store_true",
+                    help="imagine with plan=True (a world model with an action head: decide, then draw); also "
+                         "scores the head's plan itself (plan_vs_hold)")
     ap.add_argument("--strips", default=None, help="a folder for one PNG per state: real future over imagined ones")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -86,12 +89,16 @@ def main() -> None:
 
             real_err = error(idm.extract(torch.stack([frame_to_tensor(f) for f in real]), proprio, seed=0).actions.numpy())
             videos = wm.imagine(frame_to_tensor(start["rgb"]), caption, n=args.n, steps=args.steps, guidance=args.guidance,
-                                seed=idx, num_frames=9)
+                                seed=idx, num_frames=9, plan=args.plan)
             imag = [error(idm.extract(v, proprio, seed=0).actions.numpy()) for v in videos]
+            extra = {}
+            if args.plan:
+                plan = wm.plan_actions(frame_to_tensor(start["rgb"]), caption, n=args.n, seed=idx, num_frames=9)
+                extra = {"plan": float(np.mean([error(p.numpy()) for p in plan]))}
             if args.strips:
                 save_strip(Path(args.strips) / f"item{idx}_skip{skip}.png", np.stack(real), videos)
             rows.append({"hold": float(np.abs(start["proprio"][:16][arm][None] - want).mean()), "real": real_err,
-                         "imag": float(np.mean(imag)), "imag_best": float(np.min(imag))})
+                         "imag": float(np.mean(imag)), "imag_best": float(np.min(imag)), **extra})
     if hasattr(backend, "close"):
         backend.close()
     if not rows:
@@ -102,6 +109,7 @@ def main() -> None:
         "horizon": h, "arm_error_rad": {k: round(v, 4) for k, v in mean.items()},
         "real_vs_hold": round(mean["real"] / mean["hold"], 3), "imag_vs_hold": round(mean["imag"] / mean["hold"], 3),
         "imag_best_vs_hold": round(mean["imag_best"] / mean["hold"], 3),
+        **({"plan_vs_hold": round(mean["plan"] / mean["hold"], 3)} if args.plan else {}), "plan": args.plan,
         "world_model": args.world_model, "idm": args.idm,
     }))
 

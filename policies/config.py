@@ -27,6 +27,9 @@ class PolicyConfig:
     # score each candidate by how well the world model's action-conditioned prediction of its extracted
     # actions reproduces the imagined video (one extra batched world-model pass per planning step)
     consistency: bool = False
+    # imagine by deciding, then drawing (WorldModel.imagine(plan=True)): needs a world model with an action head
+    # (world_model.imagine_action_loss > 0); the planner refuses to start with one that has none
+    imagine_plan: bool = False
     expert_noise: float = 0.0
     caption_upsampler: str = "scene"  # "scene" (grounded, no model) or "openai" (VLM endpoint)
     upsampler_url: str | None = None

@@ -102,6 +102,9 @@ class ImagineThenActPolicy(Policy):
         if self.pcfg.consistency and not getattr(wm_cfg, "action_conditioning", True):
             raise PolicyError("policy.consistency needs a world model with action conditioning (it predicts "
                               "each candidate's extracted actions)")
+        if self.pcfg.imagine_plan and not getattr(wm_cfg, "imagine_action_loss", 0):
+            raise PolicyError("policy.imagine_plan needs a world model with an action head (trained with "
+                              "world_model.imagine_action_loss > 0)")
         self.recent: deque[torch.Tensor] = deque(maxlen=self.context)  # the last frames seen, oldest first
         self.observed = 0  # observe() calls since the last act()
         self.sent = 0  # actions in the chunk the last act() returned
@@ -173,7 +176,8 @@ class ImagineThenActPolicy(Policy):
         t0 = time.perf_counter()
         imagined = self.wm.imagine(start[0] if self.context == 1 else start, self.caption, n=p.n_candidates,
                                    steps=p.sampling_steps, guidance=p.guidance, seed=seed,
-                                   num_frames=p.imagine_frames)  # (N, T, 3, H, W), the K start frames first
+                                   num_frames=p.imagine_frames,  # (N, T, 3, H, W), the K start frames first
+                                   **({"plan": True} if p.imagine_plan else {}))
         self.timings["imagine_s"] += time.perf_counter() - t0
         return imagined[:, self.context - 1:]  # from the current frame on: what the robot is to do
 

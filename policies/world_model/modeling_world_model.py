@@ -166,6 +166,7 @@ class WorldModel(nn.Module):
         self.success_head = SuccessHead(c, cfg.text_dim, cfg.success_hidden) if cfg.success_head else None
         self.action_head = None
         self._tapped: torch.Tensor | None = None
+        self._tap_now = False
         if cfg.imagine_action_loss:
             blocks = self.transformer.blocks
             if not -len(blocks) <= cfg.imagine_action_block < len(blocks):
@@ -191,8 +192,9 @@ class WorldModel(nn.Module):
         self.action_std.copy_(a.std(0).clamp(min=1e-3))
 
     def _tap(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-        """Forward hook on the block the action head reads: keeps its output `(B, L, D)` while training."""
-        if self.training:
+        """Forward hook on the block the action head reads: keeps its output `(B, L, D)` while training (and
+        for `plan_actions`)."""
+        if self.training or self._tap_now:
             self._tapped = output
 
     def _imagined_actions(self, b: int, t: int) -> torch.Tensor:
@@ -398,11 +400,47 @@ class WorldModel(nn.Module):
         return self.vae.decode(x + cond if self.cfg.residual else x)  # (n, T, 3, H, W)
 
     def imagine(self, frames: torch.Tensor, caption: str, n: int = 4, steps: int = 8, guidance: float = 2.0,
-                seed: int = 0, num_frames: int | None = None) -> torch.Tensor:
+                seed: int = 0, num_frames: int | None = None, plan: bool = False) -> torch.Tensor:
         """Imagine `n` futures from start frame(s) `(3, H, W)` or `(T0, 3, H, W)` in one batch.
-        Returns `(n, T, 3, H, W)` in [0, 1] on the CPU; the start frames come back unchanged."""
+        Returns `(n, T, 3, H, W)` in [0, 1] on the CPU; the start frames come back unchanged.
+
+        `plan` (needs the action head, `imagine_action_loss` > 0): decide, then draw. One imagine-mode call on
+        each candidate's starting noise reads what the robot will do off the action head (`plan_actions`), and
+        the future is drawn in evaluation mode under that plan."""
         start = self._check_frames(frames)
-        return self._sample(start, caption, n, steps, guidance, seed, num_frames or self.cfg.num_frames).cpu()
+        num_frames = num_frames or self.cfg.num_frames
+        if plan:
+            actions = self.plan_actions(start, caption, n, seed, num_frames)
+            return self._sample(start, caption, n, steps, guidance, seed, num_frames, actions).cpu()
+        return self._sample(start, caption, n, steps, guidance, seed, num_frames).cpu()
+
+    @torch.no_grad()
+    def plan_actions(self, frames: torch.Tensor, caption: str, n: int = 4, seed: int = 0,
+                     num_frames: int | None = None) -> torch.Tensor:
+        """The action head's reading `(n, T-1, A)` (native units) of what the robot does next, from one
+        imagine-mode call at full noise: candidate k starts from the noise `imagine(..., seed)` gives it."""
+        if self.action_head is None:
+            raise PolicyError("this world model has no action head (train it with world_model.imagine_action_loss > 0)")
+        start = self._check_frames(frames)
+        num_frames = num_frames or self.cfg.num_frames
+        r = self.cfg.temporal_factor
+        if (num_frames - 1) % r or num_frames <= start.shape[0]:
+            raise PolicyError(f"num_frames={num_frames} must exceed the {start.shape[0]} start frames and be 1 + {r}k")
+        cond, n_cond = self._cond_latents(start[None], num_frames)
+        cond = cond.expand(n, -1, -1, -1, -1)
+        chans, frame_actions = self._cond_channels(cond, n_cond, None, None)
+        ehs = self._text([caption])[0].expand(n, -1, -1)
+        x = torch.randn(cond.shape, generator=torch.Generator().manual_seed(int(seed))).to(self.device)
+        x[:, :, :n_cond] = 0.0 if self.cfg.residual else cond[:, :, :n_cond]
+        self._tap_now = True
+        try:
+            self._denoise(torch.cat([x, chans], 1), torch.full((n,), 1000.0, device=self.device), ehs, frame_actions)
+            plan = self._imagined_actions(n, cond.shape[2]).reshape(n, -1, self.cfg.action_dim)
+        finally:
+            self._tap_now = False
+        if hasattr(self, "action_mean"):
+            plan = plan * self.action_std + self.action_mean
+        return plan.cpu()
 
     def predict(self, frames: torch.Tensor, actions: torch.Tensor, caption: str = "", seed: int = 0,
                 steps: int | None = None, guidance: float = 1.0,

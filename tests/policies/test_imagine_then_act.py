@@ -24,7 +24,7 @@ from flywheel.compose import compose, to_object
 from flywheel.evaluation.feasibility import default_checker
 from policies.errors import PolicyError
 from policies.idm import InverseDynamicsModel
-from policies.imagine_then_act import LIMIT_PROJECTION, ImagineThenActPolicy
+from policies.imagine_then_act import LIMIT_PROJECTION, ImagineThenActPolicy, frame_to_tensor
 from policies.world_model import WorldModel
 
 torch.set_num_threads(1)
@@ -436,3 +436,32 @@ def test_consistency_scores_each_candidate_by_the_action_conditioned_prediction(
         assert c["scores"]["combined"] == pytest.approx(c["scores"]["consistency"])
     chosen = next(c for c in cands if c["chosen"])
     assert chosen["scores"]["consistency"] == max(c["scores"]["consistency"] for c in ok)
+
+
+def test_imagine_plan_draws_the_action_heads_plan(tmp_path, models, checker, sim):
+    """`policy.imagine_plan`: the planner imagines with plan=True (the futures are the world model's
+    prediction under its action head's plan); a world model without the head is refused at construction."""
+    cfg = tiny_config(tmp_path, "policy.imagine_plan=true", "world_model.imagine_action_loss=1.0",
+                      "world_model.num_layers=2")
+    torch.manual_seed(0)
+    wm = WorldModel(cfg.world_model).eval()
+    with torch.no_grad():  # untrained, the zero-initialised output and action maps would only copy the frame
+        for param in wm.transformer.parameters():
+            if not param.any():
+                param.normal_(std=0.05)
+    _, idm = models
+    obs = sim.reset(task=sample_task("pick", 3), seed=3)
+    policy = make(cfg, wm, idm, checker, sim)
+    out = policy.act(obs)
+    start = frame_to_tensor(obs["rgb"])
+    seed = policy.seed * 100_003  # the first planning step's first batch
+    plan = wm.plan_actions(start, policy.caption, n=N, seed=seed, num_frames=cfg.policy.imagine_frames)
+    want = wm.predict_many(start, plan, policy.caption, seed=seed, steps=cfg.policy.sampling_steps,
+                           guidance=cfg.policy.guidance)
+    got = out.info["videos"][:N].astype(np.float32)
+    assert np.abs(got - want.permute(0, 1, 3, 4, 2).numpy() * 255).max() <= 1.0
+    plain = wm.imagine(start, policy.caption, n=N, steps=cfg.policy.sampling_steps, guidance=cfg.policy.guidance,
+                       seed=seed, num_frames=cfg.policy.imagine_frames)
+    assert np.abs(got - plain.permute(0, 1, 3, 4, 2).numpy() * 255).max() > 5.0
+    with pytest.raises(PolicyError, match="action head"):
+        make(tiny_config(tmp_path, "policy.imagine_plan=true"), *models, checker, sim)
