@@ -89,11 +89,12 @@ def main() -> None:
 
             real_err = error(idm.extract(torch.stack([frame_to_tensor(f) for f in real]), proprio, seed=0).actions.numpy())
             videos = wm.imagine(frame_to_tensor(start["rgb"]), caption, n=args.n, steps=args.steps, guidance=args.guidance,
-                                seed=idx, num_frames=9, plan=args.plan)
+                                seed=idx, num_frames=9, plan=args.plan, pose=proprio[:16] if args.plan else None)
             imag = [error(idm.extract(v, proprio, seed=0).actions.numpy()) for v in videos]
             extra = {}
             if args.plan:
-                plan = wm.plan_actions(frame_to_tensor(start["rgb"]), caption, n=args.n, seed=idx, num_frames=9)
+                plan = wm.plan_actions(frame_to_tensor(start["rgb"]), caption, proprio[:16], n=args.n, seed=idx,
+                                       num_frames=9)
                 extra = {"plan": float(np.mean([error(p.numpy()) for p in plan]))}
             if args.strips:
                 save_strip(Path(args.strips) / f"item{idx}_skip{skip}.png", np.stack(real), videos)

@@ -131,6 +131,9 @@ class ClipDataset(Dataset):
             "caption": ep.caption,
             "success": torch.tensor(float(ep.success) if ends_episode else math.nan),
             "episode_success": bool(ep.success),
+            # the joint positions at the clip's start frame: the world model's action head (imagine_action_loss)
+            # says where the joints go from there
+            "start_pose": torch.from_numpy(np.ascontiguousarray(ep.proprio[s, : ep.actions.shape[1]], dtype=np.float32)),
         }
 
 

@@ -142,7 +142,7 @@ class ImagineThenActPolicy(Policy):
         cands: list[Candidate] = []
         batches: list[torch.Tensor] = []
         for rnd in range(1 + p.resample_rounds):  # rejection sampling: a fresh batch while none is acceptable
-            videos = self._imagine_batch(start, seed + 7919 * rnd)
+            videos = self._imagine_batch(start, seed + 7919 * rnd, proprio)
             batch = self._score_batch(len(cands), start, videos, proprio, seed + 7919 * rnd)
             cands += batch
             batches.append(videos)
@@ -170,14 +170,16 @@ class ImagineThenActPolicy(Policy):
         self.sent = len(chunk)
         return PolicyOutput(actions=chunk.astype(np.float32), info=info)
 
-    def _imagine_batch(self, start: torch.Tensor, seed: int) -> torch.Tensor:
-        """N imagined futures (N, T, 3, H, W) from the current frame on, as one batch."""
+    def _imagine_batch(self, start: torch.Tensor, seed: int, proprio: np.ndarray) -> torch.Tensor:
+        """N imagined futures (N, T, 3, H, W) from the current frame on, as one batch (with `imagine_plan`, planned
+        from the measured joint positions at the head of `proprio`)."""
         p = self.pcfg
+        pose = torch.from_numpy(proprio[: len(proprio) // 2].copy())
         t0 = time.perf_counter()
         imagined = self.wm.imagine(start[0] if self.context == 1 else start, self.caption, n=p.n_candidates,
                                    steps=p.sampling_steps, guidance=p.guidance, seed=seed,
                                    num_frames=p.imagine_frames,  # (N, T, 3, H, W), the K start frames first
-                                   **({"plan": True} if p.imagine_plan else {}))
+                                   **({"plan": True, "pose": pose} if p.imagine_plan else {}))
         self.timings["imagine_s"] += time.perf_counter() - t0
         return imagined[:, self.context - 1:]  # from the current frame on: what the robot is to do
 

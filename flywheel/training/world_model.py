@@ -69,6 +69,8 @@ def collate_clips(items: list[dict]) -> dict:
         "success": torch.tensor([math.nan if s is None else float(s) for s in success], dtype=torch.float32),
         **({"episode_success": torch.tensor([bool(it["episode_success"]) for it in items])}
            if all("episode_success" in it for it in items) else {}),
+        **({"start_pose": torch.stack([torch.as_tensor(it["start_pose"], dtype=torch.float32) for it in items])}
+           if all("start_pose" in it for it in items) else {}),
     }
 
 

@@ -48,7 +48,8 @@ class WorldModelConfig:
     imagine_from_success: bool = False
     # training: on imagine-mode clips (actions dropped) a linear head reads the action chunk that leads into
     # each latent frame off the mean of that frame's tokens after block `imagine_action_block` (negative
-    # counts from the end), with this weight on its MSE (standardised actions). In imagine mode the model has
+    # counts from the end), with this weight on its MSE: the targets relative to the joint positions at the
+    # clip's start (the batch's start_pose), in units of each joint's action std. In imagine mode the model has
     # to decide what the robot does before it can draw it; the pixel loss alone is a weak signal for that
     # decision, the head supervises it directly. 0: no head
     imagine_action_loss: float = 0.0

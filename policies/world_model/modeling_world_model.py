@@ -207,6 +207,10 @@ class WorldModel(nn.Module):
         frames = h.float().reshape(b, t, -1, h.shape[-1]).mean(2)  # tokens are (t, h, w)-ordered
         return self.action_head(frames[:, 1:])
 
+    def _plan_units(self, delta: torch.Tensor) -> torch.Tensor:
+        """Action targets relative to the start pose, scaled per joint by the action std (when fitted)."""
+        return delta / self.action_std if hasattr(self, "action_std") else delta
+
     @property
     def device(self) -> torch.device:
         return next(self.transformer.parameters()).device
@@ -314,9 +318,11 @@ class WorldModel(nn.Module):
         if self.action_head is not None:
             pred = self._imagined_actions(b, x_t.shape[2])
             if actions is not None and (~present).any():  # imagine-mode clips: say what the robot will do
-                target = actions
-                if hasattr(self, "action_mean"):
-                    target = (actions - self.action_mean) / self.action_std
+                pose = batch.get("start_pose")
+                if pose is None:
+                    raise PolicyError("the action head learns where the joints go from the start frame: the batch "
+                                      "needs start_pose (B, A), the joint positions at the clip's first frame")
+                target = self._plan_units(actions - pose.to(dev, torch.float32)[:, None])
                 target = target.reshape(b, x_t.shape[2] - 1, -1)
                 loss_a = F.mse_loss(pred[~present], target[~present])
                 loss = loss + cfg.imagine_action_loss * loss_a
@@ -400,25 +406,29 @@ class WorldModel(nn.Module):
         return self.vae.decode(x + cond if self.cfg.residual else x)  # (n, T, 3, H, W)
 
     def imagine(self, frames: torch.Tensor, caption: str, n: int = 4, steps: int = 8, guidance: float = 2.0,
-                seed: int = 0, num_frames: int | None = None, plan: bool = False) -> torch.Tensor:
+                seed: int = 0, num_frames: int | None = None, plan: bool = False,
+                pose: torch.Tensor | None = None) -> torch.Tensor:
         """Imagine `n` futures from start frame(s) `(3, H, W)` or `(T0, 3, H, W)` in one batch.
         Returns `(n, T, 3, H, W)` in [0, 1] on the CPU; the start frames come back unchanged.
 
-        `plan` (needs the action head, `imagine_action_loss` > 0): decide, then draw. One imagine-mode call on
-        each candidate's starting noise reads what the robot will do off the action head (`plan_actions`), and
-        the future is drawn in evaluation mode under that plan."""
+        `plan` (needs the action head, `imagine_action_loss` > 0, and the measured joint positions `pose (A,)`):
+        decide, then draw. One imagine-mode call on each candidate's starting noise reads where the joints go
+        off the action head (`plan_actions`), and the future is drawn in evaluation mode under that plan."""
         start = self._check_frames(frames)
         num_frames = num_frames or self.cfg.num_frames
         if plan:
-            actions = self.plan_actions(start, caption, n, seed, num_frames)
+            if pose is None:
+                raise PolicyError("imagine(plan=True) needs pose: the measured joint positions the plan starts from")
+            actions = self.plan_actions(start, caption, pose, n, seed, num_frames)
             return self._sample(start, caption, n, steps, guidance, seed, num_frames, actions).cpu()
         return self._sample(start, caption, n, steps, guidance, seed, num_frames).cpu()
 
     @torch.no_grad()
-    def plan_actions(self, frames: torch.Tensor, caption: str, n: int = 4, seed: int = 0,
+    def plan_actions(self, frames: torch.Tensor, caption: str, pose: torch.Tensor, n: int = 4, seed: int = 0,
                      num_frames: int | None = None) -> torch.Tensor:
-        """The action head's reading `(n, T-1, A)` (native units) of what the robot does next, from one
-        imagine-mode call at full noise: candidate k starts from the noise `imagine(..., seed)` gives it."""
+        """The action head's reading `(n, T-1, A)` (native units) of what the robot does next from the joint
+        positions `pose (A,)`, from one imagine-mode call at full noise: candidate k starts from the noise
+        `imagine(..., seed)` gives it."""
         if self.action_head is None:
             raise PolicyError("this world model has no action head (train it with world_model.imagine_action_loss > 0)")
         start = self._check_frames(frames)
@@ -438,9 +448,11 @@ class WorldModel(nn.Module):
             plan = self._imagined_actions(n, cond.shape[2]).reshape(n, -1, self.cfg.action_dim)
         finally:
             self._tap_now = False
-        if hasattr(self, "action_mean"):
-            plan = plan * self.action_std + self.action_mean
-        return plan.cpu()
+        pose = torch.as_tensor(pose, dtype=torch.float32).to(self.device)
+        if pose.shape != (self.cfg.action_dim,) or not torch.isfinite(pose).all():
+            raise PolicyError(f"pose must be {self.cfg.action_dim} finite joint positions, got {tuple(pose.shape)}")
+        scale = self.action_std if hasattr(self, "action_std") else torch.ones_like(pose)
+        return (pose + plan * scale).cpu()
 
     def predict(self, frames: torch.Tensor, actions: torch.Tensor, caption: str = "", seed: int = 0,
                 steps: int | None = None, guidance: float = 1.0,

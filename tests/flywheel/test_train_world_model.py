@@ -257,3 +257,20 @@ def test_store_clips_carry_their_episode_outcome():
     assert math.isnan(float(items[0]["success"]))  # its outcome frame is not in this clip
     assert collate_clips([items[0], items[-1]])["episode_success"].tolist() == [True, False]
     assert "episode_success" not in collate_clips([clip(0), clip(1)])
+
+
+def test_store_clips_carry_the_joint_positions_at_their_start():
+    """A clip's start_pose is the joints of the episode's proprio at its first frame (the world model's action
+    head learns the actions relative to it); collated when every clip has it."""
+    import numpy as np
+
+    from flywheel.data import ClipDataset, LoadedEpisode
+
+    proprio = np.arange(6 * 32, dtype=np.float32).reshape(6, 32)
+    e = LoadedEpisode(id=1, caption="c", success=True, frames=np.zeros((6, S, S, 3), np.uint8), proprio=proprio,
+                      actions=np.zeros((5, 16), np.float32), source="expert", task_family="pick")
+    ds = ClipDataset([e], num_frames=3, stride=2)
+    assert [ds.index[i][1] for i in range(len(ds))] == [0, 2, 3]
+    assert np.array_equal(ds[1]["start_pose"].numpy(), proprio[2, :16])
+    assert collate_clips([ds[0], ds[2]])["start_pose"].tolist() == [proprio[0, :16].tolist(), proprio[3, :16].tolist()]
+    assert "start_pose" not in collate_clips([clip(0), clip(1)])

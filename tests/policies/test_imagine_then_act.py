@@ -455,7 +455,8 @@ def test_imagine_plan_draws_the_action_heads_plan(tmp_path, models, checker, sim
     out = policy.act(obs)
     start = frame_to_tensor(obs["rgb"])
     seed = policy.seed * 100_003  # the first planning step's first batch
-    plan = wm.plan_actions(start, policy.caption, n=N, seed=seed, num_frames=cfg.policy.imagine_frames)
+    pose = torch.from_numpy(obs["proprio"][:16].astype(np.float32))  # the measured joint positions
+    plan = wm.plan_actions(start, policy.caption, pose, n=N, seed=seed, num_frames=cfg.policy.imagine_frames)
     want = wm.predict_many(start, plan, policy.caption, seed=seed, steps=cfg.policy.sampling_steps,
                            guidance=cfg.policy.guidance)
     got = out.info["videos"][:N].astype(np.float32)

@@ -290,7 +290,9 @@ def test_imagine_action_head_learns_the_actions_of_imagine_mode_clips(tmp_path):
     survives a checkpoint round trip; a block that does not exist is refused."""
     torch.manual_seed(0)
     m = WorldModel(tiny_cfg(num_layers=2, action_dropout=1.0, imagine_action_loss=1.0, imagine_action_block=0))
-    b = batch()
+    with pytest.raises(PolicyError, match="start_pose"):
+        m(batch())
+    b = batch() | {"start_pose": torch.randn(2, 16)}
     opt = torch.optim.Adam(m.action_head.parameters(), lr=0.05)
     losses = []
     for _ in range(30):
@@ -314,17 +316,24 @@ def test_imagine_action_head_learns_the_actions_of_imagine_mode_clips(tmp_path):
 
 
 def test_plan_reads_the_action_head_then_draws_under_that_plan():
-    """`imagine(plan=True)`: the futures are the evaluation-mode prediction under the action head's plan."""
+    """`imagine(plan=True)`: the futures are the evaluation-mode prediction under the action head's plan, which
+    starts from the given joint positions."""
     torch.manual_seed(0)
     m = WorldModel(tiny_cfg(num_layers=2, imagine_action_loss=1.0, normalize_actions=True)).eval()
     m.fit_action_stats(torch.randn(50, 16) * 0.3 + 1.0)
     frame = torch.rand(3, S, S)
-    plan = m.plan_actions(frame, "pick the red cube", n=3, seed=5)
+    pose = torch.randn(16)
+    plan = m.plan_actions(frame, "pick the red cube", pose, n=3, seed=5)
     assert plan.shape == (3, 2, 16) and torch.isfinite(plan).all()
     assert not torch.allclose(plan[0], plan[1])  # each candidate's own starting noise
-    assert torch.equal(plan, m.plan_actions(frame, "pick the red cube", n=3, seed=5))
-    videos = m.imagine(frame, "pick the red cube", n=3, steps=2, seed=5, plan=True)
+    assert torch.equal(plan, m.plan_actions(frame, "pick the red cube", pose, n=3, seed=5))
+    assert torch.allclose(m.plan_actions(frame, "pick the red cube", pose + 1.0, n=3, seed=5), plan + 1.0)
+    videos = m.imagine(frame, "pick the red cube", n=3, steps=2, seed=5, plan=True, pose=pose)
     assert torch.allclose(videos, m.predict_many(frame, plan, "pick the red cube", seed=5, steps=2, guidance=2.0))
     assert m._tapped is None and not m.training
+    with pytest.raises(PolicyError, match="needs pose"):
+        m.imagine(frame, "pick the red cube", n=3, steps=2, plan=True)
+    with pytest.raises(PolicyError, match="finite"):
+        m.plan_actions(frame, "pick the red cube", torch.full((16,), float("nan")))
     with pytest.raises(PolicyError, match="no action head"):
-        WorldModel(tiny_cfg()).eval().plan_actions(frame, "pick the red cube")
+        WorldModel(tiny_cfg()).eval().plan_actions(frame, "pick the red cube", pose)
