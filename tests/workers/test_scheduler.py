@@ -181,7 +181,7 @@ def test_unreachable_caption_upsampler_fails_the_run_and_records_nothing(make_co
 def test_rerun_queues_a_failed_run_again_with_all_its_attempts(cfg, monkeypatch):
     """A run that failed (a crash, a bug since fixed) is what the same key finds again; `rerun` trains it
     again (the flywheel's trainer does so when `flywheel run` is re-run), and leaves other states alone."""
-    import workers.tasks as tasks
+    from workers import tasks
 
     sched = Scheduler(cfg, inline=True)
     body, heartbeat = tasks.TASKS_BY_NAME["flywheel.noop"]
