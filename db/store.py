@@ -349,12 +349,6 @@ class ExperienceStore:
             return self.mark_dead(run_id, error or f"gave up after {run.attempts} attempts")
         return self._transition(run_id, ["running", "failed"], state="queued", worker=None, error=error)
 
-    def reopen(self, run_id: int) -> TaskRunRow | None:
-        """Queue a failed, dead or cancelled run again with all its attempts (an operator's re-run of the command
-        that enqueued it, once the cause is fixed). None if it is in another state."""
-        return self._transition(run_id, ["failed", "dead", "cancelled"], state="queued", attempts=0, worker=None,
-                                error=None, result=None, finished_at=None)
-
     def mark_dead(self, run_id: int, error: str) -> TaskRunRow | None:
         """Give up on a run (poison task or out of attempts)."""
         return self._transition(

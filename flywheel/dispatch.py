@@ -3,7 +3,7 @@
 `SchedulerEpisodeRunner` turns TaskSpec dicts into ledger runs (idempotent by key, so a restarted loop
 re-attaches to the runs it already enqueued) and returns each run's result. `DispatchTrainer` sends
 `flywheel.retrain` to the `train` queue and returns the registered version. Both take any object with
-the scheduler's `enqueue_many` / `wait` / `rerun` (the Celery scheduler, or the in-process one in tests).
+the scheduler's `enqueue_many` / `wait` (the Celery scheduler, or the in-process one in tests).
 """
 from __future__ import annotations
 
@@ -46,11 +46,10 @@ class DispatchTrainer:
         kinds = ("world_model", "idm")
         specs = [{"kind": "retrain", "params": {"kind": k, "phase": phase, "parent": p.version if p else None}}
                  for k, p in zip(kinds, parents)]
-        groups = self.scheduler.enqueue_many(specs, key=f"train:{phase}")
-        ids = [g[0] for g in groups]
-        for run_id in ids:  # an earlier invocation's run that failed (a crash, a bug since fixed) trains again:
-            self.scheduler.rerun(run_id)  # the phase name keeps a model that did register from training twice
-        rows = self.scheduler.wait(ids, timeout=self.timeout_s)
+        # an earlier invocation's run that failed (a crash, a bug since fixed) trains again; the phase name keeps
+        # a model that did register from training twice
+        groups = self.scheduler.enqueue_many(specs, key=f"train:{phase}", retry_failed=True)
+        rows = self.scheduler.wait([g[0] for g in groups], timeout=self.timeout_s)
         out = []
         for kind, row in zip(kinds, rows):
             if row.state != "succeeded":

@@ -174,12 +174,12 @@ class ImagineThenActPolicy(Policy):
         """N imagined futures (N, T, 3, H, W) from the current frame on, as one batch (with `imagine_plan`, planned
         from the measured joint positions at the head of `proprio`)."""
         p = self.pcfg
-        pose = torch.from_numpy(proprio[: len(proprio) // 2].copy())
+        plan = {"plan": True, "pose": torch.from_numpy(proprio[: len(proprio) // 2].copy())} if p.imagine_plan else {}
         t0 = time.perf_counter()
         imagined = self.wm.imagine(start[0] if self.context == 1 else start, self.caption, n=p.n_candidates,
                                    steps=p.sampling_steps, guidance=p.guidance, seed=seed,
                                    num_frames=p.imagine_frames,  # (N, T, 3, H, W), the K start frames first
-                                   **({"plan": True, "pose": pose} if p.imagine_plan else {}))
+                                   **plan)
         self.timings["imagine_s"] += time.perf_counter() - t0
         return imagined[:, self.context - 1:]  # from the current frame on: what the robot is to do
 

@@ -169,8 +169,10 @@ class Scheduler:
 
     ENQUEUE_BATCH = 32  # ledger rows written per transaction before their messages go out
 
-    def enqueue_many(self, specs: Sequence[TaskSpec | dict], *, key: str | None = None) -> list[list[int]]:
-        """`enqueue` for a batch: every spec is validated before the first ledger write."""
+    def enqueue_many(self, specs: Sequence[TaskSpec | dict], *, key: str | None = None,
+                     retry_failed: bool = False) -> list[list[int]]:
+        """`enqueue` for a batch: every spec is validated before the first ledger write. With `retry_failed`, a
+        run of the same key that failed, died or was cancelled (in an earlier invocation) runs again."""
         from workers.app import queue_for
 
         planned = [self.payloads(spec) for spec in specs]
@@ -187,7 +189,7 @@ class Scheduler:
                 hi = lo + self.ENQUEUE_BATCH
                 rows = ledger.create_runs(
                     self.store, name, keys[lo:hi], payloads[lo:hi], queue=queue, priority=spec.priority,
-                    max_attempts=self.cfg.broker.max_retries + 1, deadline=spec.deadline,
+                    max_attempts=self.cfg.broker.max_retries + 1, deadline=spec.deadline, retry_failed=retry_failed,
                 )
                 for k, row in enumerate(rows):
                     if row.state != "queued" or row.attempts != 0:
@@ -238,16 +240,6 @@ class Scheduler:
         already finished."""
         self.status(run_id)  # unknown id -> WorkerError
         return self.store.cancel(int(run_id), reason) is not None
-
-    def rerun(self, run_id: int) -> bool:
-        """Queue a failed, dead or cancelled run again, with all its attempts, and send it; False if it was in
-        another state (queued, running or succeeded: nothing to do)."""
-        self.status(run_id)  # unknown id -> WorkerError
-        row = self.store.reopen(int(run_id))
-        if row is None:
-            return False
-        self.send(row)
-        return True
 
     def wait(self, run_ids: Sequence[int], timeout: float | None = None, poll_s: float = 0.2) -> list[Any]:
         """Block until every run is terminal; returns their rows. WorkerError on timeout, naming the rest."""

@@ -16,12 +16,13 @@ from sqlalchemy import select
 
 def create_runs(
     store: Any, name: str, keys: Sequence[str], payloads: Sequence[dict[str, Any]], *, queue: str,
-    priority: int, max_attempts: int, deadline: datetime | None,
+    priority: int, max_attempts: int, deadline: datetime | None, retry_failed: bool = False,
 ) -> list[Any]:
     """Insert one queued run per (key, payload) in one transaction; returns `TaskRunRow`s.
 
-    Keys already used return their existing run (the call is idempotent like `create_task_run`)."""
-    from db.models import TaskRun
+    Keys already used return their existing run (the call is idempotent like `create_task_run`). With
+    `retry_failed`, an existing run that failed, died or was cancelled is queued again with all its attempts."""
+    from db.models import TaskRun, utcnow
     from db.records import TaskRunRow, from_orm
 
     with store._tx("creating task runs") as s:
@@ -33,6 +34,9 @@ def create_runs(
                 run = TaskRun(name=name, idempotency_key=key, payload=payload, queue=queue, priority=priority,
                               max_attempts=max_attempts, deadline=deadline, state="queued", attempts=0)
                 s.add(run)
+            elif retry_failed and run.state in ("failed", "dead", "cancelled"):
+                run.state, run.attempts, run.worker, run.error, run.result = "queued", 0, None, None, None
+                run.finished_at, run.updated_at = None, utcnow()
             runs.append(run)
         s.flush()
         return [from_orm(TaskRunRow, r) for r in runs]

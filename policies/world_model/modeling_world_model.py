@@ -207,9 +207,11 @@ class WorldModel(nn.Module):
         frames = h.float().reshape(b, t, -1, h.shape[-1]).mean(2)  # tokens are (t, h, w)-ordered
         return self.action_head(frames[:, 1:])
 
-    def _plan_units(self, delta: torch.Tensor) -> torch.Tensor:
-        """Action targets relative to the start pose, scaled per joint by the action std (when fitted)."""
-        return delta / self.action_std if hasattr(self, "action_std") else delta
+    def _plan_scale(self) -> torch.Tensor:
+        """The action head's unit per joint: the action std when the model standardises actions, else 1."""
+        if hasattr(self, "action_std"):
+            return self.action_std
+        return torch.ones(self.cfg.action_dim, device=self.device)
 
     @property
     def device(self) -> torch.device:
@@ -322,7 +324,7 @@ class WorldModel(nn.Module):
                 if pose is None:
                     raise PolicyError("the action head learns where the joints go from the start frame: the batch "
                                       "needs start_pose (B, A), the joint positions at the clip's first frame")
-                target = self._plan_units(actions - pose.to(dev, torch.float32)[:, None])
+                target = (actions - pose.to(dev, torch.float32)[:, None]) / self._plan_scale()
                 target = target.reshape(b, x_t.shape[2] - 1, -1)
                 loss_a = F.mse_loss(pred[~present], target[~present])
                 loss = loss + cfg.imagine_action_loss * loss_a
@@ -358,17 +360,29 @@ class WorldModel(nn.Module):
             raise PolicyError(f"frames must be (3, {s}, {s}) or (T0, 3, {s}, {s}) in [0, 1], got {tuple(frames.shape)}")
         return frames.to(self.device, torch.float32)
 
-    @torch.no_grad()
-    def _sample(self, start: torch.Tensor, caption: str, n: int, steps: int, guidance: float, seed: int,
-                num_frames: int, actions: torch.Tensor | None = None, action_guidance: float = 1.0) -> torch.Tensor:
-        dev, r = self.device, self.cfg.temporal_factor
+    def _start(self, start: torch.Tensor, caption: str, n: int, seed: int, num_frames: int,
+               actions: torch.Tensor | None) -> tuple:
+        """What a sampling batch of `n` starts from: the held start latents `(n, C, t, h, w)` and how many latent
+        frames they fix, the conditioning channels and per-frame actions, the caption's hidden states `(1, L, D)`,
+        the starting noise (seeded, drawn on the CPU, the fixed frames written in) and those fixed frames."""
+        r = self.cfg.temporal_factor
         if (num_frames - 1) % r or num_frames <= start.shape[0]:
             raise PolicyError(f"num_frames={num_frames} must exceed the {start.shape[0]} start frames and be 1 + {r}k")
         cond, n_cond = self._cond_latents(start[None], num_frames)
         cond = cond.expand(n, -1, -1, -1, -1)
-        present = torch.ones(n, dtype=torch.bool, device=dev) if actions is not None else None
+        present = torch.ones(n, dtype=torch.bool, device=self.device) if actions is not None else None
         chans, frame_actions = self._cond_channels(cond, n_cond, actions, present)
         hidden, _ = self._text([caption])
+        x = torch.randn(cond.shape, generator=torch.Generator().manual_seed(int(seed))).to(self.device)
+        clean = torch.zeros_like(cond) if self.cfg.residual else cond  # the fixed start frames
+        x[:, :, :n_cond] = clean[:, :, :n_cond]
+        return cond, n_cond, chans, frame_actions, hidden, x, clean
+
+    @torch.no_grad()
+    def _sample(self, start: torch.Tensor, caption: str, n: int, steps: int, guidance: float, seed: int,
+                num_frames: int, actions: torch.Tensor | None = None, action_guidance: float = 1.0) -> torch.Tensor:
+        dev = self.device
+        cond, n_cond, chans, frame_actions, hidden, x, clean = self._start(start, caption, n, seed, num_frames, actions)
         ehs = hidden.expand(n, -1, -1)
         # classifier-free guidance: on the caption (against the empty one) and on the actions (against none,
         # which training's action dropout teaches): one extra batch branch each
@@ -378,10 +392,6 @@ class WorldModel(nn.Module):
             ehs = torch.cat([ehs, self._text([""])[0].expand(n, -1, -1)])
         if "actions" in branches:
             ehs = torch.cat([ehs, hidden.expand(n, -1, -1)])
-        gen = torch.Generator().manual_seed(int(seed))
-        x = torch.randn(cond.shape, generator=gen).to(dev)  # (n, C, t, h, w), noise drawn on CPU
-        clean = torch.zeros_like(cond) if self.cfg.residual else cond  # the fixed start frames
-        x[:, :, :n_cond] = clean[:, :, :n_cond]
         sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=self.cfg.flow_shift)
         sched.set_timesteps(steps, device=dev)
         c = x.shape[1]
@@ -419,7 +429,7 @@ class WorldModel(nn.Module):
         if plan:
             if pose is None:
                 raise PolicyError("imagine(plan=True) needs pose: the measured joint positions the plan starts from")
-            actions = self.plan_actions(start, caption, pose, n, seed, num_frames)
+            actions = self._plan(start, caption, pose, n, seed, num_frames)
             return self._sample(start, caption, n, steps, guidance, seed, num_frames, actions).cpu()
         return self._sample(start, caption, n, steps, guidance, seed, num_frames).cpu()
 
@@ -429,30 +439,25 @@ class WorldModel(nn.Module):
         """The action head's reading `(n, T-1, A)` (native units) of what the robot does next from the joint
         positions `pose (A,)`, from one imagine-mode call at full noise: candidate k starts from the noise
         `imagine(..., seed)` gives it."""
+        return self._plan(self._check_frames(frames), caption, pose, n, seed, num_frames or self.cfg.num_frames)
+
+    @torch.no_grad()
+    def _plan(self, start: torch.Tensor, caption: str, pose: torch.Tensor, n: int, seed: int,
+              num_frames: int) -> torch.Tensor:
         if self.action_head is None:
             raise PolicyError("this world model has no action head (train it with world_model.imagine_action_loss > 0)")
-        start = self._check_frames(frames)
-        num_frames = num_frames or self.cfg.num_frames
-        r = self.cfg.temporal_factor
-        if (num_frames - 1) % r or num_frames <= start.shape[0]:
-            raise PolicyError(f"num_frames={num_frames} must exceed the {start.shape[0]} start frames and be 1 + {r}k")
-        cond, n_cond = self._cond_latents(start[None], num_frames)
-        cond = cond.expand(n, -1, -1, -1, -1)
-        chans, frame_actions = self._cond_channels(cond, n_cond, None, None)
-        ehs = self._text([caption])[0].expand(n, -1, -1)
-        x = torch.randn(cond.shape, generator=torch.Generator().manual_seed(int(seed))).to(self.device)
-        x[:, :, :n_cond] = 0.0 if self.cfg.residual else cond[:, :, :n_cond]
-        self._tap_now = True
-        try:
-            self._denoise(torch.cat([x, chans], 1), torch.full((n,), 1000.0, device=self.device), ehs, frame_actions)
-            plan = self._imagined_actions(n, cond.shape[2]).reshape(n, -1, self.cfg.action_dim)
-        finally:
-            self._tap_now = False
         pose = torch.as_tensor(pose, dtype=torch.float32).to(self.device)
         if pose.shape != (self.cfg.action_dim,) or not torch.isfinite(pose).all():
             raise PolicyError(f"pose must be {self.cfg.action_dim} finite joint positions, got {tuple(pose.shape)}")
-        scale = self.action_std if hasattr(self, "action_std") else torch.ones_like(pose)
-        return (pose + plan * scale).cpu()
+        cond, _, chans, frame_actions, hidden, x, _ = self._start(start, caption, n, seed, num_frames, None)
+        self._tap_now = True
+        try:
+            self._denoise(torch.cat([x, chans], 1), torch.full((n,), 1000.0, device=self.device),
+                          hidden.expand(n, -1, -1), frame_actions)
+            plan = self._imagined_actions(n, cond.shape[2]).reshape(n, -1, self.cfg.action_dim)
+        finally:
+            self._tap_now = False
+        return (pose + plan * self._plan_scale()).cpu()
 
     def predict(self, frames: torch.Tensor, actions: torch.Tensor, caption: str = "", seed: int = 0,
                 steps: int | None = None, guidance: float = 1.0,

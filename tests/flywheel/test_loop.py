@@ -124,36 +124,3 @@ def test_interrupted_run_continues_without_duplicates(tmp_path):
         assert len(store.episodes(source="expert", limit=None)) == 4  # the smoke preset's bootstrap, once
         play = store.episodes(source="play", limit=None)  # 2 play + 1 perturbed expert
         assert sorted(e.policy for e in play) == ["perturbed_expert", "play", "play"]
-
-
-def test_training_that_failed_in_an_earlier_run_trains_again():
-    """`flywheel run` again after a training run failed (a crash, a bug since fixed): the trainer queues the
-    failed run of the phase again instead of reporting the old failure forever; a finished one is left alone."""
-    from types import SimpleNamespace
-
-    from flywheel.dispatch import DispatchTrainer
-
-    class Ledger:  # the scheduler's side: run 1 (world model) failed last time, run 2 (IDM) succeeded
-        def __init__(self):
-            self.state, self.reruns = {1: "failed", 2: "succeeded"}, []
-
-        def enqueue_many(self, specs, key):
-            assert key == "train:iter3" and [s["params"]["kind"] for s in specs] == ["world_model", "idm"]
-            return [[1], [2]]
-
-        def rerun(self, run_id):
-            self.reruns.append(run_id)
-            if self.state[run_id] != "failed":
-                return False
-            self.state[run_id] = "succeeded"
-            return True
-
-        def wait(self, ids, timeout=None):
-            kinds = {1: "world_model", 2: "idm"}
-            return [SimpleNamespace(state=self.state[i], error="boom" if self.state[i] != "succeeded" else None,
-                                    result={kinds[i]: {"version": 10 + i}}) for i in ids]
-
-    registry = SimpleNamespace(get=lambda kind, version: (kind, version))
-    ledger = Ledger()
-    wm, idm = DispatchTrainer(ledger, registry).train_pair((None, None), "iter3")
-    assert ledger.reruns == [1, 2] and (wm, idm) == (("world_model", 11), ("idm", 12))

@@ -178,27 +178,40 @@ def test_unreachable_caption_upsampler_fails_the_run_and_records_nothing(make_co
     assert d.scheduler.store.episodes() == []
 
 
-def test_rerun_queues_a_failed_run_again_with_all_its_attempts(cfg, monkeypatch):
-    """A run that failed (a crash, a bug since fixed) is what the same key finds again; `rerun` trains it
-    again (the flywheel's trainer does so when `flywheel run` is re-run), and leaves other states alone."""
-    from workers import tasks
+
+def test_training_that_failed_in_an_earlier_run_trains_again(cfg, monkeypatch):
+    """`flywheel run` again after a training run failed (a crash, a bug since fixed): the trainer's enqueue finds
+    the phase's failed run by its key and queues it again with all its attempts, instead of reporting the old
+    failure forever; the phase's run that succeeded is not run again. A plain enqueue of the key leaves it."""
+    from types import SimpleNamespace
+
+    import flywheel.hooks
+    from flywheel.dispatch import DispatchTrainer
+    from flywheel.errors import FlywheelError
+
+    calls = []
+
+    def retrain(cfg, store, params, run_id, should_stop, broken=True):
+        calls.append(params["params"]["kind"])
+        if broken and params["params"]["kind"] == "world_model":
+            raise RuntimeError("disk full")
+        return {params["params"]["kind"]: {"version": 10 + len(calls)}}
 
     sched = Scheduler(cfg, inline=True)
-    body, heartbeat = tasks.TASKS_BY_NAME["flywheel.noop"]
+    trainer = DispatchTrainer(sched, SimpleNamespace(get=lambda kind, version: (kind, version)))
+    monkeypatch.setattr(flywheel.hooks, "retrain", retrain)
+    with pytest.raises(FlywheelError, match=r"training world_model \(iter3\) failed: RuntimeError: disk full"):
+        trainer.train_pair((None, None), "iter3")
+    assert calls == ["world_model", "idm"]
+    [wm_run, idm_run] = sorted(sched.store.task_runs(), key=lambda r: r.id)
+    spec = {"kind": "retrain", "params": {"kind": "world_model", "phase": "iter3", "parent": None}}
+    assert sched.enqueue_many([spec], key="train:iter3") == [[wm_run.id]]  # the same key: the same failed run
+    assert sched.status(wm_run.id).state == "failed" and calls == ["world_model", "idm"]
 
-    def broken(*args, **kwargs):
-        raise RuntimeError("disk full")
-
-    monkeypatch.setitem(tasks.TASKS_BY_NAME, "flywheel.noop", (broken, heartbeat))
-    [run_id] = sched.enqueue({"kind": "noop"}, key="k-rerun")
-    row = sched.status(run_id)
-    assert row.state == "failed" and "disk full" in row.error
-    assert sched.enqueue({"kind": "noop"}, key="k-rerun") == [run_id]  # the same key: the same failed run
-    assert sched.status(run_id).state == "failed"
-    monkeypatch.setitem(tasks.TASKS_BY_NAME, "flywheel.noop", (body, heartbeat))
-    assert sched.rerun(run_id)
-    row = sched.status(run_id)
+    monkeypatch.setattr(flywheel.hooks, "retrain", lambda *a, **k: retrain(*a, **k, broken=False))
+    wm, idm = trainer.train_pair((None, None), "iter3")
+    assert calls == ["world_model", "idm", "world_model"]  # the IDM's finished run is not run again
+    assert (wm, idm) == (("world_model", 13), ("idm", 12))
+    row = sched.status(wm_run.id)
     assert row.state == "succeeded" and row.error is None and row.attempts == 1
-    assert not sched.rerun(run_id)  # succeeded: nothing to run again
-    with pytest.raises(WorkerError, match="unknown task run id"):
-        sched.rerun(10_000)
+    assert sched.status(idm_run.id).attempts == 1
