@@ -42,6 +42,9 @@ def main() -> None:
                     help="imagine with plan=True (a world model with an action head: decide, then draw); also "
                          "scores the head's plan itself (plan_vs_hold)")
     ap.add_argument("--strips", default=None, help="a folder for one PNG per state: real future over imagined ones")
+    ap.add_argument("overrides", nargs="*",
+                    help="Hydra overrides of the demo preset, e.g. policy.caption_upsampler=scene (the captions the "
+                         "world model was trained on)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -55,7 +58,7 @@ def main() -> None:
     from policies.imagine_then_act import frame_to_tensor
     from policies.world_model import WorldModel
 
-    cfg = to_object(compose(["preset=demo"]))
+    cfg = to_object(compose(["preset=demo", *args.overrides]))
     wm = WorldModel.from_pretrained(args.world_model)
     idm = InverseDynamicsModel.from_pretrained(args.idm)
     backend = make_backend("sim", cfg.backend, cfg.env)
@@ -111,7 +114,7 @@ def main() -> None:
         "real_vs_hold": round(mean["real"] / mean["hold"], 3), "imag_vs_hold": round(mean["imag"] / mean["hold"], 3),
         "imag_best_vs_hold": round(mean["imag_best"] / mean["hold"], 3),
         **({"plan_vs_hold": round(mean["plan"] / mean["hold"], 3)} if args.plan else {}), "plan": args.plan,
-        "world_model": args.world_model, "idm": args.idm,
+        "world_model": args.world_model, "idm": args.idm, "overrides": args.overrides,
     }))
 
 

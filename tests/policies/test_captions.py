@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from policies.captions import OpenAICaptionUpsampler, SceneCaptionUpsampler, make_upsampler
+from policies.captions import OpenAICaptionUpsampler, SceneCaptionUpsampler, TaskCaptionUpsampler, make_upsampler
 from policies.errors import PolicyError
 
 SCENE = {
@@ -29,6 +29,36 @@ def test_scene_caption_is_grounded_and_deterministic():
     assert "red cube left of bowl" in cap
 
 
+def test_task_caption_leads_with_the_task_and_its_hand():
+    scene = dict(SCENE, task={"family": "place", "objects": {"object": "cube_red", "target": "bowl"}, "params": {}})
+    scene["objects"] = [dict(o) for o in SCENE["objects"]] + [
+        {"name": "cube_green", "shape": "cube", "colour": "green", "position": [0.35, 0.0, 0.8]}]
+    up = make_upsampler("task")
+    assert isinstance(up, TaskCaptionUpsampler)
+    cap = up.upsample("put the red cube in the bowl.", scene)
+    assert cap == up.upsample("put the red cube in the bowl.", scene)
+    assert cap.startswith("put the red cube in the bowl. The robot reaches with its ")
+    # the cube is on the robot's left (y 0.2), the bowl on its right (y -0.2): their mean is 0, the left hand
+    assert "its left hand for the red cube at the middle left of the table, then brings it to the white bowl at " \
+        "the middle right of the table." in cap
+    assert cap.endswith("Also on the table: green cube at the near centre of the table.")
+    assert "mug" not in cap and "Relations" not in cap
+    scene["objects"][1]["position"] = [0.5, -0.3, 0.8]
+    assert "its right hand for the red cube" in up.upsample("put the red cube in the bowl", scene)
+
+
+def test_task_caption_without_roles_or_with_a_handover():
+    up = TaskCaptionUpsampler()
+    cap = up.upsample("tidy up", SCENE)  # no task: no reach sentence, every visible object listed
+    assert cap == "tidy up. Also on the table: red cube at the middle left of the table; white bowl at the " \
+        "middle right of the table."
+    scene = dict(SCENE, task={"family": "handover", "objects": {"object": "cube_red"},
+                              "params": {"from": "right", "to": "left"}})
+    assert "its right hand for the red cube" in up.upsample("pass the red cube to the left hand", scene)
+    scene["task"] = {"family": "drawer", "objects": {"object": "lunchbox"}}  # not among the scene's objects
+    assert "reaches" not in up.upsample("open the lunchbox drawer", scene)
+
+
 def test_env_scene_relations_become_words():
     """The env describes relations as {"subject", "relation", "object"} dicts: the caption names them."""
     from envs.tabletop import HumanoidTabletopEnv
@@ -46,7 +76,7 @@ def test_env_scene_relations_become_words():
 
 
 def test_tiny_world_model_reads_whole_captions():
-    """The tiny world model's text length holds the scene captions of many tasks (a truncated caption loses
+    """The tiny world model's text length holds the demo's captions of many tasks (a truncated caption loses
     the objects' positions, the part that grounds the task)."""
     from envs.tabletop import HumanoidTabletopEnv
     from envs.tasks import sample_task
@@ -55,7 +85,7 @@ def test_tiny_world_model_reads_whole_captions():
 
     cfg = compose(["preset=demo"])
     env = HumanoidTabletopEnv()
-    up = SceneCaptionUpsampler()
+    up = make_upsampler(cfg.policy.caption_upsampler)
     for seed in range(40):
         env.reset(seed=seed, options={"task": sample_task(None, seed)})
         cap = up.upsample(env.task.instruction, env.scene_description())
