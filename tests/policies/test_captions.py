@@ -7,7 +7,12 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from policies.captions import OpenAICaptionUpsampler, SceneCaptionUpsampler, TaskCaptionUpsampler, make_upsampler
+from policies.captions import (
+    OpenAICaptionUpsampler,
+    SceneCaptionUpsampler,
+    TaskCaptionUpsampler,
+    make_upsampler,
+)
 from policies.errors import PolicyError
 
 SCENE = {
@@ -97,7 +102,7 @@ def test_tiny_world_model_reads_whole_captions():
 class _Fake(BaseHTTPRequestHandler):
     reply: object = None
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         n = int(self.headers["Content-Length"])
         body = json.loads(self.rfile.read(n))
         assert body["messages"][0]["role"] == "user"
