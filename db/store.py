@@ -192,6 +192,22 @@ class ExperienceStore:
         with self._tx("listing episodes") as s:
             return queries.list_episodes(s, **filters)
 
+    def set_captions(self, captions: dict[int, str]) -> int:
+        """Replace these episodes' captions in one transaction: all or none (StoreError naming an unknown id
+        or an empty caption). Returns how many changed."""
+        for eid, text in captions.items():
+            if not isinstance(text, str) or not text.strip():
+                raise StoreError(f"episode {eid}: a caption must be non-empty text, got {text!r}")
+        changed = 0
+        with self._tx("replacing captions") as s:
+            for eid, text in captions.items():
+                ep = s.get(Episode, int(eid))
+                if ep is None:
+                    raise StoreError(f"unknown episode id {eid}")
+                changed += ep.caption != text
+                ep.caption = text
+        return changed
+
     def success_rate(self, **kw: Any) -> list[SuccessRate]:
         """Success rate by task x world-model version x backend (see `queries.success_rate`)."""
         with self._tx("computing success rates") as s:

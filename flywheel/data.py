@@ -92,6 +92,28 @@ def load_episodes(store: Any, flt: EpisodeFilter | None = None) -> list[LoadedEp
     return out
 
 
+def recaption(store: Any, backend: Any, upsampler: Any) -> dict[str, int]:
+    """Caption every episode of `store` again with `upsampler`, from the scene at its recorded start: the task
+    its run was given and its initial state, reset on `backend` (a sim backend). Episodes without both are
+    left as they are (`skipped`). The new captions replace the old in one transaction, after every episode
+    is captioned: an upsampler that fails part-way changes nothing. After switching
+    `policy.caption_upsampler`, this lets a store's world model train on the captions it will be prompted with.
+    """
+    from envs.tasks import TaskInstance
+
+    captions: dict[int, str] = {}
+    skipped = 0
+    for row in store.episodes(limit=None):
+        task = store.get_task_run(row.task_run_id).payload.get("task") if row.task_run_id is not None else None
+        if not task or row.initial_state_uri is None:
+            skipped += 1
+            continue
+        backend.reset(task=TaskInstance.from_dict(task), seed=row.seed, state=store.load_initial_state(row.id))
+        captions[row.id] = upsampler.upsample(row.instruction, backend.scene_description())
+    changed = store.set_captions(captions)
+    return {"episodes": len(captions) + skipped, "captioned": len(captions), "changed": changed, "skipped": skipped}
+
+
 def frames_to_video(frames: np.ndarray) -> torch.Tensor:
     """uint8 (T, H, W, 3) -> float (T, 3, H, W) in [0, 1]."""
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div_(255.0)

@@ -1,6 +1,6 @@
-"""Experience-store commands: `flywheel db upgrade|stats`, `flywheel episodes`, `flywheel episode ID`.
+"""Experience-store commands: `flywheel db upgrade|stats|recaption`, `flywheel episodes`, `flywheel episode ID`.
 
-All but `db upgrade` are read-only. Tables by default (rich), `--json` for scripts. Errors (bad URL,
+All but `db upgrade` and `db recaption` are read-only. Tables by default (rich), `--json` for scripts. Errors (bad URL,
 unreachable database, wrong schema revision, unknown id) are StoreError: one line, exit 1.
 """
 from __future__ import annotations
@@ -22,6 +22,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p_stats = db_sub.add_parser("stats", help="counts and success rates by task x model version x backend")
     p_stats.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p_stats.set_defaults(func=cmd_stats)
+    p_cap = db_sub.add_parser(
+        "recaption", help="caption every episode again with policy.caption_upsampler, from its recorded start")
+    p_cap.add_argument("--json", action="store_true", help="print JSON instead of a line")
+    p_cap.set_defaults(func=cmd_recaption)
 
     p_eps = sub.add_parser("episodes", help="list recorded episodes (newest first)")
     p_eps.add_argument("--task", help="task family (pick, place, push, drawer, tissue, handover)")
@@ -107,6 +111,32 @@ def cmd_stats(args: argparse.Namespace, cfg: Any) -> int:
         ["task", "world model", "backend", "episodes", "successes", "rate"],
         [[r.task_family, _version(r.world_model_version), r.backend, r.n, r.successes, f"{r.rate:.3f}"] for r in rates],
     )
+    return 0
+
+
+def cmd_recaption(args: argparse.Namespace, cfg: Any) -> int:
+    """Caption every episode again with the configured upsampler (`policy.caption_upsampler`), from the scene
+    at its recorded start, so a world model trained on the store reads the captions the planner will give it."""
+    import dataclasses
+
+    from envs.backend import make_backend
+    from flywheel.data import recaption
+    from policies.captions import make_upsampler
+
+    conf = _config(cfg)
+    upsampler = make_upsampler(conf.policy.caption_upsampler, conf.policy.upsampler_url)
+    backend = make_backend("sim", dataclasses.replace(conf.backend, name="sim"), conf.env)
+    try:
+        with _open_store(cfg) as store:
+            counts = recaption(store, backend, upsampler)
+    finally:
+        backend.close()
+    if args.json:
+        _print_json({"upsampler": conf.policy.caption_upsampler, **counts})
+    else:
+        print(f"captioned {counts['captioned']} of {counts['episodes']} episodes with the "
+              f"{conf.policy.caption_upsampler!r} upsampler: {counts['changed']} changed, {counts['skipped']} "
+              "skipped (no recorded task or initial state)")
     return 0
 
 

@@ -215,3 +215,59 @@ def test_training_that_failed_in_an_earlier_run_trains_again(cfg, monkeypatch):
     row = sched.status(wm_run.id)
     assert row.state == "succeeded" and row.error is None and row.attempts == 1
     assert sched.status(idm_run.id).attempts == 1
+
+
+def test_recaption_rewrites_every_captioned_episode_from_its_recorded_start(cfg):
+    """`flywheel db recaption`: a store's episodes are captioned again by another upsampler, from the scene at
+    their recorded start; an episode without a recorded task is left alone; a failing upsampler changes nothing."""
+    from flywheel.data import recaption
+    from policies.captions import SceneCaptionUpsampler, TaskCaptionUpsampler
+    from workers.episode import get_backend
+
+    d = InProcessDispatcher(cfg)
+    runs = d.dispatch([{"family": fam, "seed": seed, "policy": "scripted_expert", "max_steps": 3}
+                       for fam, seed in (("pick", 5), ("place", 6))])
+    assert all(r.state == "succeeded" for r in d.wait(runs, timeout=10))
+    store = d.scheduler.store
+    before = {e.id: e.caption for e in store.episodes()}
+    assert all(c.startswith("Egocentric view") for c in before.values())
+    backend = get_backend(cfg, "sim")
+
+    class Broken(TaskCaptionUpsampler):
+        calls = 0
+
+        def upsample(self, instruction, scene):
+            Broken.calls += 1
+            if Broken.calls == 2:
+                raise RuntimeError("upsampler down")
+            return super().upsample(instruction, scene)
+
+    with pytest.raises(RuntimeError, match="upsampler down"):
+        recaption(store, backend, Broken())
+    assert {e.id: e.caption for e in store.episodes()} == before  # nothing half-written
+
+    counts = recaption(store, backend, TaskCaptionUpsampler())
+    assert counts == {"episodes": 2, "captioned": 2, "changed": 2, "skipped": 0}
+    for ep in store.episodes():
+        run = store.get_task_run(ep.task_run_id)
+        assert ep.caption.startswith(run.payload["task"]["instruction"] + ". The robot reaches with its ")
+        assert "Egocentric" not in ep.caption
+    # back to the scene upsampler: the very captions the workers wrote
+    assert recaption(store, backend, SceneCaptionUpsampler())["changed"] == 2
+    assert {e.id: e.caption for e in store.episodes()} == before
+    assert recaption(store, backend, SceneCaptionUpsampler())["changed"] == 0
+
+
+def test_set_captions_refuses_an_unknown_id_or_an_empty_caption(cfg):
+    from db.errors import StoreError
+
+    d = InProcessDispatcher(cfg)
+    [run] = d.dispatch([{"family": "pick", "seed": 5, "policy": "scripted_expert", "max_steps": 2}])
+    d.wait([run], timeout=10)
+    store = d.scheduler.store
+    [ep] = store.episodes()
+    with pytest.raises(StoreError, match="unknown episode id 999"):
+        store.set_captions({ep.id: "new words", 999: "x"})
+    with pytest.raises(StoreError, match="non-empty"):
+        store.set_captions({ep.id: "  "})
+    assert store.get_episode(ep.id).caption == ep.caption  # the first, valid caption was not written either
