@@ -43,7 +43,7 @@ def main() -> None:
                          "scores the head's plan itself (plan_vs_hold)")
     ap.add_argument("--strips", default=None, help="a folder for one PNG per state: real future over imagined ones")
     ap.add_argument("overrides", nargs="*",
-                    help="Hydra overrides of the demo preset, e.g. policy.caption_upsampler=scene (the captions the "
+                    help="Hydra overrides of the demo preset, e.g. policy.caption_upsampler=task (the captions the "
                          "world model was trained on)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

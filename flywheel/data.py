@@ -93,23 +93,24 @@ def load_episodes(store: Any, flt: EpisodeFilter | None = None) -> list[LoadedEp
 
 
 def recaption(store: Any, backend: Any, upsampler: Any) -> dict[str, int]:
-    """Caption every episode of `store` again with `upsampler`, from the scene at its recorded start: the task
-    its run was given and its initial state, reset on `backend` (a sim backend). Episodes without both are
-    left as they are (`skipped`). The new captions replace the old in one transaction, after every episode
-    is captioned: an upsampler that fails part-way changes nothing. After switching
-    `policy.caption_upsampler`, this lets a store's world model train on the captions it will be prompted with.
+    """Caption every episode of `store` again with `upsampler`, from the scene at its recorded start: its
+    initial state (which holds its task), restored on `backend` (a sim backend). Episodes without a recorded
+    initial state are left as they are (`skipped`). The new captions replace the old in one transaction,
+    after every episode is captioned: an upsampler or a state that fails part-way changes nothing (the error
+    names the episode). After switching `policy.caption_upsampler` (workers stopped, or restarted with it),
+    this lets a store's world model train on the captions it will be prompted with.
     """
-    from envs.tasks import TaskInstance
-
     captions: dict[int, str] = {}
     skipped = 0
     for row in store.episodes(limit=None):
-        task = store.get_task_run(row.task_run_id).payload.get("task") if row.task_run_id is not None else None
-        if not task or row.initial_state_uri is None:
+        if row.initial_state_uri is None:
             skipped += 1
             continue
-        backend.reset(task=TaskInstance.from_dict(task), seed=row.seed, state=store.load_initial_state(row.id))
-        captions[row.id] = upsampler.upsample(row.instruction, backend.scene_description())
+        try:
+            backend.reset(seed=row.seed, state=store.load_initial_state(row.id))
+            captions[row.id] = upsampler.upsample(row.instruction, backend.scene_description())
+        except Exception as exc:  # one line naming the episode; nothing is written
+            raise FlywheelError(f"recaptioning episode {row.id} ({row.backend}) failed: {exc}") from exc
     changed = store.set_captions(captions)
     return {"episodes": len(captions) + skipped, "captioned": len(captions), "changed": changed, "skipped": skipped}
 

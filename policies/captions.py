@@ -25,12 +25,18 @@ def _depth(y: float) -> str:
     return "near" if y < 0.40 else "far" if y > 0.55 else "middle"
 
 
+def _position(obj: dict[str, Any]) -> Any:
+    """The object's (x, y, ...) position, or None when the scene gives fewer than two coordinates."""
+    pos = obj.get("position") or obj.get("pos")
+    return pos if pos is not None and len(pos) >= 2 else None
+
+
 def _describe_object(obj: dict[str, Any]) -> str:
     colour = obj.get("colour") or obj.get("color") or ""
     shape = obj.get("shape") or obj.get("name", "object")
     words = f"{colour} {shape}".strip()
-    pos = obj.get("position") or obj.get("pos")
-    if pos is not None and len(pos) >= 2:
+    pos = _position(obj)
+    if pos is not None:
         # robot frame: x forward (depth), y left; fall back gracefully on other conventions
         words += f" at the {_depth(float(pos[0]))} {_side(float(pos[1]))} of the table"
     return words
@@ -93,7 +99,7 @@ class TaskCaptionUpsampler:
         parts = [instruction.strip().rstrip(".") + "."]
         main, target = by_name.get(roles.get("object")), by_name.get(roles.get("target"))
         if main is not None:
-            ys = [float(o["position"][1]) for o in (main, target) if o is not None and o.get("position")]
+            ys = [float(_position(o)[1]) for o in (main, target) if o is not None and _position(o) is not None]
             hand = params.get("from") or (_hand_for(ys) if ys else None)
             reach = f"The robot reaches with its {hand} hand for" if hand else "The robot reaches for"
             text = f"{reach} the {_describe_object(main)}"

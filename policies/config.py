@@ -31,7 +31,7 @@ class PolicyConfig:
     # (world_model.imagine_action_loss > 0); the planner refuses to start with one that has none
     imagine_plan: bool = False
     expert_noise: float = 0.0
-    caption_upsampler: str = "scene"  # "scene" (grounded, no model) or "openai" (VLM endpoint)
+    caption_upsampler: str = "scene"  # "scene" or "task" (grounded, no model), or "openai" (VLM endpoint)
     upsampler_url: str | None = None
 
     def __post_init__(self) -> None:

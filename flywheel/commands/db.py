@@ -14,7 +14,7 @@ from flywheel.errors import ConfigError
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register `db`, `episodes` and `episode`."""
-    p_db = sub.add_parser("db", help="experience store: upgrade the schema, show stats")
+    p_db = sub.add_parser("db", help="experience store: upgrade the schema, show stats, recaption episodes")
     db_sub = p_db.add_subparsers(dest="db_command", metavar="SUBCOMMAND")
     p_db.set_defaults(func=lambda args, cfg: _usage(p_db))
     p_up = db_sub.add_parser("upgrade", help="create the store or migrate it to the current schema")
@@ -116,7 +116,8 @@ def cmd_stats(args: argparse.Namespace, cfg: Any) -> int:
 
 def cmd_recaption(args: argparse.Namespace, cfg: Any) -> int:
     """Caption every episode again with the configured upsampler (`policy.caption_upsampler`), from the scene
-    at its recorded start, so a world model trained on the store reads the captions the planner will give it."""
+    at its recorded start, so a world model trained on the store reads the captions the planner will give it.
+    Run it with the workers stopped (or restarted on the new upsampler): episodes recorded meanwhile keep theirs."""
     import dataclasses
 
     from envs.backend import make_backend
@@ -136,7 +137,7 @@ def cmd_recaption(args: argparse.Namespace, cfg: Any) -> int:
     else:
         print(f"captioned {counts['captioned']} of {counts['episodes']} episodes with the "
               f"{conf.policy.caption_upsampler!r} upsampler: {counts['changed']} changed, {counts['skipped']} "
-              "skipped (no recorded task or initial state)")
+              "skipped (no recorded initial state)")
     return 0
 
 

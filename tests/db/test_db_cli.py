@@ -46,6 +46,17 @@ def test_stats_json_and_table(data_dir, capsys):
     assert rc == 0 and "success rate" in out and "place" in out
 
 
+def test_recaption_leaves_episodes_without_a_recorded_start_alone(data_dir, capsys):
+    """`db recaption` restores each episode's initial state to describe its scene: these have none."""
+    rc, out, _ = _run(capsys, "db", "recaption", "--json", f"data_dir={data_dir}", "policy.caption_upsampler=task")
+    assert rc == 0
+    assert json.loads(out) == {"upsampler": "task", "episodes": 3, "captioned": 0, "changed": 0, "skipped": 3}
+    rc, out, _ = _run(capsys, "episodes", "--json", f"data_dir={data_dir}")
+    assert all(r["caption"] is None for r in json.loads(out))
+    rc, _, err = _run(capsys, "db", "recaption", f"data_dir={data_dir}", "policy.caption_upsampler=poem")
+    assert rc == 1 and "unknown caption upsampler 'poem'" in err
+
+
 def test_episodes_filters(data_dir, capsys):
     rc, out, _ = _run(capsys, "episodes", "--task", "pick", "--failure", "--json", f"data_dir={data_dir}")
     rows = json.loads(out)

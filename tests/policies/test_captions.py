@@ -60,7 +60,7 @@ def test_task_caption_without_roles_or_with_a_handover():
     scene = dict(SCENE, task={"family": "handover", "objects": {"object": "cube_red"},
                               "params": {"from": "right", "to": "left"}})
     assert "its right hand for the red cube" in up.upsample("pass the red cube to the left hand", scene)
-    scene["task"] = {"family": "drawer", "objects": {"object": "lunchbox"}}  # not among the scene's objects
+    scene["task"] = {"family": "drawer", "objects": {"object": "lunchbox"}}  # a role this scene has no object for
     assert "reaches" not in up.upsample("open the lunchbox drawer", scene)
 
 

@@ -221,6 +221,7 @@ def test_recaption_rewrites_every_captioned_episode_from_its_recorded_start(cfg)
     """`flywheel db recaption`: a store's episodes are captioned again by another upsampler, from the scene at
     their recorded start; an episode without a recorded task is left alone; a failing upsampler changes nothing."""
     from flywheel.data import recaption
+    from flywheel.errors import FlywheelError
     from policies.captions import SceneCaptionUpsampler, TaskCaptionUpsampler
     from workers.episode import get_backend
 
@@ -242,7 +243,7 @@ def test_recaption_rewrites_every_captioned_episode_from_its_recorded_start(cfg)
                 raise RuntimeError("upsampler down")
             return super().upsample(instruction, scene)
 
-    with pytest.raises(RuntimeError, match="upsampler down"):
+    with pytest.raises(FlywheelError, match=r"recaptioning episode \d+ \(sim\) failed: upsampler down"):
         recaption(store, backend, Broken())
     assert {e.id: e.caption for e in store.episodes()} == before  # nothing half-written
 
