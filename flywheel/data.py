@@ -107,7 +107,7 @@ def recaption(store: Any, backend: Any, upsampler: Any) -> dict[str, int]:
             skipped += 1
             continue
         try:
-            backend.reset(seed=row.seed, state=store.load_initial_state(row.id))
+            backend.reset(state=store.load_initial_state(row.id))
             captions[row.id] = upsampler.upsample(row.instruction, backend.scene_description())
         except Exception as exc:  # one line naming the episode; nothing is written
             raise FlywheelError(f"recaptioning episode {row.id} ({row.backend}) failed: {exc}") from exc

@@ -99,7 +99,7 @@ class TaskCaptionUpsampler:
         parts = [instruction.strip().rstrip(".") + "."]
         main, target = by_name.get(roles.get("object")), by_name.get(roles.get("target"))
         if main is not None:
-            ys = [float(_position(o)[1]) for o in (main, target) if o is not None and _position(o) is not None]
+            ys = [float(p[1]) for o in (main, target) if o is not None and (p := _position(o)) is not None]
             hand = params.get("from") or (_hand_for(ys) if ys else None)
             reach = f"The robot reaches with its {hand} hand for" if hand else "The robot reaches for"
             text = f"{reach} the {_describe_object(main)}"

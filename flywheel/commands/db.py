@@ -118,20 +118,17 @@ def cmd_recaption(args: argparse.Namespace, cfg: Any) -> int:
     """Caption every episode again with the configured upsampler (`policy.caption_upsampler`), from the scene
     at its recorded start, so a world model trained on the store reads the captions the planner will give it.
     Run it with the workers stopped (or restarted on the new upsampler): episodes recorded meanwhile keep theirs."""
-    import dataclasses
-
-    from envs.backend import make_backend
     from flywheel.data import recaption
     from policies.captions import make_upsampler
+    from workers.episode import drop_backend, get_backend
 
     conf = _config(cfg)
     upsampler = make_upsampler(conf.policy.caption_upsampler, conf.policy.upsampler_url)
-    backend = make_backend("sim", dataclasses.replace(conf.backend, name="sim"), conf.env)
     try:
         with _open_store(cfg) as store:
-            counts = recaption(store, backend, upsampler)
+            counts = recaption(store, get_backend(conf, "sim"), upsampler)
     finally:
-        backend.close()
+        drop_backend("sim")
     if args.json:
         _print_json({"upsampler": conf.policy.caption_upsampler, **counts})
     else:

@@ -178,7 +178,6 @@ def test_unreachable_caption_upsampler_fails_the_run_and_records_nothing(make_co
     assert d.scheduler.store.episodes() == []
 
 
-
 def test_training_that_failed_in_an_earlier_run_trains_again(cfg, monkeypatch):
     """`flywheel run` again after a training run failed (a crash, a bug since fixed): the trainer's enqueue finds
     the phase's failed run by its key and queues it again with all its attempts, instead of reporting the old
@@ -219,7 +218,7 @@ def test_training_that_failed_in_an_earlier_run_trains_again(cfg, monkeypatch):
 
 def test_recaption_rewrites_every_captioned_episode_from_its_recorded_start(cfg):
     """`flywheel db recaption`: a store's episodes are captioned again by another upsampler, from the scene at
-    their recorded start; an episode without a recorded task is left alone; a failing upsampler changes nothing."""
+    their recorded start; a failing upsampler changes nothing (the db CLI test covers episodes without a start)."""
     from flywheel.data import recaption
     from flywheel.errors import FlywheelError
     from policies.captions import SceneCaptionUpsampler, TaskCaptionUpsampler
