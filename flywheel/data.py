@@ -157,6 +157,8 @@ class ClipDataset(Dataset):
             # the joint positions at the clip's start frame: the world model's action head (imagine_action_loss)
             # says where the joints go from there
             "start_pose": torch.from_numpy(np.ascontiguousarray(ep.proprio[s, : ep.actions.shape[1]], dtype=np.float32)),
+            # every frame's joint positions (T, A): the joint channels of a world model with imagine_joints
+            "poses": torch.from_numpy(np.ascontiguousarray(ep.proprio[s : s + t, : ep.actions.shape[1]], dtype=np.float32)),
         }
 
 

@@ -30,6 +30,10 @@ class PolicyConfig:
     # imagine by deciding, then drawing (WorldModel.imagine(plan=True)): needs a world model with an action head
     # (world_model.imagine_action_loss > 0); the planner refuses to start with one that has none
     imagine_plan: bool = False
+    # what the IDM reads each candidate's actions off: "frames" (the imagined video), "joints" (the joint
+    # positions a world model with world_model.imagine_joints imagines with it) or "auto" (joints when the
+    # world model imagines them)
+    extract_from: str = "auto"
     expert_noise: float = 0.0
     caption_upsampler: str = "scene"  # "scene" or "task" (grounded, no model), or "openai" (VLM endpoint)
     upsampler_url: str | None = None
@@ -41,5 +45,7 @@ class PolicyConfig:
             raise ValueError(f"policy.context_frames must be >= 1, got {self.context_frames}")
         if self.resample_rounds < 0:
             raise ValueError(f"policy.resample_rounds must be >= 0, got {self.resample_rounds}")
+        if self.extract_from not in ("auto", "frames", "joints"):
+            raise ValueError(f"policy.extract_from must be auto, frames or joints, got {self.extract_from!r}")
         if self.horizon < 1:
             raise ValueError(f"policy.horizon must be >= 1, got {self.horizon}")

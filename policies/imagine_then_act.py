@@ -102,6 +102,16 @@ class ImagineThenActPolicy(Policy):
         if self.pcfg.consistency and not getattr(wm_cfg, "action_conditioning", True):
             raise PolicyError("policy.consistency needs a world model with action conditioning (it predicts "
                               "each candidate's extracted actions)")
+        imagines_joints = bool(getattr(wm_cfg, "imagine_joints", False))
+        if self.pcfg.extract_from == "joints" and not imagines_joints:
+            raise PolicyError("policy.extract_from=joints needs a world model that imagines the joints (trained with "
+                              "world_model.imagine_joints=true)")
+        if imagines_joints and self.context != 1:
+            raise PolicyError(f"a world model that imagines the joints starts from one frame and its measured joints: "
+                              f"policy.context_frames must be 1, got {self.context}")
+        self.from_joints = self.pcfg.extract_from == "joints" or (self.pcfg.extract_from == "auto" and imagines_joints)
+        self.imagines_joints = imagines_joints
+        self.joints: torch.Tensor | None = None  # (N, T, A): the last batch's imagined joint positions
         if self.pcfg.imagine_plan and not getattr(wm_cfg, "imagine_action_loss", 0):
             raise PolicyError("policy.imagine_plan needs a world model with an action head (trained with "
                               "world_model.imagine_action_loss > 0)")
@@ -174,12 +184,19 @@ class ImagineThenActPolicy(Policy):
         """N imagined futures (N, T, 3, H, W) from the current frame on, as one batch (with `imagine_plan`, planned
         from the measured joint positions at the head of `proprio`)."""
         p = self.pcfg
-        plan = {"plan": True, "pose": torch.from_numpy(proprio[: len(proprio) // 2].copy())} if p.imagine_plan else {}
+        pose = torch.from_numpy(proprio[: len(proprio) // 2].copy())
+        kw = {"plan": True, "pose": pose} if p.imagine_plan else {"pose": pose} if self.imagines_joints else {}
         t0 = time.perf_counter()
-        imagined = self.wm.imagine(start[0] if self.context == 1 else start, self.caption, n=p.n_candidates,
-                                   steps=p.sampling_steps, guidance=p.guidance, seed=seed,
-                                   num_frames=p.imagine_frames,  # (N, T, 3, H, W), the K start frames first
-                                   **plan)
+        frames = start[0] if self.context == 1 else start
+        if self.imagines_joints:  # the joints come with the frames: (N, T, A)
+            imagined, joints = self.wm.imagine_joints(frames, self.caption, n=p.n_candidates, steps=p.sampling_steps,
+                                                      guidance=p.guidance, seed=seed, num_frames=p.imagine_frames, **kw)
+            self.joints = joints[:, self.context - 1:]
+        else:
+            imagined = self.wm.imagine(frames, self.caption, n=p.n_candidates, steps=p.sampling_steps,
+                                       guidance=p.guidance, seed=seed,
+                                       num_frames=p.imagine_frames,  # (N, T, 3, H, W), the K start frames first
+                                       **kw)
         self.timings["imagine_s"] += time.perf_counter() - t0
         return imagined[:, self.context - 1:]  # from the current frame on: what the robot is to do
 
@@ -190,7 +207,9 @@ class ImagineThenActPolicy(Policy):
         success = self.wm.success_probs(videos, self.caption).numpy() if getattr(self.wm, "success_head", 1) is not None \
             else np.full(len(videos), np.nan)
         self.timings["success_s"] += time.perf_counter() - t0
-        cands = [self._score(first + i, v, proprio, float(success[i]), seed + i) for i, v in enumerate(videos)]
+        joints = self.joints if self.from_joints else None
+        cands = [self._score(first + i, v, proprio, float(success[i]), seed + i,
+                             None if joints is None else joints[i]) for i, v in enumerate(videos)]
         if self.pcfg.consistency:
             self._score_consistency(cands, start, videos, proprio, seed, first)
         for c in cands:
@@ -211,9 +230,13 @@ class ImagineThenActPolicy(Policy):
             prev = out[t]
         return out if self.low is None else np.clip(out, self.low, self.high)
 
-    def _score(self, index: int, video: torch.Tensor, proprio: np.ndarray, success: float, seed: int) -> Candidate:
+    def _score(self, index: int, video: torch.Tensor, proprio: np.ndarray, success: float, seed: int,
+               joints: torch.Tensor | None = None) -> Candidate:
         t0 = time.perf_counter()
-        ext = self.idm.extract(video, torch.from_numpy(proprio), seed=seed)
+        if joints is not None:  # the IDM reads the imagined joints (policy.extract_from)
+            ext = self.idm.extract_joints(joints, torch.from_numpy(proprio))
+        else:
+            ext = self.idm.extract(video, torch.from_numpy(proprio), seed=seed)
         self.timings["extract_s"] += time.perf_counter() - t0
         actions = ext.actions.numpy().astype(np.float64)
         spread = float(ext.spread.mean()) if ext.spread.numel() else 0.0
@@ -260,7 +283,8 @@ class ImagineThenActPolicy(Policy):
             future = torch.as_tensor(np.stack([c.actions for c in ok]), dtype=torch.float32)  # (M, T-K, A)
             held = torch.as_tensor(proprio[: future.shape[2]]).expand(len(ok), self.context - 1, -1)  # the past
             actions = torch.cat([held, future], dim=1)  # (M, T-1, A)
-            pred = self.wm.predict_many(start, actions, self.caption, seed=seed)  # its predict_steps
+            pose = torch.from_numpy(proprio[: future.shape[2]].copy()) if self.imagines_joints else None
+            pred = self.wm.predict_many(start, actions, self.caption, seed=seed, pose=pose)  # its predict_steps
             pred = pred[:, self.context - 1:]  # (M, T, 3, H, W), from the current frame on
             imag = videos[[c.index - first for c in ok]]
             mse = (pred[:, 1:] - imag[:, 1:]).nan_to_num(1.0).pow(2).flatten(1).mean(1).clamp_min(1e-10)

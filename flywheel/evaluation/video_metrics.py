@@ -88,7 +88,8 @@ def evaluate_world_model(model, clips: Iterable[dict], steps: int | None = None,
         caption = str(clip.get("caption", ""))
         if clip.get("actions") is not None:
             start = video[0] if k == 1 else video[:k]
-            pred, _ = model.predict(start, clip["actions"], caption, seed=seed + i, steps=steps)
+            pose = clip.get("start_pose")  # a world model with joint channels starts from the measured joints
+            pred, _ = model.predict(start, clip["actions"], caption, seed=seed + i, steps=steps, pose=pose)
             future, copy = video[k:], video[k - 1:k].expand_as(video[k:])
             if torch.equal(copy, future):
                 static_mse.append(F.mse_loss(pred[k:].float(), future).item())
@@ -104,7 +105,7 @@ def evaluate_world_model(model, clips: Iterable[dict], steps: int | None = None,
                     acc[2] += ours[name][1]
                 if imagine:
                     imag = model.imagine(start, caption, n=1, steps=imagine_steps, guidance=guidance, seed=seed + i,
-                                         num_frames=len(video))[0]
+                                         num_frames=len(video), pose=pose)[0]
                     ipsnrs.append(psnr(imag[k:], future))
                     issims.append(ssim(imag[k:], future))
         s = clip.get("success")

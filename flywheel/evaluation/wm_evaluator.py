@@ -270,7 +270,8 @@ def rollout_in_world_model(wm: Any, actor: Any, rgb0: np.ndarray, proprio0: np.n
         if actions is None or len(actions) == 0:
             break  # the policy held still: the episode ends here
         actions = np.asarray(actions, np.float32)[: min(max_chunk, horizon - t)]  # (h, 16)
-        video, _ = wm.predict(frame, torch.from_numpy(actions), caption, seed=seed * 1009 + k, steps=steps)
+        video, _ = wm.predict(frame, torch.from_numpy(actions), caption, seed=seed * 1009 + k, steps=steps,
+                              pose=torch.from_numpy(q))
         frame = video[-1].clamp(0, 1)  # (3, H, W)
         prev = actions[-2] if len(actions) > 1 else q
         qd = (actions[-1] - prev) * control_hz

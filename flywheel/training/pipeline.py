@@ -76,6 +76,10 @@ class StoreTrainer:
             acts = [e.actions for e in self.episodes("all") if len(e.actions)]
             if acts:
                 model.fit_action_stats(np.concatenate(acts))
+        if parent is None and wcfg.imagine_joints:  # the joint channels' units, kept by fine-tunes
+            joints = [e.proprio[:, : wcfg.action_dim] for e in self.episodes("all") if len(e.proprio)]
+            if joints:
+                model.fit_joint_stats(np.concatenate(joints))
         clip = lambda eps: ClipDataset(eps, num_frames=wcfg.num_frames, stride=2)
         if parent is None:
             recipe = [(s.name, s.mixture, s.steps, s.lr) for s in tcfg.wm_stages]

@@ -71,6 +71,8 @@ def collate_clips(items: list[dict]) -> dict:
            if all("episode_success" in it for it in items) else {}),
         **({"start_pose": torch.stack([torch.as_tensor(it["start_pose"], dtype=torch.float32) for it in items])}
            if all("start_pose" in it for it in items) else {}),
+        **({"poses": torch.stack([torch.as_tensor(it["poses"], dtype=torch.float32) for it in items])}
+           if all("poses" in it for it in items) else {}),
     }
 
 

@@ -540,6 +540,31 @@ class InverseDynamicsModel(nn.Module):
                                                              torch.tensor(cfg.gripper_open))
         return Extraction(actions=actions, spread=acts.std(0, unbiased=False).mean(-1).float().cpu())
 
+    def extract_joints(self, joints: Tensor, proprio0: Tensor) -> Extraction:
+        """The actions of an imagined future that comes with its joint positions (a world model with
+        `imagine_joints`): `joints (T, A)` in native units, frame 0's the measured ones it was given. As the pose
+        target's extraction, read off the imagined joints instead of off the frames: anchored at `proprio0`'s
+        positions, a_t = q_{t+1} + lead (q_{t+1} - q_t) for the arms (lead fitted by the pose target, else 0); a
+        grip is commanded closed at step t when its finger's imagined position at frame t + 1 is below
+        `joint_grip_closed_below` of its range, open otherwise. One reading: the spread is 0."""
+        cfg, a = self.config, self.config.action_dim
+        joints = torch.as_tensor(joints, dtype=torch.float32).cpu()
+        if joints.ndim != 2 or joints.shape[1] != a or len(joints) < 2:
+            raise PolicyError(f"imagined joints must be (T >= 2, {a}), got {tuple(joints.shape)}")
+        q0 = torch.as_tensor(proprio0, dtype=torch.float32).reshape(-1)[:a].cpu()
+        q = q0 + (joints - joints[:1])  # anchored: frame 0 is where the robot is
+        arm = torch.ones(a, dtype=torch.bool)
+        arm[list(cfg.gripper_dims)] = False
+        lead = self.lead.float().cpu() if hasattr(self, "lead") else torch.zeros(a)
+        actions = q[1:] + lead * arm * (q[1:] - q[:-1])  # (T-1, A); NaN stays NaN and is rejected by the planner
+        if cfg.gripper_dims:
+            dims = list(cfg.gripper_dims)
+            lo, hi = cfg.gripper_closed, cfg.gripper_open
+            closed = (q[1:, dims] - lo) / (hi - lo) < cfg.joint_grip_closed_below
+            actions[:, dims] = torch.where(closed, torch.tensor(lo), torch.tensor(hi))
+            actions[:, dims] = torch.where(torch.isfinite(q[1:, dims]), actions[:, dims], q[1:, dims])
+        return Extraction(actions=actions, spread=torch.zeros(len(actions)))
+
     # -- training
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         """Flow-matching loss: x_s = (1 - s) x0 + s eps, target velocity eps - x0 (diffusers convention);

@@ -54,6 +54,14 @@ class WorldModelConfig:
     # decision, the head supervises it directly. 0: no head
     imagine_action_loss: float = 0.0
     imagine_action_block: int = -2
+    # the model's future carries the robot's joint positions as well as its frames: `action_dim` more latent
+    # channels, each a joint's standardised position broadcast over its frame, diffused with the video (the
+    # start frame's from the measured joints, as its pixels). Imagine mode then says where the joints go, not
+    # only how the arm looks: the IDM reads the imagined joints (`InverseDynamicsModel.extract_joints`) where a
+    # 64x64 smear of an arm holds under a pixel of a wrist's motion. Training clips need the joints of every
+    # frame (the batch's `poses`); sampling needs the measured ones (`pose`)
+    imagine_joints: bool = False
+    joint_loss_weight: float = 0.1  # weight of the joint channels' MSE against the frames' (per element)
     success_head: bool = True
     success_hidden: int = 64
     success_loss_weight: float = 0.5
@@ -107,6 +115,13 @@ class WorldModelConfig:
         if self.imagine_action_loss and not -self.num_layers <= self.imagine_action_block < self.num_layers:
             raise ValueError(f"world_model.imagine_action_block must index one of the {self.num_layers} blocks, "
                              f"got {self.imagine_action_block}")
+        if self.imagine_joints and self.pretrained_path:
+            raise ValueError("world_model.imagine_joints adds output channels a pretrained transformer does not have")
+        if self.imagine_joints and self.cond_frames != 1:
+            raise ValueError(f"world_model.imagine_joints needs cond_frames=1 (the measured joints of one start "
+                             f"frame), got {self.cond_frames}")
+        if self.joint_loss_weight < 0:
+            raise ValueError(f"world_model.joint_loss_weight must be >= 0, got {self.joint_loss_weight}")
         if self.predict_steps < 1:
             raise ValueError(f"world_model.predict_steps must be >= 1, got {self.predict_steps}")
         if self.action_layers < 1:

@@ -137,7 +137,9 @@ class WorldModel(nn.Module):
                 f"expects {cfg.spatial_factor}x/{cfg.temporal_factor}x; fix world_model.kl_block_out_channels"
             )
         self.text_encoder = make_text_encoder(cfg)
-        c = self.vae.latent_channels
+        self.video_channels = self.vae.latent_channels
+        self.joint_channels = cfg.action_dim if cfg.imagine_joints else 0
+        c = self.video_channels + self.joint_channels  # the diffused latent: the video's channels, then the joints'
         self.action_channels = cfg.temporal_factor * cfg.action_dim + 1 if cfg.action_conditioning else 0
         in_channels = 2 * c + 1  # + action channels, embedded by PatchEmbedWithActions
         if cfg.action_conditioning and cfg.patch_size[0] != 1:
@@ -163,7 +165,7 @@ class WorldModel(nn.Module):
                 zero_init=bool(cfg.pretrained_path) or transformer_config is not None,
                 action_hidden=cfg.action_hidden, action_map=cfg.action_map, action_layers=cfg.action_layers,
             )
-        self.success_head = SuccessHead(c, cfg.text_dim, cfg.success_hidden) if cfg.success_head else None
+        self.success_head = SuccessHead(self.video_channels, cfg.text_dim, cfg.success_hidden) if cfg.success_head else None
         self.action_head = None
         self._tapped: torch.Tensor | None = None
         self._tap_now = False
@@ -178,6 +180,44 @@ class WorldModel(nn.Module):
         if cfg.action_conditioning and cfg.normalize_actions:  # saved with the weights
             self.register_buffer("action_mean", torch.zeros(cfg.action_dim))
             self.register_buffer("action_std", torch.ones(cfg.action_dim))
+        if self.joint_channels:  # the joint channels' units: (q - mean) / std per joint, saved with the weights
+            self.register_buffer("joint_mean", torch.zeros(cfg.action_dim))
+            self.register_buffer("joint_std", torch.ones(cfg.action_dim))
+
+    def fit_joint_stats(self, joints: torch.Tensor | np.ndarray) -> None:
+        """Per-joint mean and std of measured joint positions `(N, A)`: the units of the joint channels
+        (`imagine_joints`). A no-op without them."""
+        if not self.joint_channels:
+            return
+        q = torch.as_tensor(joints, dtype=torch.float32).reshape(-1, self.cfg.action_dim)
+        if len(q) < 2 or not torch.isfinite(q).all():
+            raise PolicyError(f"joint stats need >= 2 finite joint positions, got {tuple(q.shape)}")
+        self.joint_mean.copy_(q.mean(0))
+        self.joint_std.copy_(q.std(0).clamp(min=1e-3))
+
+    def _check_pose(self, pose: torch.Tensor | np.ndarray | None, what: str) -> torch.Tensor:
+        """The measured joint positions `(A,)` a sampling call starts from (needed with `imagine_joints`)."""
+        if pose is None:
+            raise PolicyError(f"this world model imagines the joints too: {what} needs pose, the {self.cfg.action_dim} "
+                              "measured joint positions at the start frame")
+        pose = torch.as_tensor(pose, dtype=torch.float32).reshape(-1)[: self.cfg.action_dim].to(self.device)
+        if pose.shape != (self.cfg.action_dim,) or not torch.isfinite(pose).all():
+            raise PolicyError(f"pose must hold {self.cfg.action_dim} finite joint positions, got {tuple(pose.shape)}")
+        return pose
+
+    def _joint_planes(self, poses: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Joint positions `(B, t, A)` -> standardised channels `(B, A, t, h, w)`, constant over each frame."""
+        q = (poses.to(self.device, torch.float32) - self.joint_mean) / self.joint_std
+        return q.permute(0, 2, 1)[..., None, None].expand(-1, -1, -1, h, w)
+
+    def _split(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A latent `(B, C, t, h, w)` -> its video latent and its joint positions `(B, t, A)` in native units
+        (the mean of each joint's channel over its frame), None without joint channels."""
+        c = self.video_channels
+        if not self.joint_channels:
+            return z, None
+        q = z[:, c:].float().mean((-2, -1)).permute(0, 2, 1)  # (B, t, A)
+        return z[:, :c], q * self.joint_std + self.joint_mean
 
     def fit_action_stats(self, actions: torch.Tensor | np.ndarray) -> None:
         """Per-joint mean and std of native actions `(N, A)` (tensor or array): the action chunk is standardised with
@@ -224,18 +264,27 @@ class WorldModel(nn.Module):
         with torch.no_grad():
             return self.vae.encode(video)
 
-    def _cond_latents(self, start: torch.Tensor, num_frames: int, z0: torch.Tensor | None = None):
+    def _cond_latents(self, start: torch.Tensor, num_frames: int, z0: torch.Tensor | None = None,
+                      pose: torch.Tensor | None = None):
         """Start frames `(B, T0, 3, H, W)` -> latents `(B, C, t, h, w)` (last one held) and how many
-        latent frames they fix."""
+        latent frames they fix. With joint channels, `z0` (training) already holds them; otherwise `pose (B, A)`,
+        the start frame's joint positions, is held over the clip."""
         r, t0 = self.cfg.temporal_factor, start.shape[1]
         t_lat = 1 + (num_frames - 1) // r
         n_cond = 1 + (t0 - 1) // r
+        if r == 1 and z0 is not None:
+            z = z0[:, :, :t0]  # (B, C, T0, h, w)
+            return torch.cat([z, z[:, :, -1:].expand(-1, -1, t_lat - t0, -1, -1)], dim=2), n_cond
         if r == 1:
-            z = z0[:, :, :t0] if z0 is not None else self._encode(start)  # (B, C, T0, h, w)
+            z = self._encode(start)
             z = torch.cat([z, z[:, :, -1:].expand(-1, -1, t_lat - t0, -1, -1)], dim=2)
         else:  # a temporal VAE needs the whole (held) video
             held = torch.cat([start, start[:, -1:].expand(-1, num_frames - t0, -1, -1, -1)], dim=1)
             z = self._encode(held)
+        if self.joint_channels:
+            if pose is None:
+                raise PolicyError("the joint channels of the start latents need the start frame's joint positions")
+            z = torch.cat([z, self._joint_planes(pose[:, None].expand(-1, t_lat, -1), *z.shape[-2:])], dim=1)
         return z, n_cond
 
     def _cond_channels(self, cond: torch.Tensor, n_cond: int, actions: torch.Tensor | None,
@@ -287,7 +336,19 @@ class WorldModel(nn.Module):
         video = batch["video"].to(dev, torch.float32)
         b, t_frames = video.shape[:2]
         z0 = self._encode(video)  # (B, C, t, h, w)
-        cond, n_cond = self._cond_latents(video[:, : cfg.cond_frames], t_frames, z0)
+        poses = None
+        if self.joint_channels:  # the joint positions of every frame, as channels after the video's
+            poses = batch.get("poses")
+            if poses is None:
+                raise PolicyError("a world model with imagine_joints trains on the joint positions of every frame: "
+                                  "the batch needs poses (B, T, A)")
+            poses = torch.as_tensor(poses, dtype=torch.float32, device=dev)[:, :: cfg.temporal_factor]
+            if poses.shape != (b, z0.shape[2], cfg.action_dim):
+                raise PolicyError(f"poses must be (B, T, {cfg.action_dim}) for the clip's {t_frames} frames, got "
+                                  f"{tuple(batch['poses'].shape)}")
+            z0 = torch.cat([z0, self._joint_planes(poses, *z0.shape[-2:])], dim=1)
+        cond, n_cond = self._cond_latents(video[:, : cfg.cond_frames], t_frames, z0,
+                                          None if poses is None else poses[:, 0])
         actions = batch.get("actions")
         present = None
         if actions is not None:
@@ -311,12 +372,16 @@ class WorldModel(nn.Module):
         x_t = (1 - tt) * x0 + tt * noise
         x_t[:, :, :n_cond] = x0[:, :, :n_cond]
         out = self._denoise(torch.cat([x_t, chans], 1), t * 1000, ehs, frame_actions)
-        if cfg.prediction == "sample":  # loss on x0 itself: every noise level weighs the same, so the
-            # first sampling steps (which set the coarse motion) are learned as well as the last ones
-            loss_fm = F.mse_loss(out[:, :, n_cond:].float(), x0[:, :, n_cond:])
-        else:
-            loss_fm = F.mse_loss(out[:, :, n_cond:].float(), (noise - x0)[:, :, n_cond:])
+        # loss on x0 itself ("sample"): every noise level weighs the same, so the first sampling steps (which set
+        # the coarse motion) are learned as well as the last ones
+        target = x0 if cfg.prediction == "sample" else noise - x0
+        c = self.video_channels
+        loss_fm = F.mse_loss(out[:, :c, n_cond:].float(), target[:, :c, n_cond:])
         loss, logs = loss_fm, {"loss_fm": loss_fm.item()}
+        if self.joint_channels:
+            loss_j = F.mse_loss(out[:, c:, n_cond:].float(), target[:, c:, n_cond:])
+            loss = loss + cfg.joint_loss_weight * loss_j
+            logs["loss_joints"] = loss_j.item()
         if self.action_head is not None:
             pred = self._imagined_actions(b, x_t.shape[2])
             if actions is not None and (~present).any():  # imagine-mode clips: say what the robot will do
@@ -335,7 +400,7 @@ class WorldModel(nn.Module):
             success = torch.as_tensor(success, dtype=torch.float32, device=dev)
             known = ~torch.isnan(success)
             if known.any():
-                logits = self.success_head(z0[:, :, -1], pooled)
+                logits = self.success_head(z0[:, : self.video_channels, -1], pooled)
                 loss_s = F.binary_cross_entropy_with_logits(logits[known].float(), success[known])
                 loss = loss + cfg.success_loss_weight * loss_s
                 logs["loss_success"] = loss_s.item()
@@ -361,14 +426,14 @@ class WorldModel(nn.Module):
         return frames.to(self.device, torch.float32)
 
     def _start(self, start: torch.Tensor, caption: str, n: int, seed: int, num_frames: int,
-               actions: torch.Tensor | None) -> tuple:
+               actions: torch.Tensor | None, pose: torch.Tensor | None = None) -> tuple:
         """What a sampling batch of `n` starts from: the held start latents `(n, C, t, h, w)` and how many latent
         frames they fix, the conditioning channels and per-frame actions, the caption's hidden states `(1, L, D)`,
         the starting noise (seeded, drawn on the CPU, the fixed frames written in) and those fixed frames."""
         r = self.cfg.temporal_factor
         if (num_frames - 1) % r or num_frames <= start.shape[0]:
             raise PolicyError(f"num_frames={num_frames} must exceed the {start.shape[0]} start frames and be 1 + {r}k")
-        cond, n_cond = self._cond_latents(start[None], num_frames)
+        cond, n_cond = self._cond_latents(start[None], num_frames, pose=None if pose is None else pose[None])
         cond = cond.expand(n, -1, -1, -1, -1)
         present = torch.ones(n, dtype=torch.bool, device=self.device) if actions is not None else None
         chans, frame_actions = self._cond_channels(cond, n_cond, actions, present)
@@ -380,9 +445,14 @@ class WorldModel(nn.Module):
 
     @torch.no_grad()
     def _sample(self, start: torch.Tensor, caption: str, n: int, steps: int, guidance: float, seed: int,
-                num_frames: int, actions: torch.Tensor | None = None, action_guidance: float = 1.0) -> torch.Tensor:
+                num_frames: int, actions: torch.Tensor | None = None, action_guidance: float = 1.0,
+                pose: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`n` futures: videos `(n, T, 3, H, W)` and, with joint channels, their joint positions `(n, t, A)`."""
         dev = self.device
-        cond, n_cond, chans, frame_actions, hidden, x, clean = self._start(start, caption, n, seed, num_frames, actions)
+        if self.joint_channels:
+            pose = self._check_pose(pose, "sampling")
+        cond, n_cond, chans, frame_actions, hidden, x, clean = self._start(start, caption, n, seed, num_frames, actions,
+                                                                           pose)
         ehs = hidden.expand(n, -1, -1)
         # classifier-free guidance: on the caption (against the empty one) and on the actions (against none,
         # which training's action dropout teaches): one extra batch branch each
@@ -413,7 +483,8 @@ class WorldModel(nn.Module):
                 v = v + (scale[name] - 1.0) * (v_all[0] - v_u)
             x = sched.step(v, ts, x, return_dict=False)[0]
             x[:, :, :n_cond] = clean[:, :, :n_cond]
-        return self.vae.decode(x + cond if self.cfg.residual else x)  # (n, T, 3, H, W)
+        z, joints = self._split(x + cond if self.cfg.residual else x)
+        return self.vae.decode(z), joints  # (n, T, 3, H, W)
 
     def imagine(self, frames: torch.Tensor, caption: str, n: int = 4, steps: int = 8, guidance: float = 2.0,
                 seed: int = 0, num_frames: int | None = None, plan: bool = False,
@@ -424,14 +495,22 @@ class WorldModel(nn.Module):
         `plan` (needs the action head, `imagine_action_loss` > 0, and the measured joint positions `pose (A,)`):
         decide, then draw. One imagine-mode call on each candidate's starting noise reads where the joints go
         off the action head (`plan_actions`), and the future is drawn in evaluation mode under that plan."""
+        return self.imagine_joints(frames, caption, n, steps, guidance, seed, num_frames, plan, pose)[0]
+
+    def imagine_joints(self, frames: torch.Tensor, caption: str, n: int = 4, steps: int = 8, guidance: float = 2.0,
+                       seed: int = 0, num_frames: int | None = None, plan: bool = False,
+                       pose: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`imagine`, and with `imagine_joints` the imagined joint positions `(n, T, A)` of every frame (the first
+        is `pose`, the measured ones the model is given); None for a model without joint channels."""
         start = self._check_frames(frames)
         num_frames = num_frames or self.cfg.num_frames
+        actions = None
         if plan:
             if pose is None:
                 raise PolicyError("imagine(plan=True) needs pose: the measured joint positions the plan starts from")
             actions = self._plan(start, caption, pose, n, seed, num_frames)
-            return self._sample(start, caption, n, steps, guidance, seed, num_frames, actions).cpu()
-        return self._sample(start, caption, n, steps, guidance, seed, num_frames).cpu()
+        video, joints = self._sample(start, caption, n, steps, guidance, seed, num_frames, actions, pose=pose)
+        return video.cpu(), None if joints is None else joints.cpu()
 
     @torch.no_grad()
     def plan_actions(self, frames: torch.Tensor, caption: str, pose: torch.Tensor, n: int = 4, seed: int = 0,
@@ -449,7 +528,8 @@ class WorldModel(nn.Module):
         pose = torch.as_tensor(pose, dtype=torch.float32).to(self.device)
         if pose.shape != (self.cfg.action_dim,) or not torch.isfinite(pose).all():
             raise PolicyError(f"pose must be {self.cfg.action_dim} finite joint positions, got {tuple(pose.shape)}")
-        cond, _, chans, frame_actions, hidden, x, _ = self._start(start, caption, n, seed, num_frames, None)
+        cond, _, chans, frame_actions, hidden, x, _ = self._start(start, caption, n, seed, num_frames, None,
+                                                                  pose if self.joint_channels else None)
         self._tap_now = True
         try:
             self._denoise(torch.cat([x, chans], 1), torch.full((n,), 1000.0, device=self.device),
@@ -461,20 +541,22 @@ class WorldModel(nn.Module):
 
     def predict(self, frames: torch.Tensor, actions: torch.Tensor, caption: str = "", seed: int = 0,
                 steps: int | None = None, guidance: float = 1.0,
-                action_guidance: float = 1.0) -> tuple[torch.Tensor, float]:
+                action_guidance: float = 1.0, pose: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
         """Evaluation mode: what happens under exactly these `actions (T-1, A)`. Returns the video
         `(T, 3, H, W)` and the success head's probability on its final frame (NaN without a head).
-        `steps=None` takes the config's `predict_steps`."""
+        `steps=None` takes the config's `predict_steps`; `pose`: the start frame's joint positions (needed with
+        `imagine_joints`)."""
         actions = torch.as_tensor(actions, dtype=torch.float32)
         if actions.ndim != 2:
             raise PolicyError(f"actions must be (T-1, {self.cfg.action_dim}), got {tuple(actions.shape)}")
-        video = self.predict_many(frames, actions[None], caption, seed, steps, guidance, action_guidance)
+        video = self.predict_many(frames, actions[None], caption, seed, steps, guidance, action_guidance, pose)
         p = float(self.success_probs(video, caption)[0]) if self.success_head is not None else float("nan")
         return video[0], p
 
     @torch.no_grad()
     def predict_many(self, frames: torch.Tensor, actions: torch.Tensor, caption: str = "", seed: int = 0,
-                     steps: int | None = None, guidance: float = 1.0, action_guidance: float = 1.0) -> torch.Tensor:
+                     steps: int | None = None, guidance: float = 1.0, action_guidance: float = 1.0,
+                     pose: torch.Tensor | None = None) -> torch.Tensor:
         """Evaluation mode for N action sequences from the same start frame(s), as one batch: `actions
         (N, T-1, A)` (action t leads from frame t to t+1; with T0 start frames the first T0-1 are the
         past ones) -> videos `(N, T, 3, H, W)` on the CPU. `guidance` is classifier-free guidance on the
@@ -488,7 +570,7 @@ class WorldModel(nn.Module):
         t_frames = actions.shape[1] + 1
         steps = self.cfg.predict_steps if steps is None else int(steps)
         return self._sample(start, caption, actions.shape[0], steps, guidance, seed, t_frames,
-                            actions.to(self.device), action_guidance).cpu()
+                            actions.to(self.device), action_guidance, pose=pose)[0].cpu()
 
     @torch.no_grad()
     def success_probs(self, videos: torch.Tensor, caption: str) -> torch.Tensor:
