@@ -5,7 +5,10 @@ of N futures imagined from the same frame with the scene caption. Each is scored
 arm-joint error (rad) against the expert's targets, and divided by the error of holding still (the measured
 joints as the target): below 1 the extracted motion goes where the expert goes. `real_vs_hold` is the IDM's
 own floor (a perfect world model); `imag_vs_hold` is what the planner gets from imagination, and
-`imag_best_vs_hold` is the best of the N candidates (what a perfect score would pick). Prints one JSON object.
+`imag_best_vs_hold` is the best of the N candidates (what a perfect score would pick). With a world model that
+imagines the joints (`world_model.imagine_joints`), the same figures read off the imagined joints
+(`IDM.extract_joints`) come as `joints_*`: `joints_real_vs_hold` reads the real future's measured joints (that
+reading's floor). Prints one JSON object.
 
     .venv/bin/python bench/bench_imagine_motion.py --world-model CKPT --idm CKPT [--items 12] [--n 4]
         [--steps 4] [--guidance 2.0] [--horizon 4] [--plan] [--strips DIR]
@@ -76,12 +79,13 @@ def main() -> None:
             try:
                 for _ in range(skip):
                     obs = backend.step(np.asarray(expert.act(obs), np.float32)[None]).observations[-1]
-                start, real, targets = obs, [obs["rgb"]], []
+                start, real, targets, real_q = obs, [obs["rgb"]], [], [obs["proprio"][:16]]
                 for _ in range(8):
                     a = np.asarray(expert.act(obs), np.float32)
                     targets.append(a)
                     obs = backend.step(a[None]).observations[-1]
                     real.append(obs["rgb"])
+                    real_q.append(obs["proprio"][:16])
             except EnvError:  # the expert finished before this state: nothing left to imagine
                 continue
             want = np.stack(targets)[:h, arm]
@@ -91,14 +95,20 @@ def main() -> None:
                 return float(np.abs(actions[:h, arm] - want).mean())
 
             real_err = error(idm.extract(torch.stack([frame_to_tensor(f) for f in real]), proprio, seed=0).actions.numpy())
-            videos = wm.imagine(frame_to_tensor(start["rgb"]), caption, n=args.n, steps=args.steps, guidance=args.guidance,
-                                seed=idx, num_frames=9, plan=args.plan, pose=proprio[:16] if args.plan else None)
+            joint_model = bool(getattr(wm.cfg, "imagine_joints", False))
+            videos, joints = wm.imagine_joints(frame_to_tensor(start["rgb"]), caption, n=args.n, steps=args.steps,
+                                               guidance=args.guidance, seed=idx, num_frames=9, plan=args.plan,
+                                               pose=proprio[:16] if args.plan or joint_model else None)
             imag = [error(idm.extract(v, proprio, seed=0).actions.numpy()) for v in videos]
             extra = {}
+            if joints is not None:
+                from_joints = [error(idm.extract_joints(j, proprio).actions.numpy()) for j in joints]
+                extra = {"joints_real": error(idm.extract_joints(torch.from_numpy(np.stack(real_q)), proprio).actions.numpy()),
+                         "joints_imag": float(np.mean(from_joints)), "joints_imag_best": float(np.min(from_joints))}
             if args.plan:
                 plan = wm.plan_actions(frame_to_tensor(start["rgb"]), caption, proprio[:16], n=args.n, seed=idx,
                                        num_frames=9)
-                extra = {"plan": float(np.mean([error(p.numpy()) for p in plan]))}
+                extra["plan"] = float(np.mean([error(p.numpy()) for p in plan]))
             if args.strips:
                 save_strip(Path(args.strips) / f"item{idx}_skip{skip}.png", np.stack(real), videos)
             rows.append({"hold": float(np.abs(start["proprio"][:16][arm][None] - want).mean()), "real": real_err,
@@ -114,6 +124,8 @@ def main() -> None:
         "real_vs_hold": round(mean["real"] / mean["hold"], 3), "imag_vs_hold": round(mean["imag"] / mean["hold"], 3),
         "imag_best_vs_hold": round(mean["imag_best"] / mean["hold"], 3),
         **({"plan_vs_hold": round(mean["plan"] / mean["hold"], 3)} if args.plan else {}), "plan": args.plan,
+        **{f"{k}_vs_hold": round(mean[k] / mean["hold"], 3) for k in ("joints_real", "joints_imag", "joints_imag_best")
+           if k in mean},
         "world_model": args.world_model, "idm": args.idm, "overrides": args.overrides,
     }))
 

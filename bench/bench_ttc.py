@@ -22,7 +22,8 @@ Baseline: N=1 in the same run; the seeds' anchor is 30% -> 45% (ratio 1.5). Prin
 Extra positional arguments are Hydra overrides of the demo preset (e.g. `policy.horizon=2`); rows are
 tagged with them, and a resumed run only counts rows with the same overrides.
 
-With no champions in DIR, the demo models are trained first (`flywheel run preset=demo data_dir=DIR`).
+With no champions in DIR (and not both of `--world-model` and `--idm` given), the demo models are trained
+first (`flywheel run preset=demo data_dir=DIR`).
 """
 from __future__ import annotations
 
@@ -166,7 +167,10 @@ def main() -> None:
     ns = [] if args.ns == "none" else sorted(int(x) for x in args.ns.split(","))
     controls = [] if args.controls == "none" else args.controls.split(",")
     cfg = to_object(compose(["preset=demo", f"data_dir={data_dir}", *args.overrides]))
-    store, _, wm_reg, idm_reg = champions(cfg, data_dir, train=not args.no_train)
+    if args.world_model and args.idm:  # both given: the data dir only holds the results
+        store, wm_reg, idm_reg = None, None, None
+    else:
+        store, _, wm_reg, idm_reg = champions(cfg, data_dir, train=not args.no_train)
     models = {"world_model": args.world_model or wm_reg.version, "idm": args.idm or idm_reg.version}
     results = Path(args.results) if args.results else data_dir / "bench_ttc.jsonl"
     rows = load_done(results, models, args.overrides)
@@ -224,7 +228,8 @@ def main() -> None:
         if oracle is not None:
             oracle.close()
         backend.close()
-    store.close()
+    if store is not None:
+        store.close()
     print(json.dumps({
         "bench": "ttc",
         "data_dir": str(data_dir),

@@ -26,8 +26,9 @@ def _config(data_dir) -> Config:
     return Config(data_dir=str(data_dir), world_model=wm, train=train)
 
 
-def _fill(store: ExperienceStore, n: int = 6) -> None:
-    """`n` synthetic episodes (a square moving right), alternating expert / play, one rollout."""
+def _fill(store: ExperienceStore, n: int = 6, moving_joints: bool = False) -> None:
+    """`n` synthetic episodes (a square moving right), alternating expert / play, one rollout; with
+    `moving_joints`, joint j at j/10 + step/100 (otherwise all zero)."""
     for i in range(n):
         t = 4 + i % 3
         frames = np.zeros((t + 1, S, S, 3), np.uint8)
@@ -36,7 +37,10 @@ def _fill(store: ExperienceStore, n: int = 6) -> None:
         source = "rollout" if i == n - 1 else ("expert" if i % 2 == 0 else "play")
         rec = EpisodeRecord(source=source, task_family="pick", instruction="pick up the red cube", policy=source,
                             success=i % 2 == 0, length=t, seed=i)
-        arrays = {"frames": frames, "proprio": np.zeros((t + 1, 32), np.float32),
+        proprio = np.zeros((t + 1, 32), np.float32)
+        if moving_joints:
+            proprio[:, :16] = np.arange(16)[None] / 10 + np.arange(t + 1)[:, None] / 100
+        arrays = {"frames": frames, "proprio": proprio,
                   "actions": np.full((t, 16), 0.1 * i, np.float32)}
         store.record_episode(rec, arrays, initial_state={"qpos": np.arange(3.0)})
 
@@ -90,4 +94,26 @@ def test_bootstrap_trains_the_kl_autoencoder_first_and_a_fine_tune_keeps_it(tmp_
     child = trainer.train_world_model(parent=root, phase="iter1")
     tuned = WorldModel.from_pretrained(child.path).vae.state_dict()
     assert all(torch.equal(tuned[k], vae[k]) for k in vae)  # frozen under the fine-tuned denoiser
+    store.close()
+
+
+def test_a_world_model_with_joint_channels_learns_its_units_from_the_stored_joints(tmp_path):
+    """`world_model.imagine_joints`: the bootstrap fits the joint channels' units on every stored episode's joint
+    positions and trains on each clip's joints; a fine-tune keeps the units; the model imagines them back."""
+    cfg = _config(tmp_path)
+    cfg.world_model = WorldModelConfig(**{**cfg.world_model.__dict__, "imagine_joints": True})
+    store = ExperienceStore.from_config(cfg.db, tmp_path, create=True)
+    _fill(store, moving_joints=True)
+    registry = ModelRegistry(store, tmp_path)
+    trainer = StoreTrainer(cfg, store, registry, progress=False, say=lambda s: None)
+    root = trainer.train_world_model(parent=None, phase="bootstrap")
+    model = WorldModel.from_pretrained(root.path)
+    assert model.joint_channels == 16
+    joints = np.concatenate([e.proprio[:, :16] for e in trainer.episodes("all")])
+    assert np.allclose(model.joint_mean.numpy(), joints.mean(0), atol=1e-5)
+    pose = torch.from_numpy(joints[0])
+    videos, imagined = model.imagine_joints(torch.rand(3, S, S), "pick", n=2, steps=2, pose=pose)
+    assert imagined.shape == (2, 3, 16) and torch.allclose(imagined[:, 0], pose.expand(2, -1), atol=1e-5)
+    child = trainer.train_world_model(parent=root, phase="iter1")
+    assert torch.equal(WorldModel.from_pretrained(child.path).joint_mean, model.joint_mean)
     store.close()

@@ -230,3 +230,27 @@ def test_pose_loss_reads_uint8_env_frames_as_it_reads_float_frames():
     torch.testing.assert_close(losses[0], losses[1])
     with pytest.raises(PolicyError, match="all_frames"):
         model({k: v for k, v in batch.items() if k != "frames"})
+
+
+def test_extract_joints_reads_targets_and_grips_off_imagined_joint_positions():
+    """`extract_joints`: arm targets q_{t+1} + lead (q_{t+1} - q_t), anchored at the measured joints; a grip is
+    closed from the step its finger's imagined position drops below the threshold; bad shapes are refused."""
+    idm = InverseDynamicsModel(IDMConfig(target="pose"))
+    idm.lead.fill_(0.5)
+    q = torch.zeros(9, 16)
+    q[:, 0] = torch.linspace(0.0, 0.4, 9)
+    q[:, 14:] = 0.045
+    q[5:, 14] = 0.02  # the left fingers close on a cube between frames 4 and 5
+    proprio = torch.zeros(32)
+    proprio[0] = 1.0  # the measured pose: the imagined motion is read relative to frame 0, anchored here
+    proprio[14:16] = 0.045
+    ext = idm.extract_joints(q, proprio)
+    assert ext.actions.shape == (8, 16) and torch.equal(ext.spread, torch.zeros(8))
+    assert torch.allclose(ext.actions[:, 0], 1.0 + torch.linspace(0.05, 0.4, 8) + 0.5 * 0.05)
+    open_, closed = torch.tensor(0.045), torch.tensor(0.0)
+    assert torch.equal(ext.actions[:, 14], torch.stack([open_] * 4 + [closed] * 4))
+    assert torch.equal(ext.actions[:, 15], open_.expand(8))
+    q[3, 1] = float("nan")
+    assert torch.isnan(idm.extract_joints(q, proprio).actions[:, 1]).any()  # NaN is kept for the planner to reject
+    with pytest.raises(PolicyError, match="imagined joints"):
+        idm.extract_joints(torch.zeros(9, 15), proprio)

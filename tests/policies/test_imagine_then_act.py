@@ -466,3 +466,52 @@ def test_imagine_plan_draws_the_action_heads_plan(tmp_path, models, checker, sim
     assert np.abs(got - plain.permute(0, 1, 3, 4, 2).numpy() * 255).max() > 5.0
     with pytest.raises(PolicyError, match="action head"):
         make(tiny_config(tmp_path, "policy.imagine_plan=true"), *models, checker, sim)
+
+
+class ScriptedJointsWorldModel:
+    """A real tiny world model with joint channels whose imagined joints are replaced: candidate 0 moves joint 0
+    by `step` rad per frame from the measured pose, candidate 1's joints are NaN."""
+
+    def __init__(self, wm: WorldModel, step: float = 0.02) -> None:
+        self.wm, self.cfg, self.step, self.success_head = wm, wm.cfg, step, wm.success_head
+
+    def imagine_joints(self, frames, caption, n=4, pose=None, **kw):
+        videos, joints = self.wm.imagine_joints(frames, caption, n=n, pose=pose, **kw)
+        assert torch.allclose(joints[:, 0], pose.expand(n, -1), atol=1e-5)  # the planner gave the measured pose
+        joints = pose.expand(n, joints.shape[1], -1).clone()
+        joints[0, :, 0] += self.step * torch.arange(joints.shape[1])
+        joints[1:] = float("nan")
+        return videos, joints
+
+    def success_probs(self, videos, caption):
+        return self.wm.success_probs(videos, caption)
+
+
+def test_the_idm_reads_the_imagined_joints_of_a_world_model_that_imagines_them(tmp_path, models, checker, sim):
+    """`world_model.imagine_joints` with `policy.extract_from=auto`: each candidate's actions are the IDM's reading
+    of its imagined joints (`extract_joints`), NaN joints are rejected, and the chunk sent is the finite
+    candidate's; `extract_from=frames` reads the frames instead; `joints` without joint channels is refused."""
+    cfg = tiny_config(tmp_path, "world_model.imagine_joints=true")
+    torch.manual_seed(0)
+    wm = WorldModel(cfg.world_model).eval()
+    home = torch.as_tensor(robot.HOME_QPOS, dtype=torch.float32)
+    wm.fit_joint_stats(home + 0.1 * torch.randn(64, 16))
+    _, idm = models
+    scripted = ScriptedJointsWorldModel(wm)
+    rec = RecordingBackend(sim)
+    obs = rec.reset(task=sample_task("pick", 3), seed=3)
+    policy = make(cfg, scripted, idm, checker, rec)
+    out = policy.act(obs)
+    cands = out.info["candidates"]
+    assert cands[0]["chosen"] and all("non-finite" in c["rejected_reason"] for c in cands[1:N])
+    want = idm.extract_joints(scripted.imagine_joints(frame_to_tensor(obs["rgb"]), policy.caption, n=N,
+                                                      pose=torch.from_numpy(obs["proprio"][:16].copy()),
+                                                      num_frames=cfg.policy.imagine_frames)[1][0],
+                              torch.from_numpy(obs["proprio"])).actions.numpy()
+    assert np.allclose(out.actions, policy._rate_limited(want[: cfg.policy.horizon], obs["proprio"]), atol=1e-6)
+    assert out.actions[-1, 0] - obs["proprio"][0] > 0.05  # joint 0 follows the imagined ramp (4 x 0.02 rad)
+    frames_cfg = tiny_config(tmp_path, "world_model.imagine_joints=true", "policy.extract_from=frames")
+    framed = make(frames_cfg, scripted, idm, checker, rec).act(obs)
+    assert not np.allclose(framed.actions, out.actions)  # the frames' reading, not the joints'
+    with pytest.raises(PolicyError, match="imagines the joints"):
+        make(tiny_config(tmp_path, "policy.extract_from=joints"), *models, checker, sim)

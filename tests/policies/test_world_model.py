@@ -337,3 +337,52 @@ def test_plan_reads_the_action_head_then_draws_under_that_plan():
         m.plan_actions(frame, "pick the red cube", torch.full((16,), float("nan")))
     with pytest.raises(PolicyError, match="no action head"):
         WorldModel(tiny_cfg()).eval().plan_actions(frame, "pick the red cube", pose)
+
+
+def test_imagine_joints_trains_the_joint_channels_and_imagines_them_from_the_measured_pose(tmp_path):
+    """`imagine_joints`: the joint positions are latent channels after the video's. Training needs every frame's
+    joints and fits them (a few steps lower their loss); sampling needs the measured ones, which come back
+    exactly as frame 0's; the stats survive a checkpoint; evaluation mode takes the pose too."""
+    torch.manual_seed(0)
+    m = WorldModel(tiny_cfg(num_layers=2, imagine_joints=True, joint_loss_weight=1.0, normalize_actions=True,
+                            prediction="sample"))
+    assert m.transformer.config.out_channels == 3 + 16 and m.success_head.conv[0].in_channels == 3
+    poses = torch.cumsum(torch.randn(2, 3, 16) * 0.1, dim=1) + 0.5
+    m.fit_joint_stats(poses.reshape(-1, 16))
+    with pytest.raises(PolicyError, match="poses"):
+        m(batch())
+    with pytest.raises(PolicyError, match="poses must be"):
+        m(batch() | {"poses": poses[:, :2]})
+    b = batch() | {"poses": poses}
+    opt = torch.optim.Adam(m.parameters(), lr=0.01)
+    losses = []
+    for _ in range(25):
+        loss, logs = m(b)
+        losses.append(logs["loss_joints"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert losses[-1] < 0.5 * losses[0]
+    m.eval()
+    frame, pose = torch.rand(3, S, S), poses[0, 0]
+    videos, joints = m.imagine_joints(frame, "pick the red cube", n=3, steps=2, seed=1, pose=pose)
+    assert videos.shape == (3, 3, 3, S, S) and joints.shape == (3, 3, 16)
+    assert torch.allclose(joints[:, 0], pose.expand(3, -1), atol=1e-5)  # frame 0's joints: the measured ones
+    assert torch.isfinite(joints).all()
+    assert torch.equal(videos, m.imagine(frame, "pick the red cube", n=3, steps=2, seed=1, pose=pose))
+    with pytest.raises(PolicyError, match="needs pose"):
+        m.imagine(frame, "pick the red cube", n=2, steps=2)
+    with pytest.raises(PolicyError, match="finite"):
+        m.imagine(frame, "pick the red cube", n=2, steps=2, pose=torch.full((16,), float("nan")))
+    pred, _ = m.predict(frame, torch.randn(2, 16), "pick the red cube", steps=2, pose=pose)
+    assert pred.shape == (3, 3, S, S)
+    with pytest.raises(PolicyError, match="needs pose"):
+        m.predict(frame, torch.randn(2, 16), "pick the red cube", steps=2)
+    m.save_pretrained(tmp_path / "wm")
+    back = WorldModel.from_pretrained(tmp_path / "wm")
+    assert torch.equal(back.joint_std, m.joint_std) and not torch.equal(back.joint_std, torch.ones(16))
+    assert torch.allclose(back.imagine_joints(frame, "pick the red cube", n=3, steps=2, seed=1, pose=pose)[1], joints)
+    plain = WorldModel(tiny_cfg()).eval()
+    assert plain.imagine_joints(frame, "pick the red cube", n=2, steps=2)[1] is None
+    with pytest.raises(ValueError, match="cond_frames"):
+        tiny_cfg(imagine_joints=True, cond_frames=2, num_frames=4)
