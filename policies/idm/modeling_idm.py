@@ -543,8 +543,9 @@ class InverseDynamicsModel(nn.Module):
     def extract_joints(self, joints: Tensor, proprio0: Tensor) -> Extraction:
         """The actions of an imagined future that comes with its joint positions (a world model with
         `imagine_joints`): `joints (T, A)` in native units, frame 0's the measured ones it was given. As the pose
-        target's extraction, read off the imagined joints instead of off the frames: anchored at `proprio0`'s
-        positions, a_t = q_{t+1} + lead (q_{t+1} - q_t) for the arms (lead fitted by the pose target, else 0); a
+        target's extraction, read off the imagined joints instead of off the frames: smoothed in time as that
+        reading (`pose_smooth`), anchored at `proprio0`'s positions, a_t = q_{t+1} + lead (q_{t+1} - q_t) for the
+        arms (lead fitted by the pose target, else 0); a
         grip is commanded closed at step t when its finger's imagined position at frame t + 1 is below
         `joint_grip_closed_below` of its range, open otherwise. One reading: the spread is 0."""
         cfg, a = self.config, self.config.action_dim
@@ -552,9 +553,13 @@ class InverseDynamicsModel(nn.Module):
         if joints.ndim != 2 or joints.shape[1] != a or len(joints) < 2:
             raise PolicyError(f"imagined joints must be (T >= 2, {a}), got {tuple(joints.shape)}")
         q0 = torch.as_tensor(proprio0, dtype=torch.float32).reshape(-1)[:a].cpu()
-        q = q0 + (joints - joints[:1])  # anchored: frame 0 is where the robot is
+        rel = joints - joints[:1]
         arm = torch.ones(a, dtype=torch.bool)
         arm[list(cfg.gripper_dims)] = False
+        if cfg.pose_smooth > 0 and len(rel) > 2:  # as the frames' reading: sampled joints jitter frame to frame
+            smooth = local_quadratic(len(rel), cfg.pose_smooth) @ rel
+            rel = torch.where(arm, smooth - smooth[:1], rel)
+        q = q0 + rel  # anchored: frame 0 is where the robot is
         lead = self.lead.float().cpu() if hasattr(self, "lead") else torch.zeros(a)
         actions = q[1:] + lead * arm * (q[1:] - q[:-1])  # (T-1, A); NaN stays NaN and is rejected by the planner
         if cfg.gripper_dims:
