@@ -13,7 +13,8 @@ Reference policies on the same items (`--controls`, n=0 in the file): `random` (
 ceiling of this IDM and planner with a perfect world model) and `oracle_actions` (the same, with the
 oracle's own actions in place of the IDM's extraction: the planner executing the expert), `oracle_grips`
 (the IDM's arms with the oracle's grips) and `oracle_arms` (the oracle's arms with the IDM's grips): which
-half of the extraction loses the episodes.
+half of the extraction loses the episodes; `oracle_joints` (the IDM's `extract_joints` reading the
+oracle's joint positions: the ceiling of a world model that imagines the joints, `world_model.imagine_joints`).
 Baseline: N=1 in the same run; the seeds' anchor is 30% -> 45% (ratio 1.5). Prints one JSON object.
 
     .venv/bin/python bench/bench_ttc.py --data-dir DIR [--ns 1,2,4,8] [--in-dist 100] [--other 40]
@@ -131,7 +132,7 @@ def run_episode(policy, backend, item, index: int, max_steps: int) -> dict:
             "plan_s": round(plan_s, 3), "plan_steps": plans}
 
 
-ORACLE_CONTROLS = ("oracle_wm", "oracle_actions", "oracle_grips", "oracle_arms")
+ORACLE_CONTROLS = ("oracle_wm", "oracle_actions", "oracle_grips", "oracle_arms", "oracle_joints")
 
 
 def main() -> None:
@@ -157,7 +158,7 @@ def main() -> None:
     from envs.splits import ci_subset
     from flywheel.compose import compose, to_object
     from flywheel.evaluation.feasibility import default_checker
-    from flywheel.evaluation.oracle import ExpertOracleWorldModel, OracleActions, OracleGrips
+    from flywheel.evaluation.oracle import ExpertOracleWorldModel, OracleActions, OracleGrips, OracleJoints
     from policies.base import make_policy
     from policies.idm import InverseDynamicsModel
     from policies.imagine_then_act import ImagineThenActPolicy
@@ -196,7 +197,8 @@ def main() -> None:
             oracle = ExpertOracleWorldModel(cfg.env, backend.get_state, make_expert=None)
             oracles = {"oracle_wm": planner(oracle, idm), "oracle_actions": planner(oracle, OracleActions(oracle)),
                        "oracle_grips": planner(oracle, OracleGrips(oracle, idm, take="grips")),
-                       "oracle_arms": planner(oracle, OracleGrips(oracle, idm, take="arms"))}
+                       "oracle_arms": planner(oracle, OracleGrips(oracle, idm, take="arms")),
+                       "oracle_joints": planner(oracle, OracleJoints(oracle, idm))}
         with results.open("a") as f:
             for index in range(max(counts.values())):
                 for split in SPLITS:

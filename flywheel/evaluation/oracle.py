@@ -55,6 +55,7 @@ class ExpertOracleWorldModel:
         self.state_fn, self.make_expert = state_fn, make_expert
         self.replayed_steps = 0  # expert steps replayed in the last call (for the logs)
         self.last_actions: np.ndarray | None = None  # (T-1, A) the actions that made the last video
+        self.last_joints: np.ndarray | None = None  # (T, A) the joint positions of its frames
 
     def imagine(self, frames: torch.Tensor, caption: str, n: int = 1, steps: int = 0, guidance: float = 1.0,
                 seed: int = 0, num_frames: int = 9) -> torch.Tensor:
@@ -75,13 +76,15 @@ class ExpertOracleWorldModel:
         # on with its current motion from where the robot is, at its own speed (on its path: no change)
         getattr(expert, "impl", expert).shift_arms((q_real - own)[:14])
         video = [env._render().copy()]
+        joints = [env.joint_qpos()]
         obs = {"rgb": video[0]}
         actions = []
         for _ in range(num_frames - 1):
             actions.append(_one(expert.act(obs)))
             obs, *_ = env.step(actions[-1])
             video.append(obs["rgb"].copy())
-        self.replayed_steps, self.last_actions = done, np.stack(actions)
+            joints.append(env.joint_qpos())
+        self.replayed_steps, self.last_actions, self.last_joints = done, np.stack(actions), np.stack(joints)
         v = torch.from_numpy(np.stack(video)).permute(0, 3, 1, 2).float().div_(255.0)  # (T, 3, H, W)
         return v[None].expand(n, -1, -1, -1, -1).clone()
 
@@ -119,6 +122,21 @@ class OracleActions:
         if a is None or len(a) != video.shape[0] - 1:
             raise EnvError("OracleActions needs the oracle's video of the same length, imagined just before")
         return Extraction(actions=torch.as_tensor(a, dtype=torch.float32), spread=torch.zeros(len(a)))
+
+
+class OracleJoints:
+    """An IDM stand-in that reads the joint positions of the oracle's last video with the IDM's
+    `extract_joints`: what the planner gets from a world model that imagines the joints (`imagine_joints`)
+    perfectly. Against `oracle_actions`, what reading targets off joint positions loses."""
+
+    def __init__(self, oracle: ExpertOracleWorldModel, idm: Any) -> None:
+        self.oracle, self.idm = oracle, idm
+
+    def extract(self, video: torch.Tensor, proprio0: torch.Tensor, seed: int = 0) -> Any:
+        q = self.oracle.last_joints
+        if q is None or len(q) != video.shape[0]:
+            raise EnvError("OracleJoints needs the oracle's video of the same length, imagined just before")
+        return self.idm.extract_joints(torch.as_tensor(q, dtype=torch.float32), proprio0)
 
 
 class OracleGrips:

@@ -130,3 +130,30 @@ def test_oracle_grips_splices_the_oracles_grips_or_arms_into_the_idms_extraction
     assert (g.spread == 1).all()
     with pytest.raises(ValueError, match="take"):
         OracleGrips(oracle, Holder(), take="both")
+
+
+def test_oracle_joints_reads_the_experts_joint_positions_with_extract_joints(setup):
+    """`OracleJoints`: the IDM's reading of the oracle video's joint positions (the ceiling of a world model that
+    imagines the joints) starts at the robot's joints and follows the expert's own targets far closer than
+    holding still does."""
+    from envs.robot import GRIPPER_INDEX
+    from flywheel.evaluation.oracle import OracleJoints
+    from policies.idm import IDMConfig, InverseDynamicsModel
+
+    cfg, backend, item = setup
+    obs = backend.reset(task=item.task(), seed=item.seed)
+    oracle = ExpertOracleWorldModel(cfg.env, backend.get_state, lambda env: _expert(cfg, env, item.seed))
+    reader = OracleJoints(oracle, InverseDynamicsModel(IDMConfig(target="pose")))
+    try:
+        with pytest.raises(Exception, match="imagined just before"):
+            reader.extract(torch.zeros(9, 3, 64, 64), torch.zeros(32))
+        video = oracle.imagine(None, "", n=1, num_frames=9)[0]
+        ext = reader.extract(video, torch.from_numpy(obs["proprio"]))
+    finally:
+        oracle.close()
+    assert np.allclose(oracle.last_joints[0], obs["proprio"][:16], atol=1e-3)
+    arm = [i for i in range(16) if i not in GRIPPER_INDEX.values()]
+    want = oracle.last_actions[:, arm]
+    err = np.abs(ext.actions.numpy()[:, arm] - want).mean()
+    hold = np.abs(obs["proprio"][arm][None] - want).mean()
+    assert len(arm) == 14 and err < 0.5 * hold, (err, hold)
