@@ -181,7 +181,8 @@ def main() -> None:
     if not args.summary_only:
         done = {key(r) for r in rows}
         items = {s: ci_subset(s, counts[s]) for s in SPLITS}
-        wm = WorldModel.from_pretrained(args.world_model or wm_reg.path)
+        # (controls alone need no world model)
+        wm = WorldModel.from_pretrained(args.world_model or wm_reg.path) if ns else None
         idm = InverseDynamicsModel.from_pretrained(args.idm or idm_reg.path)
         backend = make_backend("sim", cfg.backend, cfg.env)
 
@@ -191,7 +192,7 @@ def main() -> None:
                                         action_low=backend.action_low, action_high=backend.action_high,
                                         workspace=backend.safety.workspace)
 
-        policy = planner(wm, idm)
+        policy = planner(wm, idm) if ns else None
         oracle, oracles = None, {}
         if set(ORACLE_CONTROLS) & set(controls):  # a shadow env only when asked for
             oracle = ExpertOracleWorldModel(cfg.env, backend.get_state, make_expert=None)
