@@ -67,6 +67,20 @@ def test_flywheel_runs_end_to_end_on_the_embedded_broker(tmp_path, capsys):
         assert len(store.episodes(limit=None)) == n_eps and len(store.list_models()) == n_versions
 
 
+def test_flywheel_runs_with_a_world_model_that_imagines_the_joints(tmp_path):
+    """`world_model.imagine_joints=true` through the whole loop: the bootstrap and the fine-tune train joint
+    channels, the held-out evaluation and the evaluator run, and the planner's candidates are read off the
+    imagined joints (one reading each: an IDM spread of exactly 0)."""
+    data = tmp_path / "fw"
+    assert main(["run", "--quiet", "preset=smoke", f"data_dir={data}", "world_model.imagine_joints=true"]) == 0
+    with _store(data) as store:
+        _check_finished_run(data, store)
+        assert all(v.config["imagine_joints"] for v in store.list_models("world_model"))
+        rollouts = [e for e in store.episodes(limit=None) if e.source == "rollout"]
+        spreads = [c.scores.get("idm_spread") for e in rollouts for c in store.candidates(e.id)]
+        assert spreads and all(s == 0.0 for s in spreads)
+
+
 @pytest.mark.postgres
 @pytest.mark.redis
 def test_flywheel_runs_on_redis_and_postgresql(tmp_path, redis_url, fresh_pg):
