@@ -10,6 +10,10 @@ patch embedding: latent frame f gets the r actions that lead into it (r = VAE te
 training so one model serves imagine mode (text + frame) and evaluation mode (+ actions); captions
 are dropped to the empty caption for classifier-free guidance.
 
+With `imagine_joints` the latent has `action_dim` more channels after the video's: each joint's standardised
+position, constant over its frame (the start frame's from the measured joints), diffused with the video;
+sampling reads them back as each frame's mean (`imagine_joints`).
+
 Flow matching: x_t = (1 - t) x0 + t noise, target velocity noise - x0, timestep 1000 t; sampling
 with `FlowMatchEulerDiscreteScheduler`. With `residual` (tiny default) x0 is the latent video minus
 the held start-frame latent, so a static scene is exactly zero and the model only learns the change.
@@ -560,7 +564,8 @@ class WorldModel(nn.Module):
         """Evaluation mode for N action sequences from the same start frame(s), as one batch: `actions
         (N, T-1, A)` (action t leads from frame t to t+1; with T0 start frames the first T0-1 are the
         past ones) -> videos `(N, T, 3, H, W)` on the CPU. `guidance` is classifier-free guidance on the
-        caption, `action_guidance` on the actions (1.0: none)."""
+        caption, `action_guidance` on the actions (1.0: none); `pose (A,)`: the start frame's measured joint
+        positions (needed with `imagine_joints`)."""
         if not self.cfg.action_conditioning:
             raise PolicyError("this world model was built with action_conditioning=False; it cannot predict")
         start = self._check_frames(frames)
