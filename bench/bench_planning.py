@@ -7,7 +7,10 @@ The IDM's action statistics are set at the home pose so that every candidate is 
 (feasibility included). Baseline: N=1 in the same run (the ratio says how much batching the N futures saves over N x N=1).
 Prints one JSON object.
 
-    .venv/bin/python bench/bench_planning.py [--threads 1] [--repeats 5]
+    .venv/bin/python bench/bench_planning.py [--threads 1] [--repeats 5] [override ...]
+
+Extra arguments are Hydra overrides of the demo preset (e.g. `world_model.imagine_joints=true`: the IDM then
+reads the imagined joints, not the frames).
 """
 from __future__ import annotations
 
@@ -43,6 +46,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--steps", type=int, default=8, help="sampling steps of the world model")
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides of the demo preset")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -58,7 +62,7 @@ def main() -> None:
 
     with TemporaryDirectory() as tmp:
         cfg = to_object(compose([f"data_dir={tmp}", "preset=demo", f"policy.sampling_steps={args.steps}",
-                                 "policy.resample_rounds=0"]))  # one batch per planning step
+                                 "policy.resample_rounds=0", *args.overrides]))  # one batch per planning step
     backend = make_backend("sim", cfg.backend, cfg.env)
     task = sample_task("pick", 0)
     obs = backend.reset(task=task, seed=0)
@@ -81,6 +85,7 @@ def main() -> None:
         "bench": "planning",
         "device": "cpu",
         "threads": args.threads,
+        "overrides": args.overrides,
         "repeats": args.repeats,
         "config": {"image_size": cfg.env.image_size, "imagine_frames": p.imagine_frames, "sampling_steps": p.sampling_steps,
                    "guidance": p.guidance, "horizon": p.horizon, "idm_noise_samples": cfg.idm.noise_samples,
