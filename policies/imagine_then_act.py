@@ -111,7 +111,6 @@ class ImagineThenActPolicy(Policy):
                               f"policy.context_frames must be 1, got {self.context}")
         self.from_joints = self.pcfg.extract_from == "joints" or (self.pcfg.extract_from == "auto" and imagines_joints)
         self.imagines_joints = imagines_joints
-        self.joints: torch.Tensor | None = None  # (N, T, A): the last batch's imagined joint positions
         if self.pcfg.imagine_plan and not getattr(wm_cfg, "imagine_action_loss", 0):
             raise PolicyError("policy.imagine_plan needs a world model with an action head (trained with "
                               "world_model.imagine_action_loss > 0)")
@@ -152,8 +151,9 @@ class ImagineThenActPolicy(Policy):
         cands: list[Candidate] = []
         batches: list[torch.Tensor] = []
         for rnd in range(1 + p.resample_rounds):  # rejection sampling: a fresh batch while none is acceptable
-            videos = self._imagine_batch(start, seed + 7919 * rnd, proprio)
-            batch = self._score_batch(len(cands), start, videos, proprio, seed + 7919 * rnd)
+            videos, joints = self._imagine_batch(start, seed + 7919 * rnd, proprio)
+            batch = self._score_batch(len(cands), start, videos, proprio, seed + 7919 * rnd,
+                                      joints if self.from_joints else None)
             cands += batch
             batches.append(videos)
             if any(c.rejected_reason is None for c in batch):
@@ -180,34 +180,36 @@ class ImagineThenActPolicy(Policy):
         self.sent = len(chunk)
         return PolicyOutput(actions=chunk.astype(np.float32), info=info)
 
-    def _imagine_batch(self, start: torch.Tensor, seed: int, proprio: np.ndarray) -> torch.Tensor:
+    def _imagine_batch(self, start: torch.Tensor, seed: int,
+                       proprio: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
         """N imagined futures (N, T, 3, H, W) from the current frame on, as one batch (with `imagine_plan`, planned
-        from the measured joint positions at the head of `proprio`)."""
+        from the measured joint positions at the head of `proprio`), and their joint positions (N, T, A) when the
+        world model imagines them (else None)."""
         p = self.pcfg
         pose = torch.from_numpy(proprio[: len(proprio) // 2].copy())
         kw = {"plan": True, "pose": pose} if p.imagine_plan else {"pose": pose} if self.imagines_joints else {}
         t0 = time.perf_counter()
         frames = start[0] if self.context == 1 else start
-        if self.imagines_joints:  # the joints come with the frames: (N, T, A)
+        joints = None
+        if self.imagines_joints:  # the joints come with the frames (one start frame: nothing to cut)
             imagined, joints = self.wm.imagine_joints(frames, self.caption, n=p.n_candidates, steps=p.sampling_steps,
                                                       guidance=p.guidance, seed=seed, num_frames=p.imagine_frames, **kw)
-            self.joints = joints[:, self.context - 1:]
         else:
             imagined = self.wm.imagine(frames, self.caption, n=p.n_candidates, steps=p.sampling_steps,
                                        guidance=p.guidance, seed=seed,
                                        num_frames=p.imagine_frames,  # (N, T, 3, H, W), the K start frames first
                                        **kw)
         self.timings["imagine_s"] += time.perf_counter() - t0
-        return imagined[:, self.context - 1:]  # from the current frame on: what the robot is to do
+        return imagined[:, self.context - 1:], joints  # from the current frame on: what the robot is to do
 
     def _score_batch(self, first: int, start: torch.Tensor, videos: torch.Tensor, proprio: np.ndarray,
-                     seed: int) -> list[Candidate]:
-        """Score and screen one batch of imagined futures; candidate indices start at `first`."""
+                     seed: int, joints: torch.Tensor | None = None) -> list[Candidate]:
+        """Score and screen one batch of imagined futures; candidate indices start at `first`. With `joints`
+        (N, T, A) the IDM reads each candidate's actions off its imagined joints, not its frames."""
         t0 = time.perf_counter()
         success = self.wm.success_probs(videos, self.caption).numpy() if getattr(self.wm, "success_head", 1) is not None \
             else np.full(len(videos), np.nan)
         self.timings["success_s"] += time.perf_counter() - t0
-        joints = self.joints if self.from_joints else None
         cands = [self._score(first + i, v, proprio, float(success[i]), seed + i,
                              None if joints is None else joints[i]) for i, v in enumerate(videos)]
         if self.pcfg.consistency:

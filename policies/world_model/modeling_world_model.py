@@ -191,22 +191,26 @@ class WorldModel(nn.Module):
     def fit_joint_stats(self, joints: torch.Tensor | np.ndarray) -> None:
         """Per-joint mean and std of measured joint positions `(N, A)`: the units of the joint channels
         (`imagine_joints`). A no-op without them."""
-        if not self.joint_channels:
-            return
-        q = torch.as_tensor(joints, dtype=torch.float32).reshape(-1, self.cfg.action_dim)
-        if len(q) < 2 or not torch.isfinite(q).all():
-            raise PolicyError(f"joint stats need >= 2 finite joint positions, got {tuple(q.shape)}")
-        self.joint_mean.copy_(q.mean(0))
-        self.joint_std.copy_(q.std(0).clamp(min=1e-3))
+        if self.joint_channels:
+            self._fit_stats(self.joint_mean, self.joint_std, joints, "joint stats", "joint positions")
+
+    def _fit_stats(self, mean: torch.Tensor, std: torch.Tensor, values: torch.Tensor | np.ndarray, what: str,
+                   unit: str) -> None:
+        """Per-joint mean and std of `values (N, A)` into the buffers `mean`, `std` (std at least 1e-3)."""
+        v = torch.as_tensor(values, dtype=torch.float32).reshape(-1, self.cfg.action_dim)
+        if len(v) < 2 or not torch.isfinite(v).all():
+            raise PolicyError(f"{what} need >= 2 finite {unit}, got {tuple(v.shape)}")
+        mean.copy_(v.mean(0))
+        std.copy_(v.std(0).clamp(min=1e-3))
 
     def _check_pose(self, pose: torch.Tensor | np.ndarray | None, what: str) -> torch.Tensor:
         """The measured joint positions `(A,)` a sampling call starts from (needed with `imagine_joints`)."""
         if pose is None:
             raise PolicyError(f"this world model imagines the joints too: {what} needs pose, the {self.cfg.action_dim} "
                               "measured joint positions at the start frame")
-        pose = torch.as_tensor(pose, dtype=torch.float32).reshape(-1)[: self.cfg.action_dim].to(self.device)
+        pose = torch.as_tensor(pose, dtype=torch.float32).to(self.device)
         if pose.shape != (self.cfg.action_dim,) or not torch.isfinite(pose).all():
-            raise PolicyError(f"pose must hold {self.cfg.action_dim} finite joint positions, got {tuple(pose.shape)}")
+            raise PolicyError(f"pose must be {self.cfg.action_dim} finite joint positions, got {tuple(pose.shape)}")
         return pose
 
     def _joint_planes(self, poses: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -227,13 +231,8 @@ class WorldModel(nn.Module):
         """Per-joint mean and std of native actions `(N, A)` (tensor or array): the action chunk is standardised with
         them before it is embedded (joint targets span ~0.3 rad, the gripper ~0.02: unscaled, the
         gripper is invisible to the embedding). A no-op unless `normalize_actions`."""
-        if not hasattr(self, "action_mean"):
-            return
-        a = torch.as_tensor(actions, dtype=torch.float32).reshape(-1, self.cfg.action_dim)
-        if len(a) < 2 or not torch.isfinite(a).all():
-            raise PolicyError(f"action stats need >= 2 finite actions, got {tuple(a.shape)}")
-        self.action_mean.copy_(a.mean(0))
-        self.action_std.copy_(a.std(0).clamp(min=1e-3))
+        if hasattr(self, "action_mean"):
+            self._fit_stats(self.action_mean, self.action_std, actions, "action stats", "actions")
 
     def _tap(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         """Forward hook on the block the action head reads: keeps its output `(B, L, D)` while training (and
@@ -276,16 +275,13 @@ class WorldModel(nn.Module):
         r, t0 = self.cfg.temporal_factor, start.shape[1]
         t_lat = 1 + (num_frames - 1) // r
         n_cond = 1 + (t0 - 1) // r
-        if r == 1 and z0 is not None:
-            z = z0[:, :, :t0]  # (B, C, T0, h, w)
-            return torch.cat([z, z[:, :, -1:].expand(-1, -1, t_lat - t0, -1, -1)], dim=2), n_cond
         if r == 1:
-            z = self._encode(start)
+            z = z0[:, :, :t0] if z0 is not None else self._encode(start)  # (B, C, T0, h, w)
             z = torch.cat([z, z[:, :, -1:].expand(-1, -1, t_lat - t0, -1, -1)], dim=2)
         else:  # a temporal VAE needs the whole (held) video
             held = torch.cat([start, start[:, -1:].expand(-1, num_frames - t0, -1, -1, -1)], dim=1)
             z = self._encode(held)
-        if self.joint_channels:
+        if self.joint_channels and not (r == 1 and z0 is not None):  # (z0's joint channels came with it)
             if pose is None:
                 raise PolicyError("the joint channels of the start latents need the start frame's joint positions")
             z = torch.cat([z, self._joint_planes(pose[:, None].expand(-1, t_lat, -1), *z.shape[-2:])], dim=1)
@@ -529,9 +525,7 @@ class WorldModel(nn.Module):
               num_frames: int) -> torch.Tensor:
         if self.action_head is None:
             raise PolicyError("this world model has no action head (train it with world_model.imagine_action_loss > 0)")
-        pose = torch.as_tensor(pose, dtype=torch.float32).to(self.device)
-        if pose.shape != (self.cfg.action_dim,) or not torch.isfinite(pose).all():
-            raise PolicyError(f"pose must be {self.cfg.action_dim} finite joint positions, got {tuple(pose.shape)}")
+        pose = self._check_pose(pose, "a plan")
         cond, _, chans, frame_actions, hidden, x, _ = self._start(start, caption, n, seed, num_frames, None,
                                                                   pose if self.joint_channels else None)
         self._tap_now = True

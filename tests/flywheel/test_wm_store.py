@@ -112,7 +112,7 @@ def test_a_world_model_with_joint_channels_learns_its_units_from_the_stored_join
     joints = np.concatenate([e.proprio[:, :16] for e in trainer.episodes("all")])
     assert np.allclose(model.joint_mean.numpy(), joints.mean(0), atol=1e-5)
     pose = torch.from_numpy(joints[0])
-    videos, imagined = model.imagine_joints(torch.rand(3, S, S), "pick", n=2, steps=2, pose=pose)
+    _, imagined = model.imagine_joints(torch.rand(3, S, S), "pick", n=2, steps=2, pose=pose)
     assert imagined.shape == (2, 3, 16) and torch.allclose(imagined[:, 0], pose.expand(2, -1), atol=1e-5)
     child = trainer.train_world_model(parent=root, phase="iter1")
     assert torch.equal(WorldModel.from_pretrained(child.path).joint_mean, model.joint_mean)

@@ -34,6 +34,19 @@ def batch(b: int = 2, t: int = 3, actions: bool = True, success=(1.0, float("nan
     }
 
 
+def logged_losses(m: WorldModel, b: dict, key: str, params, steps: int, lr: float) -> list[float]:
+    """`steps` Adam steps of `params` on batch `b`; the logged loss `key` of each."""
+    opt = torch.optim.Adam(params, lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss, logs = m(b)
+        losses.append(logs[key])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return losses
+
+
 def test_forward_loss_and_logs(model):
     loss, logs = model(batch())
     assert loss.ndim == 0 and torch.isfinite(loss)
@@ -293,14 +306,7 @@ def test_imagine_action_head_learns_the_actions_of_imagine_mode_clips(tmp_path):
     with pytest.raises(PolicyError, match="start_pose"):
         m(batch())
     b = batch() | {"start_pose": torch.randn(2, 16)}
-    opt = torch.optim.Adam(m.action_head.parameters(), lr=0.05)
-    losses = []
-    for _ in range(30):
-        loss, logs = m(b)
-        losses.append(logs["loss_imagine_action"])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    losses = logged_losses(m, b, "loss_imagine_action", m.action_head.parameters(), steps=30, lr=0.05)
     assert losses[-1] < 0.5 * losses[0]
     m.cfg.action_dropout = 0.0  # every clip keeps its actions: nothing for the head to say
     assert "loss_imagine_action" not in m(b)[1]
@@ -354,14 +360,7 @@ def test_imagine_joints_trains_the_joint_channels_and_imagines_them_from_the_mea
     with pytest.raises(PolicyError, match="poses must be"):
         m(batch() | {"poses": poses[:, :2]})
     b = batch() | {"poses": poses}
-    opt = torch.optim.Adam(m.parameters(), lr=0.01)
-    losses = []
-    for _ in range(25):
-        loss, logs = m(b)
-        losses.append(logs["loss_joints"])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    losses = logged_losses(m, b, "loss_joints", m.parameters(), steps=25, lr=0.01)
     assert losses[-1] < 0.5 * losses[0]
     m.eval()
     frame, pose = torch.rand(3, S, S), poses[0, 0]
