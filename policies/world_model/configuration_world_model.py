@@ -41,6 +41,11 @@ class WorldModelConfig:
     action_layers: int = 1  # hidden layers of that MLP (joint targets -> where the arm is drawn is far from linear)
     action_dropout: float = 0.5  # training: drop the action chunk so one model serves both modes
     text_dropout: float = 0.1  # training: empty caption, for classifier-free guidance
+    # the masked-mean pooled caption, through a zero-initialised MLP, is added to the timestep embedding that
+    # drives every block's adaptive norm (SD3 adds its pooled CLIP embedding there). Wan hears the caption only
+    # through cross-attention, where one word of 80 ("left hand") has to win a token's attention; the adaptive
+    # norm hands every token the whole caption at every layer and noise level (docs/BENCHMARKS.md, session 18)
+    caption_adaln: bool = False
     # training: actions are dropped (imagine mode) only on clips of episodes that succeeded (the batch's
     # `episode_success`); failed rollouts and play still train evaluation mode. Imagine mode is what the
     # planner asks for the robot to *do* with a caption that says it completes the task, and a failure's

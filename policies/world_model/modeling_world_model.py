@@ -128,6 +128,35 @@ class PatchEmbedWithActions(nn.Module):
         return h
 
 
+class TimeEmbeddingWithCaption(nn.Module):
+    """Wan's timestep embedding plus an MLP of the pooled caption `(B, D_text)` (`caption_adaln`): the sum
+    is what every block's adaptive norm and the output norm read. `WorldModel._denoise` sets `pooled` around
+    each transformer call. The MLP's last layer starts at zero, so the model starts as one without it."""
+
+    pooled: torch.Tensor | None = None  # (B, D_text), set by WorldModel._denoise around each call
+
+    def __init__(self, time_embedder: nn.Module, text_dim: int, dim: int) -> None:
+        super().__init__()
+        self.time = time_embedder
+        last = nn.Linear(dim, dim)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.caption = nn.Sequential(nn.Linear(text_dim, dim), nn.SiLU(), last)
+
+    def forward(self, timestep: torch.Tensor) -> torch.Tensor:
+        temb = self.time(timestep)
+        if self.pooled is None or self.pooled.shape[0] not in (1, temb.shape[0]):
+            raise PolicyError(f"the caption's adaptive norm needs the pooled caption of each of the "
+                              f"{temb.shape[0]} samples, got {None if self.pooled is None else tuple(self.pooled.shape)}")
+        return temb + self.caption(self.pooled.to(temb.dtype))
+
+
+def pool_caption(hidden: torch.Tensor) -> torch.Tensor:
+    """Masked mean of caption states `(B, L, D) -> (B, D)`; the encoders zero their padded positions."""
+    mask = hidden.abs().amax(-1, keepdim=True) > 0
+    return hidden.sum(1) / mask.sum(1).clamp(min=1)
+
+
 class WorldModel(nn.Module):
     """Text- and frame-conditioned video diffusion world model (see the module docstring)."""
 
@@ -169,6 +198,10 @@ class WorldModel(nn.Module):
                 zero_init=bool(cfg.pretrained_path) or transformer_config is not None,
                 action_hidden=cfg.action_hidden, action_map=cfg.action_map, action_layers=cfg.action_layers,
             )
+        if cfg.caption_adaln:
+            ce = self.transformer.condition_embedder
+            inner = self.transformer.config.num_attention_heads * self.transformer.config.attention_head_dim
+            ce.time_embedder = TimeEmbeddingWithCaption(ce.time_embedder, cfg.text_dim, inner)
         self.success_head = SuccessHead(self.video_channels, cfg.text_dim, cfg.success_hidden) if cfg.success_head else None
         self.action_head = None
         self._tapped: torch.Tensor | None = None
@@ -311,21 +344,26 @@ class WorldModel(nn.Module):
 
     def _denoise(self, x: torch.Tensor, timestep: torch.Tensor, ehs: torch.Tensor,
                  frame_actions: torch.Tensor | None) -> torch.Tensor:
-        """One transformer call, with the per-frame actions handed to the patch embedding."""
+        """One transformer call, with the per-frame actions handed to the patch embedding and (with
+        `caption_adaln`) the pooled caption to the timestep embedding."""
         pe = self.transformer.patch_embedding
+        te = self.transformer.condition_embedder.time_embedder
         if isinstance(pe, PatchEmbedWithActions):
             pe.frame_actions = frame_actions
+        if isinstance(te, TimeEmbeddingWithCaption):
+            te.pooled = pool_caption(ehs)
         try:
             return self.transformer(x, timestep, ehs, return_dict=False)[0]
         finally:
             if isinstance(pe, PatchEmbedWithActions):
                 pe.frame_actions = None
+            if isinstance(te, TimeEmbeddingWithCaption):
+                te.pooled = None
 
     def _text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden `(B, L, D)` and masked-mean pooled `(B, D)` caption states."""
-        hidden, mask = self.text_encoder(captions)
-        pooled = hidden.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
-        return hidden, pooled
+        hidden, _ = self.text_encoder(captions)
+        return hidden, pool_caption(hidden)
 
     # ----------------------------------------------------------------------------- training
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
