@@ -21,7 +21,9 @@ class StageConfig:
     """One stage of a multi-stage training recipe: a data mixture, a step budget and a learning rate."""
 
     name: str = "stage"
-    mixture: dict[str, float] = field(default_factory=lambda: {"all": 1.0})
+    # empty means every stored episode ({"all": 1.0}). A non-empty default would be merged into every mixture a
+    # YAML or an override gives (OmegaConf merges dicts key by key), as {"all": 1.0} was until session 19
+    mixture: dict[str, float] = field(default_factory=dict)
     steps: int = 100
     lr: float = 3e-4
 

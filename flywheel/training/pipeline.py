@@ -82,7 +82,7 @@ class StoreTrainer:
                 model.fit_joint_stats(np.concatenate(joints))
         clip = lambda eps: ClipDataset(eps, num_frames=wcfg.num_frames, stride=2)
         if parent is None:
-            recipe = [(s.name, s.mixture, s.steps, s.lr) for s in tcfg.wm_stages]
+            recipe = [(s.name, dict(s.mixture) or {"all": 1.0}, s.steps, s.lr) for s in tcfg.wm_stages]
         else:
             recipe = [("finetune", FINETUNE_MIXTURE, tcfg.finetune_steps, tcfg.wm_stages[-1].lr)]
         stages = []

@@ -41,6 +41,16 @@ def test_override_reaches_the_config():
     assert cfg.db.url == "postgresql://u@h/db" and cfg.env.image_size == 32 and cfg.data_dir == "/tmp/x"
 
 
+def test_stage_mixtures_are_exactly_what_the_yaml_or_override_gives():
+    """A training stage's mixture is the one written, not merged with a default component: until session 19
+    every stage of every recipe also drew from all episodes at weight 1 ({"all": 1.0} merged into each)."""
+    cfg = compose(["preset=demo"])
+    assert [dict(s.mixture) for s in cfg.train.wm_stages] == [
+        {"play": 1.0}, {"expert": 0.8, "play": 0.2}, {"rollouts": 0.7, "expert": 0.3}]
+    cfg = compose(["preset=demo", "train.wm_stages=[{name:a,mixture:{expert:1.0},steps:5,lr:1e-3},{name:b,steps:2}]"])
+    assert [dict(s.mixture) for s in cfg.train.wm_stages] == [{"expert": 1.0}, {}]  # {} trains on every episode
+
+
 @pytest.mark.parametrize(
     "override, fragment",
     [
