@@ -4,13 +4,15 @@ Each clip starts from a random frame and brightens one half of it, the half its 
 <8 random words>. The robot reaches with its left hand for the thing. <40 words shared by every caption>". The
 start frame says nothing about which half; only the one word does, as in the task captions, where one word of
 about 60 says which hand reaches. A tiny world model (the demo's widths, 16x16 frames, 5 frames, imagine mode
-only) is trained from scratch for `--steps` steps, once with the caption only through Wan's cross-attention
-and once with `world_model.caption_adaln` (the pooled caption added to the timestep embedding), same seed and
-data. Then for `--items` fresh clips per side it imagines `--n` futures and counts those in which the named
-half brightens more. `follow` near 1: the model does what the caption says; near 0.5: it ignores the word.
-Prints one JSON object.
+only) is trained from scratch for `--steps` steps, with the caption only through Wan's cross-attention and
+with `world_model.caption_adaln` (the pooled caption added to the timestep embedding; pooled by the masked
+mean, or by a learned query's attention with `caption_pool=attention`), same seed and data. Then for
+`--items` fresh clips per side (new start frames and object words, the same shared words) it imagines `--n`
+futures and counts those in which the named half brightens more. `follow` near 1: the model does what the
+caption says; near 0.5: it ignores the word. Prints one JSON object.
 
     .venv/bin/python bench/bench_caption_synthetic.py [--steps 1500] [--seed 0] [--items 12] [--n 2]
+        [--variants a,b]
 """
 from __future__ import annotations
 
@@ -27,16 +29,20 @@ import torch
 
 S, T = 16, 5  # frame side, frames per clip
 SIDES = ("left", "right")
+# how the caption reaches the model: (caption_adaln, caption_pool)
+VARIANTS = {"cross_attention_only": (False, "mean"), "caption_adaln": (True, "mean"),
+            "caption_adaln_attention": (True, "attention")}
 
 
 class Clips:
     """Seeded synthetic clips: random start frame; the named half of the frame brightens by 0.1 per frame."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, boilerplate: str | None = None) -> None:
         self.rng = random.Random(seed)
         self.g = torch.Generator().manual_seed(seed)
         self.words = [f"w{i}" for i in range(200)]
-        self.boilerplate = " ".join(self.rng.choice(self.words) for _ in range(40))
+        # the shared words are the training clips' for the test clips too, as the upsampler's are at test time
+        self.boilerplate = boilerplate or " ".join(self.rng.choice(self.words) for _ in range(40))
 
     def clip(self, side: str) -> tuple[torch.Tensor, str]:
         start = torch.rand(3, S, S, generator=self.g) * 0.5
@@ -49,12 +55,13 @@ class Clips:
         return video.clamp(0, 1), caption
 
 
-def run(adaln: bool, args: argparse.Namespace) -> dict:
+def run(adaln: bool, pool: str, args: argparse.Namespace) -> dict:
     from policies.world_model import WorldModel, WorldModelConfig
 
     torch.manual_seed(args.seed)
     cfg = WorldModelConfig(image_size=S, num_frames=T, patch_size=(1, 4, 4), num_layers=2, num_attention_heads=2,
                            attention_head_dim=32, ffn_dim=256, max_text_tokens=80, caption_adaln=adaln,
+                           caption_pool=pool,
                            prediction="sample", action_dropout=1.0)
     model = WorldModel(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
@@ -71,7 +78,7 @@ def run(adaln: bool, args: argparse.Namespace) -> dict:
         losses.append(logs["loss_fm"])
     train_s = time.perf_counter() - t0
     model.eval()
-    test = Clips(args.seed + 1000)
+    test = Clips(args.seed + 1000, data.boilerplate)
     follow = {}
     for side in SIDES:
         hits = []
@@ -97,11 +104,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = {"steps": args.steps, "seed": args.seed, "items_per_side": args.items, "n": args.n}
-    out["cross_attention_only"] = run(False, args)
-    out["caption_adaln"] = run(True, args)
+    for name in args.variants.split(","):
+        if name not in VARIANTS:
+            ap.error(f"--variants: unknown {name!r}, choose from {', '.join(VARIANTS)}")
+        out[name] = run(*VARIANTS[name], args)
     print(json.dumps(out))
 
 

@@ -46,6 +46,10 @@ class WorldModelConfig:
     # through cross-attention, where one word of 80 ("left hand") has to win a token's attention; the adaptive
     # norm hands every token the whole caption at every layer and noise level (docs/BENCHMARKS.md, session 18)
     caption_adaln: bool = False
+    # how `caption_adaln` pools the caption's token states: "mean" (masked mean: one word of 60 is 1/60 of it)
+    # or "attention" (a learned query's softmax over the tokens, starting uniform, i.e. as the mean: the model
+    # can learn to weight the words that decide the future, such as the hand)
+    caption_pool: str = "mean"
     # training: actions are dropped (imagine mode) only on clips of episodes that succeeded (the batch's
     # `episode_success`); failed rollouts and play still train evaluation mode. Imagine mode is what the
     # planner asks for the robot to *do* with a caption that says it completes the task, and a failure's
@@ -95,6 +99,8 @@ class WorldModelConfig:
             raise ValueError(f"world_model.vae must be identity, kl2d or wan, got {self.vae!r}")
         if self.text_encoder not in ("small", "pretrained"):
             raise ValueError(f"world_model.text_encoder must be small or pretrained, got {self.text_encoder!r}")
+        if self.caption_pool not in ("mean", "attention"):
+            raise ValueError(f"world_model.caption_pool must be mean or attention, got {self.caption_pool!r}")
         if self.prediction not in ("velocity", "sample"):
             raise ValueError(f"world_model.prediction must be velocity or sample, got {self.prediction!r}")
         if self.num_frames < 2:

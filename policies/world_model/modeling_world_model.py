@@ -129,26 +129,37 @@ class PatchEmbedWithActions(nn.Module):
 
 
 class TimeEmbeddingWithCaption(nn.Module):
-    """Wan's timestep embedding plus an MLP of the pooled caption `(B, D_text)` (`caption_adaln`): the sum
-    is what every block's adaptive norm and the output norm read. `WorldModel._denoise` sets `pooled` around
-    each transformer call. The MLP's last layer starts at zero, so the model starts as one without it."""
+    """Wan's timestep embedding plus an MLP of the pooled caption (`caption_adaln`): the sum is what every
+    block's adaptive norm and the output norm read. `WorldModel._denoise` sets `states`, the caption's token
+    states `(B, L, D_text)` (padding zeroed), around each transformer call. `pool="mean"` takes their masked
+    mean; `pool="attention"` a learned query's masked softmax over them, whose query starts at zero (uniform
+    weights: the mean). The MLP's last layer starts at zero, so the model starts as one without it."""
 
-    pooled: torch.Tensor | None = None  # (B, D_text), set by WorldModel._denoise around each call
+    states: torch.Tensor | None = None  # (B, L, D_text), set by WorldModel._denoise around each call
 
-    def __init__(self, time_embedder: nn.Module, text_dim: int, dim: int) -> None:
+    def __init__(self, time_embedder: nn.Module, text_dim: int, dim: int, pool: str = "mean") -> None:
         super().__init__()
         self.time = time_embedder
+        self.query = nn.Parameter(torch.zeros(text_dim)) if pool == "attention" else None
         last = nn.Linear(dim, dim)
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
         self.caption = nn.Sequential(nn.Linear(text_dim, dim), nn.SiLU(), last)
 
+    def pool(self, states: torch.Tensor) -> torch.Tensor:
+        if self.query is None:
+            return pool_caption(states)
+        mask = states.abs().amax(-1) > 0  # (B, L)
+        scores = (states @ self.query.to(states.dtype)) / states.shape[-1] ** 0.5
+        w = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1).nan_to_num(0.0)  # empty caption: 0
+        return (w.unsqueeze(-1) * states).sum(1)
+
     def forward(self, timestep: torch.Tensor) -> torch.Tensor:
         temb = self.time(timestep)
-        if self.pooled is None or self.pooled.shape[0] not in (1, temb.shape[0]):
-            raise PolicyError(f"the caption's adaptive norm needs the pooled caption of each of the "
-                              f"{temb.shape[0]} samples, got {None if self.pooled is None else tuple(self.pooled.shape)}")
-        return temb + self.caption(self.pooled.to(temb.dtype))
+        if self.states is None or self.states.shape[0] not in (1, temb.shape[0]):
+            raise PolicyError(f"the caption's adaptive norm needs the caption of each of the {temb.shape[0]} "
+                              f"samples, got {None if self.states is None else tuple(self.states.shape)}")
+        return temb + self.caption(self.pool(self.states).to(temb.dtype))
 
 
 def pool_caption(hidden: torch.Tensor) -> torch.Tensor:
@@ -201,7 +212,7 @@ class WorldModel(nn.Module):
         if cfg.caption_adaln:
             ce = self.transformer.condition_embedder
             inner = self.transformer.config.num_attention_heads * self.transformer.config.attention_head_dim
-            ce.time_embedder = TimeEmbeddingWithCaption(ce.time_embedder, cfg.text_dim, inner)
+            ce.time_embedder = TimeEmbeddingWithCaption(ce.time_embedder, cfg.text_dim, inner, cfg.caption_pool)
         self.success_head = SuccessHead(self.video_channels, cfg.text_dim, cfg.success_hidden) if cfg.success_head else None
         self.action_head = None
         self._tapped: torch.Tensor | None = None
@@ -345,20 +356,20 @@ class WorldModel(nn.Module):
     def _denoise(self, x: torch.Tensor, timestep: torch.Tensor, ehs: torch.Tensor,
                  frame_actions: torch.Tensor | None) -> torch.Tensor:
         """One transformer call, with the per-frame actions handed to the patch embedding and (with
-        `caption_adaln`) the pooled caption to the timestep embedding."""
+        `caption_adaln`) the caption's states to the timestep embedding."""
         pe = self.transformer.patch_embedding
         te = self.transformer.condition_embedder.time_embedder
         if isinstance(pe, PatchEmbedWithActions):
             pe.frame_actions = frame_actions
         if isinstance(te, TimeEmbeddingWithCaption):
-            te.pooled = pool_caption(ehs)
+            te.states = ehs
         try:
             return self.transformer(x, timestep, ehs, return_dict=False)[0]
         finally:
             if isinstance(pe, PatchEmbedWithActions):
                 pe.frame_actions = None
             if isinstance(te, TimeEmbeddingWithCaption):
-                te.pooled = None
+                te.states = None
 
     def _text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden `(B, L, D)` and masked-mean pooled `(B, D)` caption states."""

@@ -387,37 +387,46 @@ def test_imagine_joints_trains_the_joint_channels_and_imagines_them_from_the_mea
         tiny_cfg(imagine_joints=True, cond_frames=2, num_frames=4)
 
 
-def test_caption_adaln_adds_the_pooled_caption_to_the_timestep_embedding(tmp_path):
+@pytest.mark.parametrize("pool", ["mean", "attention"])
+def test_caption_adaln_adds_the_pooled_caption_to_the_timestep_embedding(tmp_path, pool):
     """`caption_adaln`: an MLP of the pooled caption joins the timestep embedding. It starts at zero (the model
     starts as one without it), learns from a batch whose caption alone says what happens, then moves the
-    output by itself (same cross-attention states, another pooled caption); it survives a checkpoint."""
+    output by itself (same cross-attention states, another pooled caption); it survives a checkpoint. With
+    `caption_pool=attention` the pooling query starts at zero (the masked mean) and learns."""
     from policies.world_model.modeling_world_model import TimeEmbeddingWithCaption, pool_caption
 
     torch.manual_seed(0)
-    m = WorldModel(tiny_cfg(caption_adaln=True, prediction="sample"))
+    m = WorldModel(tiny_cfg(caption_adaln=True, caption_pool=pool, prediction="sample"))
     te = m.transformer.condition_embedder.time_embedder
     assert isinstance(te, TimeEmbeddingWithCaption) and torch.count_nonzero(te.caption[-1].weight) == 0
+    hidden0, _ = m._text(["move it to the left", "move it"])
+    assert torch.allclose(te.pool(hidden0), pool_caption(hidden0), atol=1e-6)  # both start as the mean
     b = batch(actions=False, success=(float("nan"),) * 2)
     b["video"][1, 0] = b["video"][0, 0]  # one start frame; the caption alone tells the two futures apart
     b["video"][0, 1:], b["video"][1, 1:] = 0.1, 0.9
     b["caption"] = ["move it to the left", "move it to the right"]
     losses = logged_losses(m, b, "loss_fm", m.parameters(), steps=30, lr=0.01)
     assert losses[-1] < 0.5 * losses[0] and torch.count_nonzero(te.caption[-1].weight) > 0
+    if pool == "attention":
+        assert torch.count_nonzero(te.query) > 0
     m.eval()
     hidden, _ = m._text(b["caption"])
     x = torch.randn(1, 2 * 3 + 1, 3, S, S)
     fa = torch.zeros(1, 3, m.action_channels)
     with torch.no_grad():
+        assert torch.count_nonzero(te.pool(torch.zeros(1, 4, hidden.shape[-1]))) == 0  # no tokens: 0, not NaN
         outs = []
         for i in range(2):  # the same cross-attention states (caption 0), caption i in the adaptive norm
-            te.pooled = pool_caption(hidden[i: i + 1])
+            te.states = hidden[i: i + 1]
             m.transformer.patch_embedding.frame_actions = fa
             outs.append(m.transformer(x, torch.tensor([500.0]), hidden[:1], return_dict=False)[0])
-    te.pooled = m.transformer.patch_embedding.frame_actions = None
+    te.states = m.transformer.patch_embedding.frame_actions = None
     assert (outs[0] - outs[1]).abs().max() > 1e-3
     frame = b["video"][0, 0]
     m.transformer.patch_embedding.frame_actions = fa
-    with pytest.raises(PolicyError, match="pooled caption"):
+    with pytest.raises(ValueError, match="caption_pool must be mean or attention"):
+        tiny_cfg(caption_adaln=True, caption_pool="max")
+    with pytest.raises(PolicyError, match="caption of each"):
         m.transformer(x, torch.tensor([500.0]), hidden[:1], return_dict=False)
     m.transformer.patch_embedding.frame_actions = None
     m.save_pretrained(tmp_path / "wm")
