@@ -12,7 +12,7 @@ futures and counts those in which the named half brightens more. `follow` near 1
 caption says; near 0.5: it ignores the word. Prints one JSON object.
 
     .venv/bin/python bench/bench_caption_synthetic.py [--steps 1500] [--seed 0] [--items 12] [--n 2]
-        [--variants a,b]
+        [--variants a,b] [--flow-shift 3.0]
 """
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def run(adaln: bool, pool: str, args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     cfg = WorldModelConfig(image_size=S, num_frames=T, patch_size=(1, 4, 4), num_layers=2, num_attention_heads=2,
                            attention_head_dim=32, ffn_dim=256, max_text_tokens=80, caption_adaln=adaln,
-                           caption_pool=pool,
+                           caption_pool=pool, flow_shift=args.flow_shift,
                            prediction="sample", action_dropout=1.0)
     model = WorldModel(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
@@ -104,10 +104,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--flow-shift", type=float, default=3.0,
+                    help="world_model.flow_shift, for training and sampling (the demo's: 3)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    out = {"steps": args.steps, "seed": args.seed, "items_per_side": args.items, "n": args.n}
+    out = {"steps": args.steps, "seed": args.seed, "items_per_side": args.items, "n": args.n,
+           "flow_shift": args.flow_shift}
     for name in args.variants.split(","):
         if name not in VARIANTS:
             ap.error(f"--variants: unknown {name!r}, choose from {', '.join(VARIANTS)}")
