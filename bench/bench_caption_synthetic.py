@@ -3,16 +3,17 @@
 Each clip starts from a random frame and brightens one half of it, the half its caption names: "pick up the
 <8 random words>. The robot reaches with its left hand for the thing. <40 words shared by every caption>". The
 start frame says nothing about which half; only the one word does, as in the task captions, where one word of
-about 60 says which hand reaches. A tiny world model (the demo's widths, 16x16 frames, 5 frames, imagine mode
+about 60 says which hand reaches. With `--patch K` only a KxK square in the middle of that half brightens (an
+arm is a small part of the frame). A tiny world model (the demo's widths, 16x16 frames, 5 frames, imagine mode
 only) is trained from scratch for `--steps` steps, with the caption only through Wan's cross-attention and
 with `world_model.caption_adaln` (the pooled caption added to the timestep embedding; pooled by the masked
 mean, or by a learned query's attention with `caption_pool=attention`), same seed and data. Then for
 `--items` fresh clips per side (new start frames and object words, the same shared words) it imagines `--n`
-futures and counts those in which the named half brightens more. `follow` near 1: the model does what the
+futures and counts those in which the named region brightens more. `follow` near 1: the model does what the
 caption says; near 0.5: it ignores the word. Prints one JSON object.
 
     .venv/bin/python bench/bench_caption_synthetic.py [--steps 1500] [--seed 0] [--items 12] [--n 2]
-        [--variants a,b] [--flow-shift 3.0]
+        [--variants a,b] [--flow-shift 3.0] [--patch 0]
 """
 from __future__ import annotations
 
@@ -37,19 +38,28 @@ VARIANTS = {"cross_attention_only": (False, "mean"), "caption_adaln": (True, "me
 class Clips:
     """Seeded synthetic clips: random start frame; the named half of the frame brightens by 0.1 per frame."""
 
-    def __init__(self, seed: int, boilerplate: str | None = None) -> None:
+    def __init__(self, seed: int, boilerplate: str | None = None, patch: int = 0) -> None:
+        self.patch = patch
         self.rng = random.Random(seed)
         self.g = torch.Generator().manual_seed(seed)
         self.words = [f"w{i}" for i in range(200)]
         # the shared words are the training clips' for the test clips too, as the upsampler's are at test time
         self.boilerplate = boilerplate or " ".join(self.rng.choice(self.words) for _ in range(40))
 
+    def region(self, side: str) -> tuple[slice, slice]:
+        """The rows and columns that brighten: the named half, or (`patch` > 0) a patch x patch square in its
+        middle (an arm is a small part of the frame)."""
+        if not self.patch:
+            return slice(0, S), slice(0, S // 2) if side == "left" else slice(S // 2, S)
+        r0, c0 = S // 2 - self.patch // 2, (S // 4 if side == "left" else 3 * S // 4) - self.patch // 2
+        return slice(r0, r0 + self.patch), slice(c0, c0 + self.patch)
+
     def clip(self, side: str) -> tuple[torch.Tensor, str]:
         start = torch.rand(3, S, S, generator=self.g) * 0.5
         video = start.expand(T, 3, S, S).clone()
-        half = slice(0, S // 2) if side == "left" else slice(S // 2, S)
+        rows, cols = self.region(side)
         for t in range(1, T):
-            video[t, :, :, half] += 0.1 * t
+            video[t, :, rows, cols] += 0.1 * t
         obj = " ".join(self.rng.choice(self.words) for _ in range(8))
         caption = f"pick up the {obj}. The robot reaches with its {side} hand for the thing. {self.boilerplate}"
         return video.clamp(0, 1), caption
@@ -65,7 +75,7 @@ def run(adaln: bool, pool: str, args: argparse.Namespace) -> dict:
                            prediction="sample", action_dropout=1.0)
     model = WorldModel(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
-    data = Clips(args.seed)
+    data = Clips(args.seed, patch=args.patch)
     t0, losses = time.perf_counter(), []
     for _ in range(args.steps):
         clips = [data.clip(data.rng.choice(SIDES)) for _ in range(args.batch)]
@@ -78,7 +88,7 @@ def run(adaln: bool, pool: str, args: argparse.Namespace) -> dict:
         losses.append(logs["loss_fm"])
     train_s = time.perf_counter() - t0
     model.eval()
-    test = Clips(args.seed + 1000, data.boilerplate)
+    test = Clips(args.seed + 1000, data.boilerplate, args.patch)
     follow = {}
     for side in SIDES:
         hits = []
@@ -86,8 +96,8 @@ def run(adaln: bool, pool: str, args: argparse.Namespace) -> dict:
             video, caption = test.clip(side)
             with torch.no_grad():
                 out = model.imagine(video[0], caption, n=args.n, steps=8, seed=i)
-            gain = (out[:, -1] - out[:, 0]).mean(dim=(1, 2))  # (n, W): brightening per column
-            left, right = gain[:, : S // 2].mean(1), gain[:, S // 2:].mean(1)
+            gain = (out[:, -1] - out[:, 0]).mean(1)  # (n, H, W): brightening per pixel
+            left, right = (gain[:, r, c].mean(dim=(1, 2)) for r, c in map(test.region, SIDES))
             hits += ((left > right) == (side == "left")).tolist()
         follow[side] = sum(hits) / len(hits)
     return {"follow": round((follow["left"] + follow["right"]) / 2, 3),
@@ -106,11 +116,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--flow-shift", type=float, default=3.0,
                     help="world_model.flow_shift, for training and sampling (the demo's: 3)")
+    ap.add_argument("--patch", type=int, default=0,
+                    help="> 0: only a square of this side in the middle of the named half brightens (0: the half)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = {"steps": args.steps, "seed": args.seed, "items_per_side": args.items, "n": args.n,
-           "flow_shift": args.flow_shift}
+           "flow_shift": args.flow_shift, "patch": args.patch}
     for name in args.variants.split(","):
         if name not in VARIANTS:
             ap.error(f"--variants: unknown {name!r}, choose from {', '.join(VARIANTS)}")

@@ -59,6 +59,11 @@ class TrainConfig:
     # > 0: the world model that is saved is an exponential moving average of its weights over the run, with
     # this decay (warmed up as min(decay, (1 + step) / (10 + step))); 0: the last weights
     wm_ema_decay: float = 0.0
+    # the fraction of each world-model stage's clips that start on an episode's first frame, drawn from the
+    # same mixture. Only there does the robot, still at rest, have to decide what to do (which arm, where);
+    # elsewhere the pose already shows it. With clips every 2nd frame that is 1 in ~10 of an expert episode's
+    # clips, and the imagine-mode half of those. 0: clips uniformly over each episode
+    wm_start_clips: float = 0.0
 
     def __post_init__(self) -> None:
         if self.idm_lr_schedule not in ("constant", "cosine"):
@@ -69,6 +74,8 @@ class TrainConfig:
             raise ValueError(f"train.precision must be fp32, bf16 or fp16, got {self.precision!r}")
         if self.batch_size < 1:
             raise ValueError(f"train.batch_size must be >= 1, got {self.batch_size}")
+        if not 0.0 <= self.wm_start_clips < 1.0:
+            raise ValueError(f"train.wm_start_clips must be in [0, 1), got {self.wm_start_clips}")
         if not 0.0 <= self.wm_ema_decay < 1.0:
             raise ValueError(f"train.wm_ema_decay must be in [0, 1), got {self.wm_ema_decay}")
         if self.idm_batch_size is not None and self.idm_batch_size < 1:

@@ -125,7 +125,10 @@ class ClipDataset(Dataset):
     them, the caption, and a success label for clips that end on the episode's last frame (NaN otherwise:
     the success head only learns from frames whose outcome is known)."""
 
-    def __init__(self, episodes: Sequence[LoadedEpisode], num_frames: int, stride: int = 1):
+    def __init__(self, episodes: Sequence[LoadedEpisode], num_frames: int, stride: int = 1,
+                 starts_only: bool = False):
+        """`starts_only`: only the clip that starts on each episode's first frame (where the robot, at rest,
+        has to decide what to do; `train.wm_start_clips`)."""
         if num_frames < 2:
             raise FlywheelError(f"num_frames must be >= 2, got {num_frames}")
         self.episodes = list(episodes)
@@ -136,7 +139,9 @@ class ClipDataset(Dataset):
             if n < num_frames:
                 continue
             starts = list(range(0, n - num_frames + 1, stride))
-            if starts[-1] != n - num_frames:
+            if starts_only:
+                starts = [0]
+            elif starts[-1] != n - num_frames:
                 starts.append(n - num_frames)  # always include the clip that ends on the outcome
             self.index += [(e, s) for s in starts]
 

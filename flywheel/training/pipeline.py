@@ -88,6 +88,12 @@ class StoreTrainer:
         stages = []
         for name, mixture, steps, lr in recipe:
             comps = {k: clip(self.episodes(k)) for k in mixture}
+            if tcfg.wm_start_clips > 0:  # each component's episode-start clips, as a share of its own weight
+                f = tcfg.wm_start_clips
+                comps |= {f"{k}@start": ClipDataset(self.episodes(k), wcfg.num_frames, starts_only=True)
+                          for k in mixture}
+                mixture = {k: w * (1 - f) for k, w in mixture.items()} | {f"{k}@start": w * f
+                                                                           for k, w in mixture.items()}
             stages.append(Stage(name, MixtureDataset(comps, mixture, seed=tcfg.seed), steps, lr))
         run_id = self.store.start_training_run("world_model", {"recipe": [list(r) for r in recipe]},
                                                self.snapshot())

@@ -3,6 +3,7 @@ with its lineage, a fine-tune registers a child, and re-running a phase returns 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from db.records import EpisodeRecord
@@ -116,4 +117,38 @@ def test_a_world_model_with_joint_channels_learns_its_units_from_the_stored_join
     assert imagined.shape == (2, 3, 16) and torch.allclose(imagined[:, 0], pose.expand(2, -1), atol=1e-5)
     child = trainer.train_world_model(parent=root, phase="iter1")
     assert torch.equal(WorldModel.from_pretrained(child.path).joint_mean, model.joint_mean)
+    store.close()
+
+
+def test_start_clips_take_their_share_of_each_stage(tmp_path, monkeypatch):
+    """`train.wm_start_clips`: that share of each stage's clips start on an episode's first frame (where the
+    robot at rest has to decide what to do), drawn from the stage's own components; 0 keeps clips uniform."""
+    import itertools
+
+    import flywheel.training.world_model as twm
+    from flywheel.data import ClipDataset
+
+    cfg = _config(tmp_path)
+    store = ExperienceStore.from_config(cfg.db, tmp_path, create=True)
+    _fill(store, n=12)
+    starts = {}
+
+    def capture(model, stages, tcfg, out, progress=False):  # what each recipe would train on
+        items = list(itertools.islice(iter(stages[1].data), 400))
+        starts[tcfg.wm_start_clips] = np.mean([float(it["video"][0, 0, 5, 0]) > 0.5 for it in items])
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(twm, "train_world_model", capture)
+    for share in (0.0, 0.6):
+        cfg.train = TrainConfig(**{**cfg.train.__dict__, "wm_start_clips": share})
+        trainer = StoreTrainer(cfg, store, ModelRegistry(store, tmp_path), progress=False, say=lambda s: None)
+        with pytest.raises(RuntimeError, match="captured"):
+            trainer.train_world_model(parent=None, phase=f"p{share}")
+    eps = trainer.episodes("expert") + trainer.episodes("play")
+    uniform = sum(ClipDataset([e], 3, starts_only=True).__len__() for e in eps) / len(ClipDataset(eps, 3, stride=2))
+    assert abs(starts[0.0] - uniform) < 0.1  # the square is at column 0 only on an episode's first frame
+    assert abs(starts[0.6] - (0.6 + 0.4 * uniform)) < 0.1
+    assert len(ClipDataset(eps, 3, starts_only=True)) == len(eps)
+    with pytest.raises(ValueError, match="wm_start_clips"):
+        TrainConfig(wm_start_clips=1.0)
     store.close()
