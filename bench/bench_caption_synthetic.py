@@ -4,16 +4,18 @@ Each clip starts from a random frame and brightens one half of it, the half its 
 <8 random words>. The robot reaches with its left hand for the thing. <40 words shared by every caption>". The
 start frame says nothing about which half; only the one word does, as in the task captions, where one word of
 about 60 says which hand reaches. With `--patch K` only a KxK square in the middle of that half brightens (an
-arm is a small part of the frame). A tiny world model (the demo's widths, 16x16 frames, 5 frames, imagine mode
-only) is trained from scratch for `--steps` steps, with the caption only through Wan's cross-attention and
-with `world_model.caption_adaln` (the pooled caption added to the timestep embedding; pooled by the masked
-mean, or by a learned query's attention with `caption_pool=attention`), same seed and data. Then for
+arm is a small part of the frame). With `--rest R` only that share of the training clips start at rest; the
+others start mid-motion, their start frame already showing the side (test clips always start at rest). A
+tiny world model (the demo's widths, 16x16 frames, 5 frames, imagine mode only) is trained from scratch for
+`--steps` steps, with the caption only through Wan's cross-attention and with `world_model.caption_adaln`
+(the pooled caption added to the timestep embedding; pooled by the masked mean, or by a learned query's
+attention with `caption_pool=attention`), same seed and data. Then for
 `--items` fresh clips per side (new start frames and object words, the same shared words) it imagines `--n`
 futures and counts those in which the named region brightens more. `follow` near 1: the model does what the
 caption says; near 0.5: it ignores the word. Prints one JSON object.
 
     .venv/bin/python bench/bench_caption_synthetic.py [--steps 1500] [--seed 0] [--items 12] [--n 2]
-        [--variants a,b] [--flow-shift 3.0] [--patch 0]
+        [--variants a,b] [--flow-shift 3.0] [--patch 0] [--rest 1.0]
 """
 from __future__ import annotations
 
@@ -48,18 +50,22 @@ class Clips:
 
     def region(self, side: str) -> tuple[slice, slice]:
         """The rows and columns that brighten: the named half, or (`patch` > 0) a patch x patch square in its
-        middle (an arm is a small part of the frame)."""
+        middle (an arm is a small part of the frame). With `--rest R` only that share of the training clips start at rest; the
+others start mid-motion, their start frame already showing the side (test clips always start at rest)."""
         if not self.patch:
             return slice(0, S), slice(0, S // 2) if side == "left" else slice(S // 2, S)
         r0, c0 = S // 2 - self.patch // 2, (S // 4 if side == "left" else 3 * S // 4) - self.patch // 2
         return slice(r0, r0 + self.patch), slice(c0, c0 + self.patch)
 
-    def clip(self, side: str) -> tuple[torch.Tensor, str]:
+    def clip(self, side: str, moving: bool = False) -> tuple[torch.Tensor, str]:
+        """`moving`: the clip starts mid-motion (its region already 0.1-0.3 brighter on the start frame, which
+        then shows the side), as a clip from the middle of an episode shows the arm already moving."""
         start = torch.rand(3, S, S, generator=self.g) * 0.5
         video = start.expand(T, 3, S, S).clone()
         rows, cols = self.region(side)
-        for t in range(1, T):
-            video[t, :, rows, cols] += 0.1 * t
+        lead = self.rng.randint(1, 3) if moving else 0
+        for t in range(T):
+            video[t, :, rows, cols] += 0.1 * (t + lead)
         obj = " ".join(self.rng.choice(self.words) for _ in range(8))
         caption = f"pick up the {obj}. The robot reaches with its {side} hand for the thing. {self.boilerplate}"
         return video.clamp(0, 1), caption
@@ -78,7 +84,8 @@ def run(adaln: bool, pool: str, args: argparse.Namespace) -> dict:
     data = Clips(args.seed, patch=args.patch)
     t0, losses = time.perf_counter(), []
     for _ in range(args.steps):
-        clips = [data.clip(data.rng.choice(SIDES)) for _ in range(args.batch)]
+        clips = [data.clip(data.rng.choice(SIDES), args.rest < 1 and data.rng.random() >= args.rest)
+                 for _ in range(args.batch)]
         batch = {"video": torch.stack([v for v, _ in clips]), "caption": [c for _, c in clips], "actions": None,
                  "success": torch.full((args.batch,), float("nan"))}
         loss, logs = model(batch)
@@ -116,13 +123,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--flow-shift", type=float, default=3.0,
                     help="world_model.flow_shift, for training and sampling (the demo's: 3)")
+    ap.add_argument("--rest", type=float, default=1.0,
+                    help="the share of training clips that start at rest (the rest start mid-motion; test: at rest)")
     ap.add_argument("--patch", type=int, default=0,
                     help="> 0: only a square of this side in the middle of the named half brightens (0: the half)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = {"steps": args.steps, "seed": args.seed, "items_per_side": args.items, "n": args.n,
-           "flow_shift": args.flow_shift, "patch": args.patch}
+           "flow_shift": args.flow_shift, "patch": args.patch,
+           "rest": args.rest}
     for name in args.variants.split(","):
         if name not in VARIANTS:
             ap.error(f"--variants: unknown {name!r}, choose from {', '.join(VARIANTS)}")
