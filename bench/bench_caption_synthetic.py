@@ -9,9 +9,9 @@ others start mid-motion, their start frame already showing the side (test clips 
 tiny world model (the demo's widths, 16x16 frames, 5 frames, imagine mode only) is trained from scratch for
 `--steps` steps, with the caption only through Wan's cross-attention and with `world_model.caption_adaln`
 (the pooled caption added to the timestep embedding; pooled by the masked mean, or by a learned query's
-attention with `caption_pool=attention`), same seed and data. Then for
-`--items` fresh clips per side (new start frames and object words, the same shared words) it imagines `--n`
-futures and counts those in which the named region brightens more. `follow` near 1: the model does what the
+attention with `caption_pool=attention`), same seed and data. Then for `--items` fresh clips per side (new
+start frames and object words, the same shared words) it imagines `--n` futures and counts those in which
+the named region brightens more. `follow` near 1: the model does what the
 caption says; near 0.5: it ignores the word. Prints one JSON object.
 
     .venv/bin/python bench/bench_caption_synthetic.py [--steps 1500] [--seed 0] [--items 12] [--n 2]
@@ -38,7 +38,7 @@ VARIANTS = {"cross_attention_only": (False, "mean"), "caption_adaln": (True, "me
 
 
 class Clips:
-    """Seeded synthetic clips: random start frame; the named half of the frame brightens by 0.1 per frame."""
+    """Seeded synthetic clips: random start frame; the named side's region brightens by 0.1 per frame."""
 
     def __init__(self, seed: int, boilerplate: str | None = None, patch: int = 0) -> None:
         self.patch = patch
@@ -50,8 +50,7 @@ class Clips:
 
     def region(self, side: str) -> tuple[slice, slice]:
         """The rows and columns that brighten: the named half, or (`patch` > 0) a patch x patch square in its
-        middle (an arm is a small part of the frame). With `--rest R` only that share of the training clips start at rest; the
-others start mid-motion, their start frame already showing the side (test clips always start at rest)."""
+        middle (an arm is a small part of the frame)."""
         if not self.patch:
             return slice(0, S), slice(0, S // 2) if side == "left" else slice(S // 2, S)
         r0, c0 = S // 2 - self.patch // 2, (S // 4 if side == "left" else 3 * S // 4) - self.patch // 2
@@ -131,8 +130,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = {"steps": args.steps, "seed": args.seed, "items_per_side": args.items, "n": args.n,
-           "flow_shift": args.flow_shift, "patch": args.patch,
-           "rest": args.rest}
+           "flow_shift": args.flow_shift, "patch": args.patch, "rest": args.rest}
     for name in args.variants.split(","):
         if name not in VARIANTS:
             ap.error(f"--variants: unknown {name!r}, choose from {', '.join(VARIANTS)}")

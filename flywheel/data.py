@@ -138,10 +138,8 @@ class ClipDataset(Dataset):
             n = len(ep.frames)
             if n < num_frames:
                 continue
-            starts = list(range(0, n - num_frames + 1, stride))
-            if starts_only:
-                starts = [0]
-            elif starts[-1] != n - num_frames:
+            starts = [0] if starts_only else list(range(0, n - num_frames + 1, stride))
+            if not starts_only and starts[-1] != n - num_frames:
                 starts.append(n - num_frames)  # always include the clip that ends on the outcome
             self.index += [(e, s) for s in starts]
 

@@ -149,7 +149,7 @@ class TimeEmbeddingWithCaption(nn.Module):
     def pool(self, states: torch.Tensor) -> torch.Tensor:
         if self.query is None:
             return pool_caption(states)
-        mask = states.abs().amax(-1) > 0  # (B, L)
+        mask = caption_mask(states)[..., 0]  # (B, L)
         scores = (states @ self.query.to(states.dtype)) / states.shape[-1] ** 0.5
         w = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1).nan_to_num(0.0)  # empty caption: 0
         return (w.unsqueeze(-1) * states).sum(1)
@@ -162,9 +162,14 @@ class TimeEmbeddingWithCaption(nn.Module):
         return temb + self.caption(self.pool(self.states).to(temb.dtype))
 
 
+def caption_mask(hidden: torch.Tensor) -> torch.Tensor:
+    """Which caption tokens are real `(B, L, D) -> (B, L, 1)`: the encoders zero their padded positions."""
+    return hidden.abs().amax(-1, keepdim=True) > 0
+
+
 def pool_caption(hidden: torch.Tensor) -> torch.Tensor:
-    """Masked mean of caption states `(B, L, D) -> (B, D)`; the encoders zero their padded positions."""
-    mask = hidden.abs().amax(-1, keepdim=True) > 0
+    """Masked mean of caption states `(B, L, D) -> (B, D)`."""
+    mask = caption_mask(hidden)
     return hidden.sum(1) / mask.sum(1).clamp(min=1)
 
 

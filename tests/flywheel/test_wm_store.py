@@ -145,10 +145,10 @@ def test_start_clips_take_their_share_of_each_stage(tmp_path, monkeypatch):
         with pytest.raises(RuntimeError, match="captured"):
             trainer.train_world_model(parent=None, phase=f"p{share}")
     eps = trainer.episodes("expert") + trainer.episodes("play")
-    uniform = sum(ClipDataset([e], 3, starts_only=True).__len__() for e in eps) / len(ClipDataset(eps, 3, stride=2))
+    assert len(ClipDataset(eps, 3, starts_only=True)) == len(eps)  # one start clip per episode
+    uniform = len(eps) / len(ClipDataset(eps, 3, stride=2))
     assert abs(starts[0.0] - uniform) < 0.1  # the square is at column 0 only on an episode's first frame
     assert abs(starts[0.6] - (0.6 + 0.4 * uniform)) < 0.1
-    assert len(ClipDataset(eps, 3, starts_only=True)) == len(eps)
     with pytest.raises(ValueError, match="wm_start_clips"):
         TrainConfig(wm_start_clips=1.0)
     store.close()

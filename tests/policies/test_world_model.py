@@ -396,6 +396,8 @@ def test_caption_adaln_adds_the_pooled_caption_to_the_timestep_embedding(tmp_pat
     from policies.world_model.modeling_world_model import TimeEmbeddingWithCaption, pool_caption
 
     torch.manual_seed(0)
+    with pytest.raises(ValueError, match="caption_pool must be mean or attention"):
+        tiny_cfg(caption_adaln=True, caption_pool="max")
     m = WorldModel(tiny_cfg(caption_adaln=True, caption_pool=pool, prediction="sample"))
     te = m.transformer.condition_embedder.time_embedder
     assert isinstance(te, TimeEmbeddingWithCaption) and torch.count_nonzero(te.caption[-1].weight) == 0
@@ -424,8 +426,6 @@ def test_caption_adaln_adds_the_pooled_caption_to_the_timestep_embedding(tmp_pat
     assert (outs[0] - outs[1]).abs().max() > 1e-3
     frame = b["video"][0, 0]
     m.transformer.patch_embedding.frame_actions = fa
-    with pytest.raises(ValueError, match="caption_pool must be mean or attention"):
-        tiny_cfg(caption_adaln=True, caption_pool="max")
     with pytest.raises(PolicyError, match="caption of each"):
         m.transformer(x, torch.tensor([500.0]), hidden[:1], return_dict=False)
     m.transformer.patch_embedding.frame_actions = None
