@@ -71,6 +71,12 @@ class WorldModelConfig:
     # frame (the batch's `poses`); sampling needs the measured ones (`pose`)
     imagine_joints: bool = False
     joint_loss_weight: float = 0.1  # weight of the joint channels' MSE against the frames' (per element)
+    # how the joint channels are noised. "frame": one draw per joint and frame, constant over the plane as the
+    # joint is, so a noise level hides a joint as it hides one pixel. "pixel" (sessions 17-19): a draw per
+    # position; averaging the plane's h*w draws then reads the clean joints through almost any noise level, and
+    # training never had to decide where the joints go (the model read it off its noisy input; from pure noise
+    # at sampling it had learned nothing to go on: session 20, docs/BENCHMARKS.md)
+    joint_noise: str = "frame"
     success_head: bool = True
     success_hidden: int = 64
     success_loss_weight: float = 0.5
@@ -131,6 +137,8 @@ class WorldModelConfig:
         if self.imagine_joints and self.cond_frames != 1:
             raise ValueError(f"world_model.imagine_joints needs cond_frames=1 (the measured joints of one start "
                              f"frame), got {self.cond_frames}")
+        if self.joint_noise not in ("frame", "pixel"):
+            raise ValueError(f"world_model.joint_noise must be 'frame' or 'pixel', got {self.joint_noise!r}")
         if self.joint_loss_weight < 0:
             raise ValueError(f"world_model.joint_loss_weight must be >= 0, got {self.joint_loss_weight}")
         if self.predict_steps < 1:

@@ -267,6 +267,22 @@ class WorldModel(nn.Module):
         q = (poses.to(self.device, torch.float32) - self.joint_mean) / self.joint_std
         return q.permute(0, 2, 1)[..., None, None].expand(-1, -1, -1, h, w)
 
+    def _frame_joint_noise(self, noise: torch.Tensor) -> torch.Tensor:
+        """Noise `(B, C, t, h, w)` with each joint channel's draw held over its frame (`joint_noise=frame`): the
+        first position's draw, a standard normal as the others are."""
+        if self.joint_channels and self.cfg.joint_noise == "frame":
+            c = self.video_channels
+            noise[:, c:] = noise[:, c:, :, :1, :1].clone().expand(-1, -1, -1, *noise.shape[-2:])
+        return noise
+
+    def _frame_joints(self, x: torch.Tensor) -> torch.Tensor:
+        """A sample's joint channels back onto planes constant over their frame (their mean), as the joints are,
+        after a sampling step (`joint_noise=frame`)."""
+        if self.joint_channels and self.cfg.joint_noise == "frame":
+            c = self.video_channels
+            x[:, c:] = x[:, c:].mean((-2, -1), keepdim=True).expand(-1, -1, -1, *x.shape[-2:])
+        return x
+
     def _split(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A latent `(B, C, t, h, w)` -> its video latent and its joint positions `(B, t, A)` in native units
         (the mean of each joint's channel over its frame), None without joint channels."""
@@ -421,7 +437,7 @@ class WorldModel(nn.Module):
         t = torch.sigmoid(torch.randn(b, device=dev))  # logit-normal
         t = cfg.flow_shift * t / (1 + (cfg.flow_shift - 1) * t)
         x0 = z0 - cond if cfg.residual else z0  # what is diffused: the video, or its change from the start
-        noise = torch.randn_like(x0)
+        noise = self._frame_joint_noise(torch.randn_like(x0))
         tt = t.view(b, 1, 1, 1, 1)
         x_t = (1 - tt) * x0 + tt * noise
         x_t[:, :, :n_cond] = x0[:, :, :n_cond]
@@ -492,7 +508,8 @@ class WorldModel(nn.Module):
         present = torch.ones(n, dtype=torch.bool, device=self.device) if actions is not None else None
         chans, frame_actions = self._cond_channels(cond, n_cond, actions, present)
         hidden, _ = self._text([caption])
-        x = torch.randn(cond.shape, generator=torch.Generator().manual_seed(int(seed))).to(self.device)
+        x = self._frame_joint_noise(torch.randn(cond.shape, generator=torch.Generator().manual_seed(int(seed))))
+        x = x.to(self.device)
         clean = torch.zeros_like(cond) if self.cfg.residual else cond  # the fixed start frames
         x[:, :, :n_cond] = clean[:, :, :n_cond]
         return cond, n_cond, chans, frame_actions, hidden, x, clean
@@ -535,7 +552,7 @@ class WorldModel(nn.Module):
             v = v_all[0]
             for name, v_u in zip(branches[1:], v_all[1:], strict=True):
                 v = v + (scale[name] - 1.0) * (v_all[0] - v_u)
-            x = sched.step(v, ts, x, return_dict=False)[0]
+            x = self._frame_joints(sched.step(v, ts, x, return_dict=False)[0])
             x[:, :, :n_cond] = clean[:, :, :n_cond]
         z, joints = self._split(x + cond if self.cfg.residual else x)
         return self.vae.decode(z), joints  # (n, T, 3, H, W)

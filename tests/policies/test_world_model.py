@@ -387,6 +387,28 @@ def test_imagine_joints_trains_the_joint_channels_and_imagines_them_from_the_mea
         tiny_cfg(imagine_joints=True, cond_frames=2, num_frames=4)
 
 
+@pytest.mark.parametrize("mode", ["frame", "pixel"])
+def test_joint_noise_frame_hides_each_joint_behind_one_draw(mode):
+    """With `joint_noise=frame` (the default) the noisy joint channels the transformer reads in training, and the
+    sample between sampling steps, are constant over each frame, as the joints are: averaging a plane's h*w
+    positions cannot read the clean joint through the noise. With `pixel` (sessions 17-19) they vary."""
+    torch.manual_seed(0)
+    m = WorldModel(tiny_cfg(imagine_joints=True, joint_loss_weight=1.0, joint_noise=mode))
+    seen = []
+    denoise = m._denoise
+    m._denoise = lambda x, *a: (seen.append(x[:, 3:3 + 16].detach().clone()), denoise(x, *a))[1]
+    m(batch() | {"poses": torch.randn(2, 3, 16) * 0.1})
+    m.eval()
+    m.imagine_joints(torch.rand(3, S, S), "pick the red cube", n=2, steps=3, seed=0, pose=torch.zeros(16))
+    assert len(seen) == 4  # one training call, three sampling steps
+    for x in seen:
+        spread = x.std(dim=(-2, -1)).max().item()  # over each plane
+        assert (spread < 1e-5) if mode == "frame" else (spread > 0.1)
+        assert x[:, :, 1:].std().item() > 0.1  # the draws differ between joints and frames
+    with pytest.raises(ValueError, match="joint_noise"):
+        tiny_cfg(imagine_joints=True, joint_noise="patch")
+
+
 @pytest.mark.parametrize("pool", ["mean", "attention"])
 def test_caption_adaln_adds_the_pooled_caption_to_the_timestep_embedding(tmp_path, pool):
     """`caption_adaln`: an MLP of the pooled caption joins the timestep embedding. It starts at zero (the model
