@@ -34,6 +34,9 @@ class PolicyConfig:
     # positions a world model with world_model.imagine_joints imagines with it) or "auto" (joints when the
     # world model imagines them)
     extract_from: str = "auto"
+    # imagined joint positions past the robot's joint range are read as at the limit (where the robot stops)
+    # before the IDM reads targets off them; off, a candidate imagined past a limit is rejected for it
+    clamp_imagined_joints: bool = False
     expert_noise: float = 0.0
     caption_upsampler: str = "scene"  # "scene" or "task" (grounded, no model), or "openai" (VLM endpoint)
     upsampler_url: str | None = None

@@ -236,6 +236,11 @@ class ImagineThenActPolicy(Policy):
                joints: torch.Tensor | None = None) -> Candidate:
         t0 = time.perf_counter()
         if joints is not None:  # the IDM reads the imagined joints (policy.extract_from)
+            if self.pcfg.clamp_imagined_joints and self.low is not None:
+                a = len(self.low)
+                joints = joints.clone()
+                joints[:, :a] = torch.minimum(torch.maximum(joints[:, :a], torch.as_tensor(self.low, dtype=joints.dtype)),
+                                              torch.as_tensor(self.high, dtype=joints.dtype))  # (NaN stays NaN)
             ext = self.idm.extract_joints(joints, torch.from_numpy(proprio))
         else:
             ext = self.idm.extract(video, torch.from_numpy(proprio), seed=seed)

@@ -515,3 +515,27 @@ def test_the_idm_reads_the_imagined_joints_of_a_world_model_that_imagines_them(t
     assert not np.allclose(framed.actions, out.actions)  # the frames' reading, not the joints'
     with pytest.raises(PolicyError, match="imagines the joints"):
         make(tiny_config(tmp_path, "policy.extract_from=joints"), *models, checker, sim)
+
+
+def test_imagined_joints_past_a_limit_are_rejected_or_read_at_the_limit(tmp_path, models, checker, sim):
+    """A candidate whose imagined joint 0 runs past its upper limit is rejected for the limit; with
+    `policy.clamp_imagined_joints` its joints are read as stopping at the limit, and the chunk sent stays inside
+    the limits."""
+    torch.manual_seed(0)
+    home = torch.as_tensor(robot.HOME_QPOS, dtype=torch.float32)
+    outs = {}
+    for clamp in (False, True):
+        cfg = tiny_config(tmp_path, "world_model.imagine_joints=true", f"policy.clamp_imagined_joints={clamp}",
+                          "policy.resample_rounds=0")
+        wm = WorldModel(cfg.world_model).eval()
+        wm.fit_joint_stats(home + 0.1 * torch.randn(64, 16))
+        rec = RecordingBackend(sim)
+        obs = rec.reset(task=sample_task("pick", 3), seed=3)
+        high = float(rec.action_high[0])
+        step = 1.5 * (high - float(obs["proprio"][0])) / (cfg.policy.imagine_frames - 1) + 0.01  # ends well past it
+        outs[clamp] = make(cfg, ScriptedJointsWorldModel(wm, step=step), models[1], checker, rec).act(obs)
+        assert outs[clamp].info["candidates"][0]["chosen"] is clamp
+    assert outs[False].hold and outs[False].info["candidates"][0]["rejected_reason"].startswith("joint limit violated")
+    got = outs[True].actions
+    assert not outs[True].hold and (got <= sim.action_high + 1e-9).all() and (got >= sim.action_low - 1e-9).all()
+    assert got[-1, 0] > float(obs["proprio"][0])  # it still moves joint 0 towards the limit
