@@ -238,9 +238,9 @@ class ImagineThenActPolicy(Policy):
         if joints is not None:  # the IDM reads the imagined joints (policy.extract_from)
             if self.pcfg.clamp_imagined_joints and self.low is not None:
                 a = len(self.low)
+                lo, hi = (torch.as_tensor(v, dtype=joints.dtype) for v in (self.low, self.high))
                 joints = joints.clone()
-                joints[:, :a] = torch.minimum(torch.maximum(joints[:, :a], torch.as_tensor(self.low, dtype=joints.dtype)),
-                                              torch.as_tensor(self.high, dtype=joints.dtype))  # (NaN stays NaN)
+                joints[:, :a] = torch.minimum(torch.maximum(joints[:, :a], lo), hi)  # (NaN stays NaN)
             ext = self.idm.extract_joints(joints, torch.from_numpy(proprio))
         else:
             ext = self.idm.extract(video, torch.from_numpy(proprio), seed=seed)
