@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4, help="imagined candidates per state")
     ap.add_argument("--steps", type=int, default=4, help="sampling steps")
     ap.add_argument("--guidance", type=float, default=2.0)
+    ap.add_argument("--churn", type=float, default=0.0, help="fresh noise per sampling step (0: the ODE sampler)")
     ap.add_argument("--horizon", type=int, default=4, help="extracted steps scored (the planner executes these)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--plan", action="store_true",
@@ -98,13 +99,17 @@ def main() -> None:
             joint_model = bool(getattr(wm.cfg, "imagine_joints", False))
             videos, joints = wm.imagine_joints(frame_to_tensor(start["rgb"]), caption, n=args.n, steps=args.steps,
                                                guidance=args.guidance, seed=idx, num_frames=9, plan=args.plan,
-                                               pose=proprio[:16] if args.plan or joint_model else None)
+                                               pose=proprio[:16] if args.plan or joint_model else None,
+                                               churn=args.churn)
             imag = [error(idm.extract(v, proprio, seed=0).actions.numpy()) for v in videos]
             extra = {}
             if joints is not None:
-                from_joints = [error(idm.extract_joints(j, proprio).actions.numpy()) for j in joints]
+                acts = np.stack([idm.extract_joints(j, proprio).actions.numpy() for j in joints])  # (N, T-1, A)
+                from_joints = [error(a) for a in acts]
                 extra = {"joints_real": error(idm.extract_joints(torch.from_numpy(np.stack(real_q)), proprio).actions.numpy()),
-                         "joints_imag": float(np.mean(from_joints)), "joints_imag_best": float(np.min(from_joints))}
+                         "joints_imag": float(np.mean(from_joints)), "joints_imag_best": float(np.min(from_joints)),
+                         # how far the candidates' targets lie from one another: what best-of-N can choose between
+                         "joints_spread": float(acts[:, :h][..., arm].std(0).mean())}
             if args.plan:
                 plan = wm.plan_actions(frame_to_tensor(start["rgb"]), caption, proprio[:16], n=args.n, seed=idx,
                                        num_frames=9)
@@ -120,11 +125,12 @@ def main() -> None:
     mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
     print(json.dumps({
         "states": len(rows), "items": args.items, "n": args.n, "steps": args.steps, "guidance": args.guidance,
+        "churn": args.churn,
         "horizon": h, "arm_error_rad": {k: round(v, 4) for k, v in mean.items()},
         "real_vs_hold": round(mean["real"] / mean["hold"], 3), "imag_vs_hold": round(mean["imag"] / mean["hold"], 3),
         "imag_best_vs_hold": round(mean["imag_best"] / mean["hold"], 3),
         **({"plan_vs_hold": round(mean["plan"] / mean["hold"], 3)} if args.plan else {}), "plan": args.plan,
-        **{f"{k}_vs_hold": round(mean[k] / mean["hold"], 3) for k in ("joints_real", "joints_imag", "joints_imag_best")
+        **{f"{k}_vs_hold": round(mean[k] / mean["hold"], 3) for k in ("joints_real", "joints_imag", "joints_imag_best", "joints_spread")
            if k in mean},
         "world_model": args.world_model, "idm": args.idm, "overrides": args.overrides,
     }))

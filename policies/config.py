@@ -14,6 +14,9 @@ class PolicyConfig:
     imagine_frames: int = 9  # frames imagined per candidate, including the start frame
     sampling_steps: int = 8
     guidance: float = 2.0
+    # share of the noise drawn fresh at every world-model sampling step (WorldModel.imagine's churn): 0 is the
+    # deterministic sampler, where the N candidates differ only by their starting noise
+    sampling_churn: float = 0.0
     min_feasibility: float = 0.5
     min_success_prob: float = 0.0
     # rejection sampling: when no candidate of a batch is acceptable, imagine a fresh batch (new seed) up
@@ -50,5 +53,7 @@ class PolicyConfig:
             raise ValueError(f"policy.resample_rounds must be >= 0, got {self.resample_rounds}")
         if self.extract_from not in ("auto", "frames", "joints"):
             raise ValueError(f"policy.extract_from must be auto, frames or joints, got {self.extract_from!r}")
+        if not 0.0 <= self.sampling_churn <= 1.0:
+            raise ValueError(f"policy.sampling_churn must be in [0, 1], got {self.sampling_churn}")
         if self.horizon < 1:
             raise ValueError(f"policy.horizon must be >= 1, got {self.horizon}")

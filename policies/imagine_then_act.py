@@ -193,10 +193,11 @@ class ImagineThenActPolicy(Policy):
         joints = None
         if self.imagines_joints:  # the joints come with the frames (one start frame: nothing to cut)
             imagined, joints = self.wm.imagine_joints(frames, self.caption, n=p.n_candidates, steps=p.sampling_steps,
-                                                      guidance=p.guidance, seed=seed, num_frames=p.imagine_frames, **kw)
+                                                      guidance=p.guidance, seed=seed, num_frames=p.imagine_frames,
+                                                      churn=p.sampling_churn, **kw)
         else:
             imagined = self.wm.imagine(frames, self.caption, n=p.n_candidates, steps=p.sampling_steps,
-                                       guidance=p.guidance, seed=seed,
+                                       guidance=p.guidance, seed=seed, churn=p.sampling_churn,
                                        num_frames=p.imagine_frames,  # (N, T, 3, H, W), the K start frames first
                                        **kw)
         self.timings["imagine_s"] += time.perf_counter() - t0

@@ -517,8 +517,15 @@ class WorldModel(nn.Module):
     @torch.no_grad()
     def _sample(self, start: torch.Tensor, caption: str, n: int, steps: int, guidance: float, seed: int,
                 num_frames: int, actions: torch.Tensor | None = None, action_guidance: float = 1.0,
-                pose: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`n` futures: videos `(n, T, 3, H, W)` and, with joint channels, their joint positions `(n, t, A)`."""
+                pose: torch.Tensor | None = None, churn: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`n` futures: videos `(n, T, 3, H, W)` and, with joint channels, their joint positions `(n, t, A)`.
+
+        `churn` in [0, 1]: how much of the noise left after each sampling step is drawn fresh (seeded by `seed`)
+        instead of carried over from the step's own estimate. 0 is the deterministic Euler (ODE) sampler; 1
+        re-noises the predicted clean sample completely at every step (ancestral sampling), so futures from
+        close starting noise can part later in the sampling, not only where it starts."""
+        if not 0.0 <= churn <= 1.0:
+            raise PolicyError(f"churn must be in [0, 1], got {churn}")
         dev = self.device
         if self.joint_channels:
             pose = self._check_pose(pose, "sampling")
@@ -544,6 +551,7 @@ class WorldModel(nn.Module):
                 parts.append(torch.zeros_like(frame_actions))
             frame_actions = torch.cat(parts)
         scale = {"text": guidance, "actions": action_guidance}
+        fresh = torch.Generator().manual_seed(int(seed) + 1_000_003)  # churn: apart from any starting noise
         for i, ts in enumerate(sched.timesteps):
             for k in range(reps):
                 inp[k * n:(k + 1) * n, :c] = x
@@ -552,25 +560,33 @@ class WorldModel(nn.Module):
             v = v_all[0]
             for name, v_u in zip(branches[1:], v_all[1:], strict=True):
                 v = v + (scale[name] - 1.0) * (v_all[0] - v_u)
-            x = self._frame_joints(sched.step(v, ts, x, return_dict=False)[0])
+            if churn > 0.0:  # x_t = (1 - s) x0 + s eps: keep the estimate of x0, draw part of eps anew
+                s, s_next = sched.sigmas[i].to(dev), sched.sigmas[i + 1].to(dev)
+                x0_hat, eps_hat = x - s * v, x + (1.0 - s) * v
+                eps = self._frame_joint_noise(torch.randn(x.shape, generator=fresh)).to(dev)
+                eps = (1.0 - churn ** 2) ** 0.5 * eps_hat + churn * eps
+                x = self._frame_joints((1.0 - s_next) * x0_hat + s_next * eps)
+            else:
+                x = self._frame_joints(sched.step(v, ts, x, return_dict=False)[0])
             x[:, :, :n_cond] = clean[:, :, :n_cond]
         z, joints = self._split(x + cond if self.cfg.residual else x)
         return self.vae.decode(z), joints  # (n, T, 3, H, W)
 
     def imagine(self, frames: torch.Tensor, caption: str, n: int = 4, steps: int = 8, guidance: float = 2.0,
                 seed: int = 0, num_frames: int | None = None, plan: bool = False,
-                pose: torch.Tensor | None = None) -> torch.Tensor:
+                pose: torch.Tensor | None = None, churn: float = 0.0) -> torch.Tensor:
         """Imagine `n` futures from start frame(s) `(3, H, W)` or `(T0, 3, H, W)` in one batch.
         Returns `(n, T, 3, H, W)` in [0, 1] on the CPU; the start frames come back unchanged.
 
         `plan` (needs the action head, `imagine_action_loss` > 0, and the measured joint positions `pose (A,)`):
         decide, then draw. One imagine-mode call on each candidate's starting noise reads where the joints go
-        off the action head (`plan_actions`), and the future is drawn in evaluation mode under that plan."""
-        return self.imagine_joints(frames, caption, n, steps, guidance, seed, num_frames, plan, pose)[0]
+        off the action head (`plan_actions`), and the future is drawn in evaluation mode under that plan.
+        `churn`: fresh noise at every sampling step (`_sample`); 0 is the deterministic sampler."""
+        return self.imagine_joints(frames, caption, n, steps, guidance, seed, num_frames, plan, pose, churn)[0]
 
     def imagine_joints(self, frames: torch.Tensor, caption: str, n: int = 4, steps: int = 8, guidance: float = 2.0,
                        seed: int = 0, num_frames: int | None = None, plan: bool = False,
-                       pose: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                       pose: torch.Tensor | None = None, churn: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`imagine`, and with `imagine_joints` the imagined joint positions `(n, T, A)` of every frame (the first
         is `pose`, the measured ones the model is given); None for a model without joint channels."""
         start = self._check_frames(frames)
@@ -580,7 +596,8 @@ class WorldModel(nn.Module):
             if pose is None:
                 raise PolicyError("imagine(plan=True) needs pose: the measured joint positions the plan starts from")
             actions = self._plan(start, caption, pose, n, seed, num_frames)
-        video, joints = self._sample(start, caption, n, steps, guidance, seed, num_frames, actions, pose=pose)
+        video, joints = self._sample(start, caption, n, steps, guidance, seed, num_frames, actions, pose=pose,
+                                     churn=churn)
         return video.cpu(), None if joints is None else joints.cpu()
 
     @torch.no_grad()

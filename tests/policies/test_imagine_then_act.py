@@ -221,6 +221,34 @@ def test_replanning_is_deterministic_for_a_seed(cfg, models, checker, sim):
     assert len(a) == 2 and all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
+def test_sampling_churn_reaches_the_world_model_and_stays_seeded(tmp_path, cfg, models, checker, sim):
+    """`policy.sampling_churn` is the churn every imagined batch is drawn with; a replan with it is as
+    reproducible for a seed as without; a churn outside [0, 1] is one clear config error."""
+    wm, idm = models
+    churned = tiny_config(tmp_path, "policy.sampling_churn=0.5")
+    seen = []
+    imagine = wm.imagine
+
+    def spy(*a, **kw):
+        seen.append(kw.get("churn"))
+        return imagine(*a, **kw)
+
+    wm.imagine = spy
+    try:
+        a = [o.actions for o in rollout(make(churned, wm, idm, checker, sim, seed=5), sim, seed=4, max_plans=2)[0]]
+        b = [o.actions for o in rollout(make(churned, wm, idm, checker, sim, seed=5), sim, seed=4, max_plans=2)[0]]
+        assert seen and set(seen) == {0.5}
+        seen.clear()
+        plain = [o.actions for o in rollout(make(cfg, wm, idm, checker, sim, seed=5), sim, seed=4, max_plans=2)[0]]
+    finally:
+        del wm.imagine
+    assert seen and set(seen) == {0.0}
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert len(plain) and not all(np.array_equal(x, y) for x, y in zip(a, plain))
+    with pytest.raises(Exception, match="sampling_churn must be in"):
+        tiny_config(tmp_path, "policy.sampling_churn=1.5")
+
+
 # ------------------------------------------------------------------ rejection and holds
 
 
