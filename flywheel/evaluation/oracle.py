@@ -58,9 +58,10 @@ class ExpertOracleWorldModel:
         self.last_joints: np.ndarray | None = None  # (T, A) the joint positions of its frames
 
     def imagine(self, frames: torch.Tensor, caption: str, n: int = 1, steps: int = 0, guidance: float = 1.0,
-                seed: int = 0, num_frames: int = 9) -> torch.Tensor:
+                seed: int = 0, num_frames: int = 9, churn: float = 0.0) -> torch.Tensor:
         """`(n, num_frames, 3, H, W)` in [0, 1]: the expert's next `num_frames - 1` steps from the current
-        state, rendered, repeated n times. `frames`, `caption`, `steps`, `guidance`, `seed` are unused."""
+        state, rendered, repeated n times. `frames`, `caption`, `steps`, `guidance`, `seed`, `churn` are
+        unused (the oracle samples nothing)."""
         real = self.state_fn()
         task = json_task(real)
         env = self.shadow
