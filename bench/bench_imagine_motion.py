@@ -109,7 +109,10 @@ def main() -> None:
                 extra = {"joints_real": error(idm.extract_joints(torch.from_numpy(np.stack(real_q)), proprio).actions.numpy()),
                          "joints_imag": float(np.mean(from_joints)), "joints_imag_best": float(np.min(from_joints)),
                          # how far the candidates' targets lie from one another: what best-of-N can choose between
-                         "joints_spread": float(acts[:, :h][..., arm].std(0).mean())}
+                         "joints_spread": float(acts[:, :h][..., arm].std(0).mean()),
+                         # the candidate closest to the others (what a consensus score picks), and their average
+                         "joints_medoid": from_joints[medoid(acts[:, :h][..., arm])],
+                         "joints_average": error(acts.mean(0))}
             if args.plan:
                 plan = wm.plan_actions(frame_to_tensor(start["rgb"]), caption, proprio[:16], n=args.n, seed=idx,
                                        num_frames=9)
@@ -130,10 +133,17 @@ def main() -> None:
         "real_vs_hold": round(mean["real"] / mean["hold"], 3), "imag_vs_hold": round(mean["imag"] / mean["hold"], 3),
         "imag_best_vs_hold": round(mean["imag_best"] / mean["hold"], 3),
         **({"plan_vs_hold": round(mean["plan"] / mean["hold"], 3)} if args.plan else {}), "plan": args.plan,
-        **{f"{k}_vs_hold": round(mean[k] / mean["hold"], 3) for k in ("joints_real", "joints_imag", "joints_imag_best", "joints_spread")
+        **{f"{k}_vs_hold": round(mean[k] / mean["hold"], 3) for k in ("joints_real", "joints_imag", "joints_imag_best", "joints_spread",
+                                                   "joints_medoid", "joints_average")
            if k in mean},
         "world_model": args.world_model, "idm": args.idm, "overrides": args.overrides,
     }))
+
+
+def medoid(acts: np.ndarray) -> int:
+    """The index of the candidate `(N, ...)` with the least summed distance to the others."""
+    flat = acts.reshape(len(acts), -1)
+    return int(np.abs(flat[:, None] - flat[None]).mean(-1).sum(1).argmin())
 
 
 def save_strip(path: Path, real: np.ndarray, videos: torch.Tensor) -> None:
