@@ -33,6 +33,7 @@ WEIGHTINGS = {
     "success_only": {"success": 1.0},
     "feasibility_only": {"feasibility": 1.0},
     "spread_only": {"idm_spread": -1.0},
+    "consensus_only": {"consensus": 1.0},
     "success+feasibility": {"success": 1.0, "feasibility": 0.5},
     "success-spread": {"success": 1.0, "idm_spread": -0.5},
     "success+feasibility-spread (previous default)": {"success": 1.0, "feasibility": 0.5, "idm_spread": -0.5},
@@ -109,7 +110,8 @@ def from_ttc(path: Path, steps: list[list[dict]]) -> list[dict]:
 def choice_analysis(steps: list[list[dict]]) -> dict:
     """Over planning steps with >= 2 acceptable candidates: how much each score varies between them
     (mean within-step std) and how often the executed choice is that score's own best."""
-    keys = {"success_head": ("success", 1), "feasibility": ("feasibility", 1), "neg_idm_spread": ("idm_spread", -1)}
+    keys = {"success_head": ("success", 1), "feasibility": ("feasibility", 1), "neg_idm_spread": ("idm_spread", -1),
+            "consensus": ("consensus", 1)}
     multi = [[c for c in st if c.get("rejected_reason") is None] for st in steps]
     multi = [st for st in multi if len(st) >= 2 and any(c["chosen"] for c in st)]
     out: dict = {"steps_with_a_choice": len(multi)}
@@ -149,7 +151,8 @@ def main() -> None:
         v = [s["scores"].get(name) for s in samples]
         return np.array([np.nan if x is None else float(x) for x in v])
 
-    columns = {"success": raw("success"), "feasibility": raw("feasibility"), "idm_spread": raw("idm_spread")}
+    columns = {"success": raw("success"), "feasibility": raw("feasibility"), "idm_spread": raw("idm_spread"),
+               "consensus": raw("consensus")}  # consensus: NaN in records from before it existed
     result: dict[str, dict] = {}
 
     def report(name: str, values: np.ndarray) -> None:
@@ -161,6 +164,7 @@ def main() -> None:
     report("success_head", columns["success"])
     report("feasibility", columns["feasibility"])
     report("neg_idm_spread", -columns["idm_spread"])
+    report("consensus", columns["consensus"])
     report("combined_as_recorded", raw("combined"))
     weighted = {}
     for name, w in WEIGHTINGS.items():

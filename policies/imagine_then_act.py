@@ -28,6 +28,9 @@ from policies.errors import PolicyError
 # Kept as is until a data dir with successes ranks the scores.
 # "consistency" only exists with policy.consistency=true; its weight is a guess, not yet measured either.
 DEFAULT_WEIGHTS = {"success": 1.0, "feasibility": 0.5, "idm_spread": -0.5, "consistency": 0.5}
+# Consensus: exp(-d / CONSENSUS_SCALE), d the mean absolute distance (rad) between a candidate's first H
+# targets and the other candidates' of its batch: the candidate nearest the others (the medoid) scores highest.
+CONSENSUS_SCALE = 0.1
 # Extracted targets beyond a joint limit by at most this much (rad, or m for grippers) are projected onto
 # the limit; further out, the candidate is rejected as a limit violation.
 LIMIT_PROJECTION = 0.05
@@ -50,6 +53,23 @@ class Candidate:
         scores = {k: (float(v) if np.isfinite(v) else None) for k, v in self.scores.items()}
         return {"index": self.index, "scores": scores, "chosen": self.chosen,
                 "rejected_reason": self.rejected_reason}
+
+
+def consensus(chunks: list[np.ndarray]) -> list[float]:
+    """Each chunk's (H, A) agreement with the others of its batch, in [0, 1]: exp(-d / CONSENSUS_SCALE), d its
+    mean absolute distance to the other finite chunks. A lone chunk scores 1, a non-finite one 0."""
+    finite = [bool(np.isfinite(c).all()) for c in chunks]
+    out = []
+    for i, c in enumerate(chunks):
+        others = [o for j, o in enumerate(chunks) if j != i and finite[j]]
+        if not finite[i]:
+            out.append(0.0)
+        elif not others:
+            out.append(1.0)
+        else:
+            d = float(np.mean([np.abs(c - o).mean() for o in others]))
+            out.append(float(np.exp(-d / CONSENSUS_SCALE)))
+    return out
 
 
 def frame_to_tensor(rgb: np.ndarray) -> torch.Tensor:
@@ -215,6 +235,8 @@ class ImagineThenActPolicy(Policy):
                              None if joints is None else joints[i]) for i, v in enumerate(videos)]
         if self.pcfg.consistency:
             self._score_consistency(cands, start, videos, proprio, seed, first)
+        for c, score in zip(cands, consensus([c.actions[: self.pcfg.horizon] for c in cands])):
+            c.scores["consensus"] = score
         for c in cands:
             c.scores["combined"] = float(sum(w * c.scores.get(k, 0.0) for k, w in self.weights.items()
                                              if np.isfinite(c.scores.get(k, 0.0))))

@@ -24,7 +24,13 @@ from flywheel.compose import compose, to_object
 from flywheel.evaluation.feasibility import default_checker
 from policies.errors import PolicyError
 from policies.idm import InverseDynamicsModel
-from policies.imagine_then_act import LIMIT_PROJECTION, ImagineThenActPolicy, frame_to_tensor
+from policies.imagine_then_act import (
+    CONSENSUS_SCALE,
+    LIMIT_PROJECTION,
+    ImagineThenActPolicy,
+    consensus,
+    frame_to_tensor,
+)
 from policies.world_model import WorldModel
 
 torch.set_num_threads(1)
@@ -567,3 +573,50 @@ def test_imagined_joints_past_a_limit_are_rejected_or_read_at_the_limit(tmp_path
     got = outs[True].actions
     assert not outs[True].hold and (got <= sim.action_high + 1e-9).all() and (got >= sim.action_low - 1e-9).all()
     assert got[-1, 0] > float(obs["proprio"][0])  # it still moves joint 0 towards the limit
+
+
+def test_consensus_scores_the_chunk_nearest_the_others_highest():
+    """exp(-d / scale), d the mean absolute distance to the other finite chunks; a lone chunk scores 1, a
+    non-finite one 0 and is left out of the others' distances."""
+    a, b, far = np.zeros((4, 16)), np.full((4, 16), 0.02), np.full((4, 16), -0.3)
+    nan = np.full((4, 16), np.nan)
+    got = consensus([a, b, far, nan])
+    assert got[3] == 0.0
+    assert np.isclose(got[0], np.exp(-(0.02 + 0.3) / 2 / CONSENSUS_SCALE))
+    assert np.isclose(got[2], np.exp(-(0.3 + 0.32) / 2 / CONSENSUS_SCALE))
+    assert got[0] > got[1] > got[2]  # a sits between b and far: the medoid
+    assert consensus([a]) == [1.0] and consensus([a, nan]) == [1.0, 0.0]
+
+
+class FannedJointsWorldModel(ScriptedJointsWorldModel):
+    """Candidate k moves joint 0 by `steps[k]` rad per frame from the measured pose."""
+
+    def __init__(self, wm: WorldModel, steps: list[float]) -> None:
+        super().__init__(wm)
+        self.steps = steps
+
+    def imagine_joints(self, frames, caption, n=4, pose=None, **kw):
+        videos, joints = self.wm.imagine_joints(frames, caption, n=n, pose=pose, **kw)
+        joints = pose.expand(n, joints.shape[1], -1).clone()
+        joints[:, :, 0] += torch.tensor(self.steps)[:, None] * torch.arange(joints.shape[1])
+        return videos, joints
+
+
+def test_with_a_consensus_weight_the_planner_executes_the_medoid(tmp_path, models, checker, sim):
+    """Every candidate logs its consensus; weighted alone, the candidate nearest the others is executed, not the
+    outlier."""
+    torch.manual_seed(0)
+    home = torch.as_tensor(robot.HOME_QPOS, dtype=torch.float32)
+    chosen = {}
+    for weight in (1.0, -1.0):
+        cfg = tiny_config(tmp_path, "world_model.imagine_joints=true", "policy.n_candidates=3",
+                          f"+policy.score_weights.consensus={weight}")
+        wm = WorldModel(cfg.world_model).eval()
+        wm.fit_joint_stats(home + 0.1 * torch.randn(64, 16))
+        obs = sim.reset(task=sample_task("pick", 3), seed=3)
+        out = make(cfg, FannedJointsWorldModel(wm, [-0.03, 0.01, 0.012]), models[1], checker, sim).act(obs)
+        cands = out.info["candidates"]
+        assert all(0.0 < c["scores"]["consensus"] <= 1.0 for c in cands)
+        assert cands[1]["scores"]["consensus"] > cands[2]["scores"]["consensus"] > cands[0]["scores"]["consensus"]
+        chosen[weight] = next(c["index"] for c in cands if c["chosen"])
+    assert chosen == {1.0: 1, -1.0: 0}  # the medoid; negated, the outlier
