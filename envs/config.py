@@ -1,6 +1,7 @@
 """Configuration of the humanoid tabletop env and of the backends that run it."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 
@@ -19,8 +20,10 @@ class EnvConfig:
     def __post_init__(self) -> None:
         if not 16 <= self.image_size <= 720:
             raise ValueError(f"env.image_size must be in [16, 720], got {self.image_size}")
-        if self.control_hz <= 0 or self.physics_dt <= 0:
-            raise ValueError("env.control_hz and env.physics_dt must be > 0")
+        for name in ("control_hz", "physics_dt"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"env.{name} must be a finite number > 0, got {value}")
         if self.action_space not in ("joint", "ee_delta"):
             raise ValueError(f"env.action_space must be 'joint' or 'ee_delta', got {self.action_space!r}")
 
@@ -36,6 +39,12 @@ class SafetyConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("reject", "clamp"):
             raise ValueError(f"backend.safety.mode must be 'reject' or 'clamp', got {self.mode!r}")
+        if not (math.isfinite(self.max_joint_velocity) and self.max_joint_velocity > 0):
+            raise ValueError(f"backend.safety.max_joint_velocity must be a finite number > 0 (rad/s), "
+                             f"got {self.max_joint_velocity}")
+        if not (math.isfinite(self.workspace_margin) and self.workspace_margin >= 0):
+            raise ValueError(f"backend.safety.workspace_margin must be a finite number >= 0, "
+                             f"got {self.workspace_margin}")
 
 
 @dataclass

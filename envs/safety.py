@@ -57,12 +57,16 @@ class SafetyFilter:
     ) -> None:
         self.low = np.asarray(action_low, dtype=np.float32).reshape(-1)  # (D,)
         self.high = np.asarray(action_high, dtype=np.float32).reshape(-1)  # (D,)
-        if self.low.shape != self.high.shape or np.any(self.low > self.high):
-            raise ValueError("safety: action_low and action_high must be (D,) with low <= high")
+        if (self.low.shape != self.high.shape or not np.all(np.isfinite(self.low))
+                or not np.all(np.isfinite(self.high)) or np.any(self.low > self.high)):
+            raise ValueError("safety: action_low and action_high must be finite (D,) with low <= high")
         if mode not in ("reject", "clamp"):
             raise ValueError(f"safety: mode must be 'reject' or 'clamp', got {mode!r}")
-        if control_dt <= 0:
-            raise ValueError(f"safety: control_dt must be > 0, got {control_dt}")
+        if not (np.isfinite(control_dt) and control_dt > 0):
+            raise ValueError(f"safety: control_dt must be a finite number > 0, got {control_dt}")
+        if max_joint_velocity is not None and not (np.isfinite(max_joint_velocity) and max_joint_velocity > 0):
+            raise ValueError(f"safety: max_joint_velocity must be a finite number > 0 or None, "
+                             f"got {max_joint_velocity}")
         self.dim = int(self.low.shape[0])
         self.mode = mode
         self.control_dt = float(control_dt)
@@ -76,6 +80,7 @@ class SafetyFilter:
         self.name = name
         self.counts: Counter[str] = Counter()
         self._previous: np.ndarray | None = None  # (D,) last accepted target or current position
+        self._bad_reference: str | None = None  # why the pose given to reset() was refused
 
     @classmethod
     def from_config(cls, cfg, action_low: np.ndarray, action_high: np.ndarray, control_dt: float,
@@ -90,16 +95,29 @@ class SafetyFilter:
         return np.inf if self.max_joint_velocity is None else self.max_joint_velocity * self.control_dt
 
     def reset(self, current: np.ndarray | None = None) -> None:
-        """Start a new command stream; the next first target is checked against `current` (D,) if given."""
+        """Start a new command stream; the next first target is checked against `current` (D,) if given.
+
+        A `current` that is not a finite (D,) pose (a robot reporting a broken encoder) is refused: every
+        chunk is then rejected until a reset with a valid pose, since no velocity check could be made."""
         self._previous = None
+        self._bad_reference = None
         if current is not None:
             cur = np.asarray(current, dtype=np.float32).reshape(-1)
-            if cur.shape == (self.dim,) and np.all(np.isfinite(cur)):
+            if cur.shape != (self.dim,):
+                self._bad_reference = f"the current pose given at reset has shape {cur.shape}, not ({self.dim},)"
+            elif not np.all(np.isfinite(cur)):
+                joint = self.joint_names[int(np.argmin(np.isfinite(cur)))]
+                self._bad_reference = f"the current pose given at reset is non-finite ({joint})"
+            else:
                 self._previous = cur.copy()
+            if self._bad_reference:
+                log.warning("%s: %s; every chunk is rejected until a valid reset", self.name, self._bad_reference)
 
     def check(self, actions: np.ndarray) -> np.ndarray:
         """Return the chunk to execute, float32 (H, D), or raise SafetyViolation. Updates the reference."""
         self.counts["checked"] += 1
+        if self._bad_reference:
+            self._reject("reference", f"no valid reference pose: {self._bad_reference}")
         a = self._check_shape(actions)
         if not np.all(np.isfinite(a)):
             bad = np.argwhere(~np.isfinite(a))[0]

@@ -1,7 +1,12 @@
 """Configuration of the policy that a worker runs."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+
+# the per-candidate scores policy.score_weights may weight (policies.imagine_then_act)
+SCORE_NAMES = ("success", "feasibility", "idm_spread", "consistency", "consensus")
+CAPTION_UPSAMPLERS = ("scene", "task", "openai")
 
 
 @dataclass
@@ -57,3 +62,28 @@ class PolicyConfig:
             raise ValueError(f"policy.sampling_churn must be in [0, 1], got {self.sampling_churn}")
         if self.horizon < 1:
             raise ValueError(f"policy.horizon must be >= 1, got {self.horizon}")
+        if self.imagine_frames < 2:
+            raise ValueError(f"policy.imagine_frames must be >= 2 (the start frame and a future), "
+                             f"got {self.imagine_frames}")
+        if self.sampling_steps < 1:  # 0 would return the starting noise as the imagined future
+            raise ValueError(f"policy.sampling_steps must be >= 1, got {self.sampling_steps}")
+        if not (math.isfinite(self.guidance) and self.guidance >= 0):
+            raise ValueError(f"policy.guidance must be a finite number >= 0, got {self.guidance}")
+        for name in ("min_feasibility", "min_success_prob"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:  # (NaN fails too: it would switch the threshold off)
+                raise ValueError(f"policy.{name} must be in [0, 1], got {value}")
+        if not (math.isfinite(self.expert_noise) and self.expert_noise >= 0):
+            raise ValueError(f"policy.expert_noise must be a finite number >= 0, got {self.expert_noise}")
+        for key, weight in (self.score_weights or {}).items():
+            if key not in SCORE_NAMES:  # a typo would silently leave that score out of the ranking
+                raise ValueError(f"policy.score_weights has an unknown score {key!r}; the scores are "
+                                 f"{', '.join(SCORE_NAMES)}")
+            if not math.isfinite(weight):
+                raise ValueError(f"policy.score_weights.{key} must be finite, got {weight}")
+        if self.caption_upsampler not in CAPTION_UPSAMPLERS:
+            raise ValueError(f"policy.caption_upsampler must be one of {', '.join(CAPTION_UPSAMPLERS)}, "
+                             f"got {self.caption_upsampler!r}")
+        if self.caption_upsampler == "openai" and not self.upsampler_url:
+            raise ValueError("policy.caption_upsampler=openai needs policy.upsampler_url (an http(s) URL of an "
+                             "OpenAI-compatible endpoint)")

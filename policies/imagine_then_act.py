@@ -163,8 +163,14 @@ class ImagineThenActPolicy(Policy):
     # -- planning -----------------------------------------------------------------------------------
     def act(self, obs: dict[str, np.ndarray]) -> PolicyOutput:
         p = self.pcfg
-        start = self.context_frames(frame_to_tensor(obs["rgb"]))  # (K, 3, H, W)
         proprio = np.asarray(obs["proprio"], np.float32)
+        bad = self._bad_observation(obs, proprio)
+        if bad:  # planning from it would compare targets against NaN (no velocity or limit check would bite)
+            self.sent = 0
+            dim = len(self.low) if self.low is not None else 0
+            return PolicyOutput(actions=np.zeros((0, dim), np.float32), hold=True,
+                                failure_reason=f"bad observation: {bad}", info={"caption": self.caption})
+        start = self.context_frames(frame_to_tensor(obs["rgb"]))  # (K, 3, H, W)
         seed = self.seed * 100_003 + self.plan_step
         self.timings = dict.fromkeys(("imagine_s", "success_s", "extract_s", "feasibility_s", "consistency_s"), 0.0)
         t0 = time.perf_counter()
@@ -241,6 +247,19 @@ class ImagineThenActPolicy(Policy):
             c.scores["combined"] = float(sum(w * c.scores.get(k, 0.0) for k, w in self.weights.items()
                                              if np.isfinite(c.scores.get(k, 0.0))))
         return cands
+
+    def _bad_observation(self, obs: dict[str, np.ndarray], proprio: np.ndarray) -> str | None:
+        """Why an observation cannot be planned from (None if it can): proprio must be finite positions and
+        velocities of the action space's joints, rgb a uint8 (H, W, 3) frame."""
+        dim = len(self.low) if self.low is not None else None
+        if proprio.ndim != 1 or (dim is not None and proprio.shape[0] < dim):
+            return f"proprio has shape {proprio.shape}, expected ({2 * dim if dim else 'D'},)"
+        if not np.isfinite(proprio).all():
+            return f"proprio is non-finite at index {int(np.argmin(np.isfinite(proprio)))}"
+        rgb = np.asarray(obs["rgb"])
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            return f"rgb must be a uint8 (H, W, 3) frame, got {rgb.dtype} {rgb.shape}"
+        return None
 
     def _rate_limited(self, actions: np.ndarray, proprio: np.ndarray) -> np.ndarray:
         """Shorten each step of `actions (H, A)` to `max_step` from the previous target (the last one sent,

@@ -17,4 +17,4 @@ except ImportError:  # pragma: no cover - torch is a hard dependency
     pass
 
 
-from _services import fresh_pg_database, redis_url  # noqa: E402,F401  (fixtures shared by every test folder)
+from _services import fresh_pg_database, redis_url  # noqa: F401  (fixtures shared by every test folder)

@@ -155,3 +155,36 @@ def test_from_config() -> None:
     assert f.mode == "clamp" and f.max_step == pytest.approx(0.1)
     with pytest.raises(ValueError, match="mode"):
         SafetyFilter(ACTION_LOW, ACTION_HIGH, max_joint_velocity=1.0, control_dt=DT, mode="ignore")
+
+
+@pytest.mark.parametrize("kw", [{"max_joint_velocity": -1.0}, {"max_joint_velocity": float("nan")},
+                                {"max_joint_velocity": 0.0}, {"workspace_margin": -0.1},
+                                {"workspace_margin": float("inf")}])
+def test_safety_config_refuses_limits_that_would_disable_or_invert_the_filter(kw) -> None:
+    # a negative velocity limit would make np.clip drive every joint; NaN would switch the check off
+    with pytest.raises(ValueError, match=f"backend.safety.{next(iter(kw))}"):
+        SafetyConfig(**kw)
+    with pytest.raises(ValueError, match="max_joint_velocity|control_dt"):
+        SafetyFilter(ACTION_LOW, ACTION_HIGH, max_joint_velocity=float("nan"), control_dt=DT)
+    with pytest.raises(ValueError, match="control_dt"):
+        SafetyFilter(ACTION_LOW, ACTION_HIGH, max_joint_velocity=1.0, control_dt=float("nan"))
+
+
+@pytest.mark.parametrize("pose", [np.full(16, np.nan), np.zeros(7)])
+def test_a_broken_reference_pose_rejects_every_chunk_until_a_valid_reset(pose) -> None:
+    f = make()
+    f.reset(pose)  # e.g. a robot reporting a NaN encoder: no velocity check could be made
+    with pytest.raises(SafetyViolation, match="no valid reference pose"):
+        f.check(chunk())
+    assert f.counts["rejected:reference"] == 1
+    f.reset(HOME_QPOS)
+    assert np.array_equal(f.check(chunk()), chunk())
+    f.reset(None)  # no pose given at all is a fresh stream, not a broken one
+    assert np.array_equal(f.check(chunk()), chunk())
+
+
+@pytest.mark.parametrize("name", ["control_hz", "physics_dt"])
+def test_env_config_refuses_a_nonfinite_rate(name) -> None:
+    from envs.config import EnvConfig
+    with pytest.raises(ValueError, match=f"env.{name} must be a finite number"):
+        EnvConfig(**{name: float("nan")})

@@ -5,7 +5,12 @@ import math
 
 import pytest
 
-from flywheel.evaluation.stats import paired_promotion_test, pairwise_ranking_accuracy, pearson_r, wilson_interval
+from flywheel.evaluation.stats import (
+    paired_promotion_test,
+    pairwise_ranking_accuracy,
+    pearson_r,
+    wilson_interval,
+)
 
 
 def test_wilson_interval_known_values():

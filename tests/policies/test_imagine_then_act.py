@@ -66,9 +66,7 @@ def tiny_models(cfg: Any) -> tuple[WorldModel, InverseDynamicsModel]:
 
 
 # ------------------------------------------------------------------ test doubles (fault injection)
-from _doubles import RecordingBackend  # noqa: E402
-
-
+from _doubles import RecordingBackend
 
 
 class FaultyIDM:
@@ -337,7 +335,7 @@ def test_nan_videos_from_the_world_model_never_reach_the_backend(cfg, models, ch
 
 
 def test_no_acceptable_candidate_is_a_hold_not_a_crash(tmp_path, models, checker, sim):
-    cfg = tiny_config(tmp_path, "policy.min_success_prob=1.01")
+    cfg = tiny_config(tmp_path, "policy.min_success_prob=1.0")
     wm, idm = models
     rec = RecordingBackend(sim)
     outs, _ = rollout(make(cfg, wm, idm, checker, rec), rec, seed=3)
@@ -373,7 +371,8 @@ def test_rejection_sampling_draws_a_fresh_batch_when_none_is_acceptable(cfg, mod
     cands = out.info["candidates"]
     assert not out.hold and bad.calls == 2 and out.info["timings"]["rounds"] == 2
     assert all("non-finite" in c["rejected_reason"] for c in cands[:N])  # the first batch, all rejected
-    assert [c["index"] for c in cands if c["chosen"]][0] >= N  # the choice comes from the second batch
+    chosen = [c["index"] for c in cands if c["chosen"]]
+    assert len(chosen) == 1 and chosen[0] >= N  # one choice, from the second batch
     assert len(rec.sent) == 1 and np.isfinite(rec.sent[0]).all()
 
 
@@ -620,3 +619,42 @@ def test_with_a_consensus_weight_the_planner_executes_the_medoid(tmp_path, model
         assert cands[1]["scores"]["consensus"] > cands[2]["scores"]["consensus"] > cands[0]["scores"]["consensus"]
         chosen[weight] = next(c["index"] for c in cands if c["chosen"])
     assert chosen == {1.0: 1, -1.0: 0}  # the medoid; negated, the outlier
+
+
+# ------------------------------------------------------------------ bad config and bad observations
+@pytest.mark.parametrize("override, match", [
+    ("policy.sampling_steps=0", "sampling_steps"),  # would return the starting noise as the future
+    ("policy.min_feasibility=nan", "min_feasibility"),  # NaN would switch the threshold off
+    ("policy.min_success_prob=1.5", "min_success_prob"),
+    ("policy.guidance=inf", "guidance"),
+    ("policy.expert_noise=-0.1", "expert_noise"),
+    ("+policy.score_weights.feasability=1.0", "unknown score 'feasability'"),  # a typo
+    ("+policy.score_weights.success=nan", "score_weights.success"),
+    ("policy.caption_upsampler=sceen", "caption_upsampler"),
+    ("policy.caption_upsampler=openai", "upsampler_url"),
+    ("policy.imagine_frames=1", "imagine_frames"),
+])
+def test_a_bad_policy_config_is_one_clear_error(tmp_path, override, match):
+    from flywheel.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        tiny_config(tmp_path, override)
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("proprio", lambda p: np.where(np.arange(p.size) == 3, np.nan, p), "proprio is non-finite at index 3"),
+    ("proprio", lambda p: p[:5], "proprio has shape"),
+    ("rgb", lambda r: r.astype(np.float32), "rgb must be a uint8"),
+])
+def test_a_bad_observation_holds_with_a_reason_and_imagines_nothing(cfg, models, checker, sim, field, value, match):
+    wm, idm = models
+    rec_wm = RecordingWorldModel(wm)
+    policy = make(cfg, rec_wm, idm, checker, sim)
+    task = sample_task("pick", 3)
+    obs = sim.reset(task=task, seed=3)
+    policy.reset(task.to_dict(), task.instruction, sim.scene_description())
+    out = policy.act({**obs, field: value(np.asarray(obs[field]))})
+    assert out.hold and out.actions.shape == (0, 16) and match in out.failure_reason
+    assert rec_wm.starts == []  # nothing was imagined from it
+    policy.act(obs)  # the next good observation is planned from
+    assert len(rec_wm.starts) >= 1

@@ -34,7 +34,7 @@ TINY = [
 ]
 
 
-from _doubles import RecordingBackend  # noqa: E402
+from _doubles import RecordingBackend
 
 
 @pytest.fixture(autouse=True)
@@ -158,7 +158,7 @@ def test_neo_episode_through_the_bridge_on_loopback(tmp_path):
 
 
 def test_no_acceptable_candidate_is_a_recorded_failure(tmp_path):
-    cfg, sched = setup_store(tmp_path, "policy.min_success_prob=1.01")
+    cfg, sched = setup_store(tmp_path, "policy.min_success_prob=1.0")
     rec = spy_backend(cfg, "sim")
     ep = run_one(sched)
     assert not ep.success and ep.length == 0
