@@ -9,7 +9,9 @@ goes, then the other objects; no boilerplate, no relations.
 """
 from __future__ import annotations
 
+import http.client
 import json
+import os
 import urllib.error
 import urllib.request
 from typing import Any
@@ -112,18 +114,35 @@ class TaskCaptionUpsampler:
         return " ".join(parts)
 
 
+MAX_REPLY_BYTES = 1 << 20  # a chat-completions reply larger than this is refused, not read into memory
+MAX_CAPTION_WORDS = 400  # a longer caption is cut (the world model reads at most max_text_tokens anyway)
+API_KEY_ENV = "FLYWHEEL_UPSAMPLER_API_KEY"
+
+
+def chat_completions_url(url: str) -> str:
+    """The endpoint for a base URL given as `http://host:port`, `.../v1` or the full `.../chat/completions`."""
+    base = url.rstrip("/")
+    if base.endswith("/chat/completions"):
+        return base
+    return base + ("/chat/completions" if base.endswith("/v1") else "/v1/chat/completions")
+
+
 class OpenAICaptionUpsampler:
     """Calls an OpenAI-compatible `/v1/chat/completions` endpoint (e.g. a local VLM server).
 
-    Falls back to nothing: an unreachable or malformed endpoint raises PolicyError with the URL."""
+    Falls back to nothing: an unreachable, erroring or malformed endpoint raises PolicyError with the URL.
+    The API key, if the server needs one, comes from `api_key` or the FLYWHEEL_UPSAMPLER_API_KEY variable."""
 
     name = "openai"
 
     def __init__(self, url: str, model: str = "default", timeout_s: float = 10.0, api_key: str | None = None):
         if not url or not url.startswith(("http://", "https://")):
             raise PolicyError(f"policy.upsampler_url must be an http(s) URL, got {url!r}")
-        self.url = url.rstrip("/") + ("" if url.rstrip("/").endswith("/chat/completions") else "/v1/chat/completions")
-        self.model, self.timeout_s, self.api_key = model, timeout_s, api_key
+        if not (timeout_s > 0):
+            raise PolicyError(f"the caption upsampler's timeout must be > 0 s, got {timeout_s}")
+        self.url = chat_completions_url(url)
+        self.model, self.timeout_s = model, timeout_s
+        self.api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
         self._grounded = SceneCaptionUpsampler()
 
     def upsample(self, instruction: str, scene: dict[str, Any] | None) -> str:
@@ -139,25 +158,42 @@ class OpenAICaptionUpsampler:
             req.add_header("Authorization", f"Bearer {self.api_key}")
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                payload = json.loads(resp.read().decode())
-            text = payload["choices"][0]["message"]["content"]
-        except (urllib.error.URLError, TimeoutError, OSError) as exc:
-            raise PolicyError(f"caption upsampler at {self.url} is unreachable: {exc}") from None
-        except (ValueError, KeyError, IndexError, TypeError):
+                raw = resp.read(MAX_REPLY_BYTES + 1)
+            if len(raw) > MAX_REPLY_BYTES:
+                raise PolicyError(f"caption upsampler at {self.url} sent a reply over {MAX_REPLY_BYTES} bytes")
+            text = _reply_text(json.loads(raw.decode()))
+        except PolicyError:
+            raise
+        except urllib.error.HTTPError as exc:
+            raise PolicyError(f"caption upsampler at {self.url} answered HTTP {exc.code} {exc.reason}") from None
+        except (urllib.error.URLError, TimeoutError, OSError, http.client.HTTPException) as exc:
+            raise PolicyError(f"caption upsampler at {self.url} is unreachable or broke off: "
+                              f"{type(exc).__name__}: {exc}") from None
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError):
             raise PolicyError(f"caption upsampler at {self.url} returned a malformed reply") from None
-        if not isinstance(text, str) or not text.strip():
+        words = text.split() if isinstance(text, str) else []
+        if not words:
             raise PolicyError(f"caption upsampler at {self.url} returned an empty caption")
-        return " ".join(text.split())
+        return " ".join(words[:MAX_CAPTION_WORDS])
+
+
+def _reply_text(payload: Any) -> Any:
+    """The message content of a chat-completions reply: a string, or a list of parts whose text parts
+    are joined."""
+    content = payload["choices"][0]["message"]["content"]
+    if isinstance(content, list):
+        return " ".join(p["text"] for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return content
 
 
 def make_upsampler(
-    name: str = "scene", url: str | None = None
+    name: str = "scene", url: str | None = None, model: str = "default"
 ) -> SceneCaptionUpsampler | TaskCaptionUpsampler | OpenAICaptionUpsampler:
-    """`scene` or `task` (no model), or `openai` (needs `url`)."""
+    """`scene` or `task` (no model), or `openai` (needs `url`; `model` is the name the server is asked for)."""
     if name == "scene":
         return SceneCaptionUpsampler()
     if name == "task":
         return TaskCaptionUpsampler()
     if name == "openai":
-        return OpenAICaptionUpsampler(url or "")
+        return OpenAICaptionUpsampler(url or "", model=model)
     raise PolicyError(f"unknown caption upsampler {name!r}; use 'scene', 'task' or 'openai'")

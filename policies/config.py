@@ -48,6 +48,7 @@ class PolicyConfig:
     expert_noise: float = 0.0
     caption_upsampler: str = "scene"  # "scene" or "task" (grounded, no model), or "openai" (VLM endpoint)
     upsampler_url: str | None = None
+    upsampler_model: str = "default"  # the model name sent to the endpoint (servers that check it need theirs)
 
     def __post_init__(self) -> None:
         if self.n_candidates < 1:

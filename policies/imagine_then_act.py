@@ -99,7 +99,8 @@ class ImagineThenActPolicy(Policy):
         self.wm, self.idm, self.feasibility, self.workspace = world_model, idm, feasibility, workspace
         self.low, self.high = action_low, action_high
         self.weights = dict(self.pcfg.score_weights or DEFAULT_WEIGHTS)
-        self.upsampler = make_upsampler(self.pcfg.caption_upsampler, self.pcfg.upsampler_url)
+        self.upsampler = make_upsampler(self.pcfg.caption_upsampler, self.pcfg.upsampler_url,
+                                        self.pcfg.upsampler_model)
         self.seed = seed
         self.caption = ""
         self.plan_step = 0

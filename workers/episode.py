@@ -134,7 +134,8 @@ def caption_for(cfg: Any, instruction: str, scene: dict[str, Any]) -> str:
     """The detailed caption of `policy.caption_upsampler` for an episode (one upsampler per process)."""
     from policies.captions import make_upsampler
 
-    key = (str(cfg.policy.caption_upsampler), getattr(cfg.policy, "upsampler_url", None))
+    key = (str(cfg.policy.caption_upsampler), getattr(cfg.policy, "upsampler_url", None),
+           str(getattr(cfg.policy, "upsampler_model", "default")))
     if key not in _upsamplers:
         _upsamplers[key] = make_upsampler(*key)
     return _upsamplers[key].upsample(instruction, scene)

@@ -80,18 +80,40 @@ class NeoBackend(Backend):
         except BridgeError:
             self.close()
             raise
-        self._low = np.asarray(welcome["action_low"], np.float32)
-        self._high = np.asarray(welcome["action_high"], np.float32)
-        self.control_hz = float(welcome["control_hz"])
-        if welcome.get("image_size") != self.env_cfg.image_size:
+        try:
+            self._low, self._high, self.control_hz = self._check_welcome(welcome)
+            self.safety = make_safety_filter(self.cfg.safety, self._low, self._high, self.control_hz, "neo-safety")
+        except BridgeError:
             self.close()
-            raise BridgeError(f"the bridge renders {welcome.get('image_size')} px images but env.image_size is "
-                              f"{self.env_cfg.image_size}; start the bridge with the same env config")
-        self.safety = make_safety_filter(self.cfg.safety, self._low, self._high, self.control_hz, "neo-safety")
+            raise
         self._heartbeat_on.set()
         if self.cfg.heartbeat_s > 0:
             threading.Thread(target=self._heartbeat_loop, name="neo-heartbeat", daemon=True).start()
         log.info("connected to NEO bridge %s as robot %s", self.url, welcome.get("robot_id"))
+
+    def _check_welcome(self, welcome: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, float]:
+        """The joint limits and control rate of the bridge's welcome, checked against this config: the
+        planner's rate limit and the client's safety filter must agree with the robot's."""
+        try:
+            low = np.asarray(welcome["action_low"], np.float64)
+            high = np.asarray(welcome["action_high"], np.float64)
+            hz = float(welcome["control_hz"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BridgeError(f"the NEO bridge at {self.url} sent a malformed welcome ({type(exc).__name__}: "
+                              f"{exc}); it needs action_low, action_high and control_hz") from None
+        if (low.ndim != 1 or low.shape != high.shape or low.size == 0 or not np.isfinite(low).all()
+                or not np.isfinite(high).all() or np.any(low > high)):
+            raise BridgeError(f"the NEO bridge at {self.url} sent invalid joint limits: they must be finite "
+                              f"(D,) arrays with low <= high, got shapes {low.shape} and {high.shape}")
+        if not (np.isfinite(hz) and hz > 0):
+            raise BridgeError(f"the NEO bridge at {self.url} sent an invalid control rate {hz}")
+        if abs(hz - self.env_cfg.control_hz) > 1e-6 * hz:
+            raise BridgeError(f"the bridge runs at {hz:g} Hz but env.control_hz is {self.env_cfg.control_hz:g}; "
+                              f"start the bridge with the same env config")
+        if welcome.get("image_size") != self.env_cfg.image_size:
+            raise BridgeError(f"the bridge renders {welcome.get('image_size')} px images but env.image_size is "
+                              f"{self.env_cfg.image_size}; start the bridge with the same env config")
+        return low.astype(np.float32), high.astype(np.float32), hz
 
     # -- transport ----------------------------------------------------------------------------------
     def _request(self, msg: dict[str, Any], expect: str | tuple[str, ...], timeout: float | None = None) -> dict:

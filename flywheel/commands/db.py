@@ -123,7 +123,7 @@ def cmd_recaption(args: argparse.Namespace, cfg: Any) -> int:
     from workers.episode import drop_backend, get_backend
 
     conf = _config(cfg)
-    upsampler = make_upsampler(conf.policy.caption_upsampler, conf.policy.upsampler_url)
+    upsampler = make_upsampler(conf.policy.caption_upsampler, conf.policy.upsampler_url, conf.policy.upsampler_model)
     try:
         with _open_store(cfg) as store:
             counts = recaption(store, get_backend(conf, "sim"), upsampler)

@@ -235,6 +235,38 @@ def test_timeouts_raise_bridge_errors(env_cfg) -> None:
         server.shutdown()
 
 
+@pytest.mark.parametrize("change, match", [
+    ({"control_hz": 20.0}, "runs at 20 Hz but env.control_hz is 10"),  # the planner's rate limit would be wrong
+    ({"control_hz": float("nan")}, "invalid control rate"),
+    ({"control_hz": None}, "malformed welcome"),
+    ({"action_low": None}, "malformed welcome|invalid joint limits"),
+    ({"action_high": np.full(16, np.nan, np.float32)}, "invalid joint limits"),
+    ({"action_low": np.zeros(3, np.float32)}, "invalid joint limits"),
+])
+def test_a_bad_welcome_is_refused_and_the_link_closed(env_cfg, change, match) -> None:
+    from websockets.sync.server import serve
+
+    closed = threading.Event()
+
+    def liar(conn):  # a bridge whose welcome disagrees with this config or is malformed
+        msg = P.unpack(conn.recv())
+        welcome = {"type": "welcome", "id": msg["id"], "version": 1, "robot_id": "x", "action_low": ACTION_LOW,
+                   "action_high": ACTION_HIGH, "control_hz": 10.0, "image_size": 32, "watchdog_s": 1.0}
+        conn.send(P.pack({**welcome, **change}))
+        for _ in conn:
+            pass
+        closed.set()  # the client closed the link
+
+    with serve(liar, "127.0.0.1", 0) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        cfg = BackendConfig(name="neo:x", port=server.socket.getsockname()[1], token=TOKEN, timeout_s=1.0,
+                            heartbeat_s=0)
+        with pytest.raises(BridgeError, match=match):
+            make_backend("neo:x", cfg, env_cfg)
+        assert closed.wait(5.0)
+        server.shutdown()
+
+
 def test_same_episode_through_sim_and_neo(bridge, env_cfg) -> None:
     """Same task, seed and actions: identical observations, results and states through both backends."""
     from envs.tasks import sample_task

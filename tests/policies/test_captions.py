@@ -4,10 +4,13 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import ClassVar
 
 import pytest
 
 from policies.captions import (
+    MAX_CAPTION_WORDS,
+    MAX_REPLY_BYTES,
     OpenAICaptionUpsampler,
     SceneCaptionUpsampler,
     TaskCaptionUpsampler,
@@ -101,13 +104,17 @@ def test_tiny_world_model_reads_whole_captions():
 
 class _Fake(BaseHTTPRequestHandler):
     reply: object = None
+    status = 200
+    seen: ClassVar[list] = []  # (path, body, authorization) of each request
 
     def do_POST(self):
         n = int(self.headers["Content-Length"])
         body = json.loads(self.rfile.read(n))
         assert body["messages"][0]["role"] == "user"
-        data = json.dumps(type(self).reply).encode()
-        self.send_response(200)
+        type(self).seen.append((self.path, body, self.headers.get("Authorization")))
+        reply = type(self).reply
+        data = reply if isinstance(reply, bytes) else json.dumps(reply).encode()
+        self.send_response(type(self).status)
         self.send_header("Content-Type", "application/json")
         self.end_headers()
         self.wfile.write(data)
@@ -120,6 +127,7 @@ class _Fake(BaseHTTPRequestHandler):
 def fake_server():
     srv = HTTPServer(("127.0.0.1", 0), _Fake)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
+    _Fake.status, _Fake.seen = 200, []
     yield srv
     srv.shutdown()
     srv.server_close()
@@ -145,3 +153,34 @@ def test_openai_upsampler_unreachable_and_bad_url():
         make_upsampler("openai", "ftp://x")
     with pytest.raises(PolicyError, match="unknown caption upsampler"):
         make_upsampler("gpt")
+
+
+def test_openai_upsampler_bad_replies_are_one_clear_error(fake_server):
+    up = OpenAICaptionUpsampler(f"http://127.0.0.1:{fake_server.server_port}")
+    cases = [  # (status, reply, what the error says)
+        (500, {"error": "overloaded"}, "answered HTTP 500"),
+        (200, b"not json at all", "malformed"),
+        (200, b"[" * 100_000, "malformed"),  # deeply nested JSON
+        (200, b"x" * (MAX_REPLY_BYTES + 10), "reply over"),  # not read into memory whole
+        (200, {"choices": [{"message": {"content": "   "}}]}, "empty caption"),
+        (200, {"choices": [{"message": {"content": 7}}]}, "empty caption"),
+    ]
+    for status, reply, match in cases:
+        _Fake.status, _Fake.reply = status, reply
+        with pytest.raises(PolicyError, match=match):
+            up.upsample("pick the cube", SCENE)
+
+
+def test_openai_upsampler_url_model_key_and_content_parts(fake_server, monkeypatch):
+    monkeypatch.setenv("FLYWHEEL_UPSAMPLER_API_KEY", "sk-local")
+    _Fake.reply = {"choices": [{"message": {"content": [{"type": "text", "text": "A robot picks"},
+                                                         {"type": "image_url", "image_url": {"url": "x"}},
+                                                         {"type": "text", "text": "the red cube."}]}}]}
+    base = f"http://127.0.0.1:{fake_server.server_port}"
+    for url in (base, base + "/v1", base + "/v1/", base + "/v1/chat/completions"):
+        up = make_upsampler("openai", url, model="qwen-vl")
+        assert up.upsample("pick the cube", SCENE) == "A robot picks the red cube."
+    assert {path for path, _, _ in _Fake.seen} == {"/v1/chat/completions"}  # never /v1/v1/...
+    assert all(body["model"] == "qwen-vl" and auth == "Bearer sk-local" for _, body, auth in _Fake.seen)
+    _Fake.reply = {"choices": [{"message": {"content": "word " * 5000}}]}
+    assert len(up.upsample("pick the cube", SCENE).split()) == MAX_CAPTION_WORDS
