@@ -275,7 +275,7 @@ class Bridge:
             self._trips += 1
             log.warning("NEO bridge: watchdog: no command for %.2f s, holding still", now - self._last_contact)
             self._hold()
-        if (self._held or self._estopped) and now >= self._next_hold:
+        if (self._held or self._estopped) and now >= self._next_hold and np.isfinite(self._hold_target).all():
             obs, _, terminated, truncated, _ = self._env.step(self._hold_target)
             self._obs, self._t = obs, self._t + 1
             self._done = bool(terminated or truncated)
@@ -286,11 +286,12 @@ class Bridge:
         if self._dim != 16:  # not joint targets (ee_delta): a zero action moves nothing
             target = np.zeros(self._dim, np.float32)
         else:
-            target = np.clip(joint_positions(self._obs, self._dim), self._low, self._high)
-            if self._last_target is not None:
-                target[_N_ARM:] = self._last_target[_N_ARM:]
+            target = hold_target(joint_positions(self._obs, self._dim), self._low, self._high, self._last_target)
         self._hold_target = target.astype(np.float32)
-        self._safety.reset(self._hold_target)
+        if np.isfinite(self._hold_target).all():
+            self._safety.reset(self._hold_target)
+        else:  # a joint reads NaN and no target was ever sent for it: nothing is commanded while holding
+            log.error("NEO bridge: holding with non-finite joint readings and no last target: not stepping")
         self._next_hold = time.monotonic()
         if estop:
             self._estopped = True
@@ -362,6 +363,20 @@ class Bridge:
 
 
 # -- starting bridges for tests, benches and the CLI -------------------------------------------------
+def hold_target(current: np.ndarray, low: np.ndarray, high: np.ndarray,
+                last_target: np.ndarray | None) -> np.ndarray:
+    """The target that holds the robot still: the measured arm joints inside the limits, the grippers at
+    their last target. A joint whose reading is not finite (a broken encoder) keeps its last target; with
+    no last target it stays NaN, and the caller commands nothing."""
+    target = np.clip(np.asarray(current, np.float64), low, high)  # (NaN stays NaN)
+    if last_target is not None:
+        last = np.asarray(last_target, np.float64)
+        target[_N_ARM:] = last[_N_ARM:]
+        bad = ~np.isfinite(target)
+        target[bad] = last[bad]
+    return target.astype(np.float32)
+
+
 def start_bridge(token: str, env_cfg: EnvConfig | None = None, cfg: BackendConfig | None = None,
                  host: str = "127.0.0.1", port: int = 0, robot_id: str | None = None,
                  env_factory: Callable[[], Any] | None = None) -> Bridge:

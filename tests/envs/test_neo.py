@@ -15,7 +15,7 @@ from envs.errors import BridgeError, EnvError, SafetyViolation
 from envs.neo import protocol as P
 from envs.neo.bridge import spawn_bridge, start_bridge
 from envs.neo.client import ws_connect
-from envs.robot import ACTION_HIGH, ACTION_LOW
+from envs.robot import ACTION_HIGH, ACTION_LOW, HOME_QPOS
 
 TOKEN = "s3cret-test-token"
 
@@ -390,3 +390,17 @@ def test_arrays_round_trip_without_pickle() -> None:
         np.testing.assert_array_equal(back[k], v)
     with pytest.raises(P.ProtocolError, match="cannot send arrays of dtype object"):
         P.pack({"type": "x", "id": 1, "a": np.array([None])})
+
+
+def test_the_hold_target_never_carries_a_broken_reading() -> None:
+    from envs.neo.bridge import hold_target
+
+    current = np.clip(HOME_QPOS.astype(np.float64), ACTION_LOW, ACTION_HIGH)
+    last = current + 0.01
+    t = hold_target(current, ACTION_LOW, ACTION_HIGH, last)
+    assert np.allclose(t[:14], current[:14]) and np.allclose(t[14:], last[14:])  # grippers keep their target
+    broken = current.copy()
+    broken[3] = np.nan  # a broken encoder
+    t = hold_target(broken, ACTION_LOW, ACTION_HIGH, last)
+    assert np.isfinite(t).all() and t[3] == np.float32(last[3])
+    assert not np.isfinite(hold_target(broken, ACTION_LOW, ACTION_HIGH, None)).all()  # the caller then steps nothing
