@@ -62,7 +62,7 @@ class EpisodeOutcome:
 # ------------------------------------------------------------------ per-process caches
 
 _backends: dict[str, Any] = {}
-_policies: dict[tuple[str, str], Any] = {}  # model policies, per (name, versions)
+_policies: dict[tuple[str, str, str], Any] = {}  # model policies, per (name, versions, backend)
 
 
 def get_backend(cfg: Any, name: str) -> Any:
@@ -117,7 +117,8 @@ def build_policy(cfg: Any, payload: EpisodePayload, backend: Any, store: Any = N
         kwargs = {"world_model": wm, "idm": idm, "feasibility": checker.check,
                   "action_low": backend.action_low, "action_high": backend.action_high,
                   "workspace": getattr(getattr(backend, "safety", None), "workspace", None)}
-    key = (name, f"{full.db.url or full.data_path}:{sorted(versions.items())}")  # versions are per store
+    # versions are per store; the planner holds its backend's limits and workspace check, so one per backend
+    key = (name, f"{full.db.url or full.data_path}:{sorted(versions.items())}", payload.backend)
     if key not in _policies:
         _policies[key] = make_policy(name, full, **kwargs)
     policy = _policies[key]
@@ -127,7 +128,7 @@ def build_policy(cfg: Any, payload: EpisodePayload, backend: Any, store: Any = N
 
 # ------------------------------------------------------------------ the episode loop
 
-_upsamplers: dict[tuple[str, str | None], Any] = {}
+_upsamplers: dict[tuple[str, str | None, str], Any] = {}
 
 
 def caption_for(cfg: Any, instruction: str, scene: dict[str, Any]) -> str:

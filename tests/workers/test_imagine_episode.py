@@ -143,11 +143,16 @@ def test_neo_episode_through_the_bridge_on_loopback(tmp_path):
     bridge = start_bridge(token, EnvConfig(image_size=S, max_steps=12), BackendConfig(name="neo:r1"), robot_id="r1")
     try:
         cfg, sched = setup_store(tmp_path, f"backend.port={bridge.port}", f"backend.token={token}")
+        assert run_one(sched, backend="sim", max_steps=4).backend == "sim"  # the same models on sim first
         rec = spy_backend(cfg, "neo:r1")
         ep = run_one(sched, backend="neo:r1", max_steps=8)
     finally:
         bridge.close()
     assert ep.backend == "neo:r1" and ep.length == 8 and ep.meta["failure_reason"] is None
+    # one planner per backend: each holds its own backend's limits and workspace check
+    import workers.episode
+
+    assert sorted(key[-1] for key in workers.episode._policies) == ["neo:r1", "sim"]
     sent = np.concatenate(rec.sent)  # (8, 16): what the policy sent to the NEO client
     assert np.isfinite(sent).all() and (sent >= robot.ACTION_LOW).all() and (sent <= robot.ACTION_HIGH).all()
     cands = assert_candidates_recorded(sched, ep, plans=2)
