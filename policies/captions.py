@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from policies.config import CAPTION_UPSAMPLERS
 from policies.errors import PolicyError
 
 
@@ -196,4 +197,4 @@ def make_upsampler(
         return TaskCaptionUpsampler()
     if name == "openai":
         return OpenAICaptionUpsampler(url or "", model=model)
-    raise PolicyError(f"unknown caption upsampler {name!r}; use 'scene', 'task' or 'openai'")
+    raise PolicyError(f"unknown caption upsampler {name!r}; use one of {', '.join(CAPTION_UPSAMPLERS)}")

@@ -253,7 +253,7 @@ class ImagineThenActPolicy(Policy):
         """Why an observation cannot be planned from (None if it can): proprio must be finite positions and
         velocities of the action space's joints, rgb a uint8 (H, W, 3) frame."""
         dim = len(self.low) if self.low is not None else None
-        if proprio.ndim != 1 or (dim is not None and proprio.shape[0] < dim):
+        if proprio.ndim != 1 or (dim is not None and proprio.shape[0] < 2 * dim):
             return f"proprio has shape {proprio.shape}, expected ({2 * dim if dim else 'D'},)"
         if not np.isfinite(proprio).all():
             return f"proprio is non-finite at index {int(np.argmin(np.isfinite(proprio)))}"

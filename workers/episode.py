@@ -160,7 +160,7 @@ def _chunk_of(out: Any) -> Chunk:
     if actions.size and (actions.ndim != 2 or actions.shape[1] != 16):
         raise WorkerError(f"the policy returned actions of shape {actions.shape}; a chunk must be (H, 16) joint "
                           f"targets (env.action_space=joint)")
-    return Chunk(actions.reshape(-1, 16) if actions.size else np.zeros((0, 16), np.float32),
+    return Chunk(actions if actions.size else np.zeros((0, 16), np.float32),
                  bool(out.hold), out.failure_reason)
 
 

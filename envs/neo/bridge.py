@@ -362,7 +362,6 @@ class Bridge:
         return {"type": P.STATE, "state": {k: np.asarray(v) for k, v in self._env.get_state().items()}}
 
 
-# -- starting bridges for tests, benches and the CLI -------------------------------------------------
 def hold_target(current: np.ndarray, low: np.ndarray, high: np.ndarray,
                 last_target: np.ndarray | None) -> np.ndarray:
     """The target that holds the robot still: the measured arm joints inside the limits, the grippers at
@@ -377,6 +376,7 @@ def hold_target(current: np.ndarray, low: np.ndarray, high: np.ndarray,
     return target.astype(np.float32)
 
 
+# -- starting bridges for tests, benches and the CLI -------------------------------------------------
 def start_bridge(token: str, env_cfg: EnvConfig | None = None, cfg: BackendConfig | None = None,
                  host: str = "127.0.0.1", port: int = 0, robot_id: str | None = None,
                  env_factory: Callable[[], Any] | None = None) -> Bridge:
