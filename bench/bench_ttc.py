@@ -60,12 +60,15 @@ def summarize(rows: list[dict], ns: list[int]) -> dict:
     """Per split and N: n, successes, rate, 95% Wilson CI; pooled over splits; N=max / N=1 ratios."""
     from flywheel.evaluation.stats import wilson_interval
 
+    from flywheel.evaluation.progress import summarize_progress
+
     def point(sel: list[dict]) -> dict:
         n, k = len(sel), sum(bool(r["success"]) for r in sel)
         lo, hi = wilson_interval(k, n)
         return {"n": n, "successes": k, "rate": round(k / n, 4) if n else None, "ci95": [round(lo, 4), round(hi, 4)],
                 "holds": sum(bool(r["hold"]) for r in sel),
-                "mean_plan_s": round(sum(r["plan_s"] for r in sel) / max(1, sum(r["plans"] for r in sel)), 3)}
+                "mean_plan_s": round(sum(r["plan_s"] for r in sel) / max(1, sum(r["plans"] for r in sel)), 3),
+                "progress": summarize_progress([r.get("progress") for r in sel])}
 
     controls = sorted({key(r)[0] for r in rows} - {"imagine_then_act"})
     ctl = {c: {s: point([r for r in rows if key(r)[0] == c and r["split"] == s]) for s in SPLITS} for c in controls}
@@ -104,8 +107,11 @@ def champions(cfg, data_dir: Path, train: bool) -> tuple:
 def run_episode(policy, backend, item, index: int, max_steps: int) -> dict:
     """One episode of the policy from the split item's scene; what the results file keeps of it."""
     from envs.errors import SafetyViolation
+    from flywheel.evaluation.progress import EpisodeProgress
 
     obs = backend.reset(task=item.task(), seed=item.seed)
+    progress = EpisodeProgress(backend.task)
+    progress.update(backend.env)
     if hasattr(policy, "timings"):
         policy.seed = index  # imagine-then-act: the planning seed (controls are built with it)
     policy.reset(backend.task.to_dict(), item.instruction, backend.scene_description())
@@ -123,13 +129,14 @@ def run_episode(policy, backend, item, index: int, max_steps: int) -> dict:
             reason = f"safety filter: {exc}"
             break
         steps += len(res.observations)
+        progress.update(backend.env)
         success = bool(res.success)
         if res.observations:
             obs = res.observations[-1]
         if res.done or success or not res.observations:
             break
     return {"success": success, "length": steps, "hold": hold, "failure_reason": reason, "plans": len(plans),
-            "plan_s": round(plan_s, 3), "plan_steps": plans}
+            "plan_s": round(plan_s, 3), "plan_steps": plans, "progress": progress.as_dict()}
 
 
 ORACLE_CONTROLS = ("oracle_wm", "oracle_actions", "oracle_grips", "oracle_arms", "oracle_joints")

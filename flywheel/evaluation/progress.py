@@ -1,0 +1,86 @@
+"""Partial progress of an episode on the sim: how close a hand came to the task's object, and whether it
+held or lifted it.
+
+Success is all-or-nothing; while a policy succeeds on none of its episodes, these say whether it is
+getting anywhere: a planner whose hand never comes within reach is a different failure from one that
+reaches and misses the grasp. `EpisodeProgress.update(env)` is called after every executed chunk (the
+closest approach is measured at those instants, so it is an upper bound on the true closest approach).
+
+The "object" is what the task's first contact is with: the object to pick, place, push or hand over,
+the drawer's handle, or the tissue. Distances are from each hand's grasp site (between the fingers).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+REACHED_M = 0.04  # the expert grasps with its grasp site 2.1-3.3 cm from the object's origin (6 in_distribution items)
+SIDES = ("left", "right")
+
+
+def target_position(env: Any, task: Any) -> np.ndarray:
+    """World position (3,) of what the task's hand must reach first."""
+    if task.family == "drawer":
+        return env.data.geom_xpos[env.model.geom("drawer_handle").id].copy()
+    if task.family == "tissue":
+        return env.data.geom_xpos[env.model.geom("tissue").id].copy()
+    return env.object_pos(task.objects["object"])
+
+
+def hand_distances(env: Any, task: Any) -> dict[str, float]:
+    """Distance (m) from each hand's grasp site to the task's target."""
+    target = target_position(env, task)
+    return {side: float(np.linalg.norm(env.data.site_xpos[env.model.site(f"{side}_grasp").id] - target))
+            for side in SIDES}
+
+
+@dataclass
+class EpisodeProgress:
+    """Closest approach, held and lifted, over one episode's measured instants."""
+
+    task: Any
+    start_m: float | None = None  # the nearer hand's distance at reset
+    closest_m: float | None = None  # the nearest any hand came
+    held: bool = False  # the task's object was pinched by a hand at some instant
+    lifted: bool = False  # ... and above its rest height by `envs.tasks.LIFT_HEIGHT`
+    trace: list[float] = field(default_factory=list)  # nearer hand's distance per instant
+
+    def update(self, env: Any) -> None:
+        from envs.tasks import LIFT_HEIGHT
+
+        d = min(hand_distances(env, self.task).values())
+        if not np.isfinite(d):
+            return
+        self.trace.append(round(d, 4))
+        if self.start_m is None:
+            self.start_m = d
+        self.closest_m = d if self.closest_m is None else min(self.closest_m, d)
+        if self.task.family in ("drawer", "tissue"):
+            return
+        snap = env.snapshot()
+        name = self.task.objects["object"]
+        held = any(name in names for names in snap["held"].values())
+        self.held |= held
+        obj = snap["objects"][name]
+        self.lifted |= held and float(obj["pos"][2] - obj["rest_z"]) > LIFT_HEIGHT
+
+    def as_dict(self) -> dict[str, Any]:
+        r = lambda v: None if v is None else round(float(v), 4)  # noqa: E731
+        return {"start_m": r(self.start_m), "closest_m": r(self.closest_m),
+                "reached": self.closest_m is not None and self.closest_m < REACHED_M,
+                "held": self.held, "lifted": self.lifted}
+
+
+def summarize_progress(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Over episodes' `progress` dicts: how many reached, held and lifted, and the closest approach's median
+    and its median fraction of the starting distance (1.0: the hand came no nearer)."""
+    rows = [r for r in rows if r and r.get("closest_m") is not None]
+    if not rows:
+        return {"n": 0}
+    closest = np.array([r["closest_m"] for r in rows], float)
+    frac = np.array([r["closest_m"] / r["start_m"] for r in rows if r.get("start_m")], float)
+    return {"n": len(rows), "reached": sum(bool(r["reached"]) for r in rows), "held": sum(bool(r["held"]) for r in rows),
+            "lifted": sum(bool(r["lifted"]) for r in rows), "median_closest_m": round(float(np.median(closest)), 4),
+            "median_closest_of_start": round(float(np.median(frac)), 3) if frac.size else None}
