@@ -58,9 +58,8 @@ def load_done(path: Path, models: dict[str, int], overrides: list[str] | None = 
 
 def summarize(rows: list[dict], ns: list[int]) -> dict:
     """Per split and N: n, successes, rate, 95% Wilson CI; pooled over splits; N=max / N=1 ratios."""
-    from flywheel.evaluation.stats import wilson_interval
-
     from flywheel.evaluation.progress import summarize_progress
+    from flywheel.evaluation.stats import wilson_interval
 
     def point(sel: list[dict]) -> dict:
         n, k = len(sel), sum(bool(r["success"]) for r in sel)

@@ -67,7 +67,7 @@ class EpisodeProgress:
         self.lifted |= held and float(obj["pos"][2] - obj["rest_z"]) > LIFT_HEIGHT
 
     def as_dict(self) -> dict[str, Any]:
-        r = lambda v: None if v is None else round(float(v), 4)  # noqa: E731
+        r = lambda v: None if v is None else round(float(v), 4)
         return {"start_m": r(self.start_m), "closest_m": r(self.closest_m),
                 "reached": self.closest_m is not None and self.closest_m < REACHED_M,
                 "held": self.held, "lifted": self.lifted}
