@@ -12,8 +12,8 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import urllib.error
-import urllib.request
+import time
+import urllib.parse
 from typing import Any
 
 from policies.config import CAPTION_UPSAMPLERS
@@ -154,20 +154,17 @@ class OpenAICaptionUpsampler:
         )
         body = json.dumps({"model": self.model, "messages": [{"role": "user", "content": prompt}],
                            "temperature": 0}).encode()
-        req = urllib.request.Request(self.url, data=body, headers={"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json"}
         if self.api_key:
-            req.add_header("Authorization", f"Bearer {self.api_key}")
+            headers["Authorization"] = f"Bearer {self.api_key}"
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                raw = resp.read(MAX_REPLY_BYTES + 1)
-            if len(raw) > MAX_REPLY_BYTES:
-                raise PolicyError(f"caption upsampler at {self.url} sent a reply over {MAX_REPLY_BYTES} bytes")
+            raw = self._post(body, headers)
             text = _reply_text(json.loads(raw.decode()))
         except PolicyError:
             raise
-        except urllib.error.HTTPError as exc:
-            raise PolicyError(f"caption upsampler at {self.url} answered HTTP {exc.code} {exc.reason}") from None
-        except (urllib.error.URLError, TimeoutError, OSError, http.client.HTTPException) as exc:
+        except TimeoutError:
+            raise PolicyError(f"caption upsampler at {self.url} sent no complete reply within {self.timeout_s} s") from None
+        except (OSError, http.client.HTTPException) as exc:
             raise PolicyError(f"caption upsampler at {self.url} is unreachable or broke off: "
                               f"{type(exc).__name__}: {exc}") from None
         except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError):
@@ -176,6 +173,45 @@ class OpenAICaptionUpsampler:
         if not words:
             raise PolicyError(f"caption upsampler at {self.url} returned an empty caption")
         return " ".join(words[:MAX_CAPTION_WORDS])
+
+
+    def _post(self, body: bytes, headers: dict[str, str]) -> bytes:
+        """POST `body` and return the reply's bytes. The whole exchange (connect, send, status, body) must end
+        within `timeout_s`: every socket wait gets only what is left of it, so a server that drips its reply
+        byte by byte cannot hold a worker (TimeoutError). A reply over MAX_REPLY_BYTES or a non-2xx status
+        raises PolicyError."""
+        deadline = time.monotonic() + self.timeout_s
+
+        def left() -> float:
+            rest = deadline - time.monotonic()
+            if rest <= 0:
+                raise TimeoutError
+            return rest
+
+        parts = urllib.parse.urlsplit(self.url)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        conn = kind(parts.hostname, parts.port, timeout=left())
+        try:
+            conn.connect()
+            sock = conn.sock  # kept: the connection hands it to the response and forgets it
+            conn.request("POST", path, body=body, headers=headers)
+            sock.settimeout(left())
+            resp = conn.getresponse()
+            if not 200 <= resp.status < 300:
+                raise PolicyError(f"caption upsampler at {self.url} answered HTTP {resp.status} {resp.reason}")
+            chunks, size = [], 0
+            while True:
+                sock.settimeout(left())
+                chunk = resp.read1(1 << 16)
+                if not chunk:
+                    return b"".join(chunks)
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > MAX_REPLY_BYTES:
+                    raise PolicyError(f"caption upsampler at {self.url} sent a reply over {MAX_REPLY_BYTES} bytes")
+        finally:
+            conn.close()
 
 
 def _reply_text(payload: Any) -> Any:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import ClassVar
 
@@ -184,3 +185,37 @@ def test_openai_upsampler_url_model_key_and_content_parts(fake_server, monkeypat
     assert all(body["model"] == "qwen-vl" and auth == "Bearer sk-local" for _, body, auth in _Fake.seen)
     _Fake.reply = {"choices": [{"message": {"content": "word " * 5000}}]}
     assert len(up.upsample("pick the cube", SCENE).split()) == MAX_CAPTION_WORDS
+
+
+class _Drip(BaseHTTPRequestHandler):
+    """Answers 200 at once, then its body one byte every 50 ms: each read is quick, the whole reply is not."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Length", "10000")
+        self.end_headers()
+        try:
+            for _ in range(10_000):
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(0.05)
+        except OSError:  # the client gave up
+            pass
+
+    def log_message(self, *a):
+        pass
+
+
+def test_openai_upsampler_timeout_bounds_the_whole_reply():
+    srv = HTTPServer(("127.0.0.1", 0), _Drip)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        up = OpenAICaptionUpsampler(f"http://127.0.0.1:{srv.server_port}", timeout_s=0.5)
+        t0 = time.monotonic()
+        with pytest.raises(PolicyError, match="no complete reply within 0.5 s"):
+            up.upsample("pick the cube", SCENE)
+        assert time.monotonic() - t0 < 2.0  # the 500 s drip was cut off at the deadline
+    finally:
+        srv.shutdown()
+        srv.server_close()
