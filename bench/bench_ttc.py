@@ -116,6 +116,8 @@ def run_episode(policy, backend, item, index: int, max_steps: int) -> dict:
     policy.reset(backend.task.to_dict(), item.instruction, backend.scene_description())
     steps, success, hold, reason, plans, plan_s = 0, False, False, None, [], 0.0
     while steps < max_steps:
+        if hasattr(policy, "set_reference"):  # as workers do (workers/episode.py)
+            policy.set_reference(backend.command_reference())
         out = policy.act(obs)
         plan_s += getattr(policy, "timings", {}).get("plan_s", 0.0)
         plans.append({"t": steps, "candidates": out.info.get("candidates", [])})

@@ -63,6 +63,13 @@ class Backend(ABC):
     def close(self) -> None:
         """Release the robot (the bridge holds still once commands stop)."""
 
+    def command_reference(self) -> np.ndarray | None:
+        """(16,) the joint targets the safety filter will rate-limit the next chunk's first target from (the
+        last accepted target, or the pose the robot holds after a reset or a watchdog hold); None if unknown.
+        A planner that limits its own chunks to the filter's rate starts from this, not from what it last sent."""
+        safety = getattr(self, "safety", None)
+        return None if safety is None else safety.reference
+
     # Subclasses set `_low`, `_high` (the joint-target limits) and `_task` (on reset).
     _low: np.ndarray
     _high: np.ndarray

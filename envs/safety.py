@@ -94,6 +94,12 @@ class SafetyFilter:
         """The largest allowed change of one target per control period (rad)."""
         return np.inf if self.max_joint_velocity is None else self.max_joint_velocity * self.control_dt
 
+    @property
+    def reference(self) -> np.ndarray | None:
+        """(D,) what the next chunk's first target is rate-limited from: the last accepted target, or the pose
+        given at reset; None when there is none (no velocity check on the first target, or a refused pose)."""
+        return None if self._previous is None else self._previous.copy()
+
     def reset(self, current: np.ndarray | None = None) -> None:
         """Start a new command stream; the next first target is checked against `current` (D,) if given.
 

@@ -146,6 +146,18 @@ class ImagineThenActPolicy(Policy):
         self.recent.clear()
         self.observed = self.sent = 0
 
+    def set_reference(self, pose: np.ndarray | None) -> None:
+        """The backend's safety reference (`Backend.command_reference`): the next chunk is rate-limited from it
+        rather than from the last target this planner sent, which is stale after a watchdog hold (the robot
+        holds where it was) or a chunk the filter clamped. None or a broken pose keeps the planner's own."""
+        if pose is None:
+            return
+        pose = np.asarray(pose, np.float64).reshape(-1)
+        if self.low is not None and pose.shape != np.shape(self.low):
+            return
+        if np.all(np.isfinite(pose)):
+            self.last_target = pose.copy()
+
     def observe(self, obs: dict[str, np.ndarray]) -> None:
         self.recent.append(frame_to_tensor(obs["rgb"]))
         self.observed += 1

@@ -190,6 +190,8 @@ def run_episode(cfg: Any, payload: EpisodePayload, should_stop: Callable[[], boo
         while len(actions) < max_steps:
             if should_stop():
                 raise Cancelled()
+            if hasattr(policy, "set_reference"):  # plan from where the filter checks from (stale after a hold)
+                policy.set_reference(backend.command_reference())
             raw = policy.act(obs)
             info = getattr(raw, "info", None) or {}
             if "candidates" in info:

@@ -222,10 +222,20 @@ class NeoBackend(Backend):
         self._refresh_reference = False
         return self._obs
 
-    def step(self, actions: np.ndarray) -> StepResult:
+    def _sync_reference(self) -> None:
         if self._refresh_reference:  # after a hold the robot is not where our last target was
             self.safety.reset(joint_positions(self.observe(), self._low.shape[0]))
             self._refresh_reference = False
+
+    def command_reference(self) -> np.ndarray | None:
+        """Asks the bridge how it stands first (one round trip): a watchdog hold that began since the last
+        reply (heartbeats starved during a long plan) makes the held pose the reference."""
+        self.observe()
+        self._sync_reference()
+        return self.safety.reference
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        self._sync_reference()
         chunk = self.safety.check(actions)  # (H, 16) float32; raises before anything is sent
         reply = self._request({"type": P.STEP, "actions": chunk}, expect=P.STEP_RESULT,
                               timeout=self.timeout_s + len(chunk) / self.control_hz)

@@ -170,6 +170,34 @@ def test_watchdog_holds_still_when_commands_stop(bridge, env_cfg) -> None:
         assert not neo.status["held"] and len(res.observations) == 1
 
 
+def test_command_reference_is_the_held_pose_after_a_watchdog_hold(bridge, env_cfg) -> None:
+    """What a planner rate-limits its next chunk from: the last accepted target while commands flow, the held
+    pose after a watchdog hold (even one no reply has reported yet). A chunk from the stale target is refused,
+    one from the reference runs."""
+    with make_backend("neo:neo-001", cfg_for(bridge, heartbeat_s=0.1), env_cfg) as neo:
+        obs = neo.reset(seed=0)
+        np.testing.assert_allclose(neo.command_reference()[:14], obs["proprio"][:14], atol=1e-6)
+        chunk = small_steps(obs["proprio"][:16], 2, joint=0, step=0.25)
+        neo.step(chunk)
+        np.testing.assert_allclose(neo.command_reference(), chunk[-1], atol=1e-6)
+        neo.pause_heartbeats()
+        time.sleep(1.5)  # the watchdog (0.4 s) trips; no reply has said so yet
+        ref = neo.command_reference()
+        assert neo.status["held"]
+        held = neo.observe()["proprio"][:16]
+        np.testing.assert_allclose(ref[:14], held[:14], atol=5e-3)
+        assert abs(ref[0] - chunk[-1, 0]) > 0.02  # the arm lagged its last target when it stopped
+        neo.pause_heartbeats(False)
+        step = 0.25 * (1 - 1e-3)
+        stale = chunk[-1].copy()
+        stale[0] -= step
+        with pytest.raises(SafetyViolation):
+            neo.step(stale[None])
+        fresh = ref.copy()
+        fresh[0] -= step
+        assert len(neo.step(fresh[None]).observations) == 1
+
+
 def test_estop_latches_until_reset(bridge, env_cfg) -> None:
     with make_backend("neo:neo-001", cfg_for(bridge), env_cfg) as neo:
         obs = neo.reset(seed=0)

@@ -298,6 +298,30 @@ def test_a_too_fast_chunk_is_slowed_to_what_the_safety_filter_accepts(tmp_path, 
     assert steps.max() <= max_step
 
 
+def test_the_next_chunk_starts_from_the_backends_reference(cfg, models, checker, sim):
+    """After a watchdog hold the robot holds where it was, not at the planner's last target: with the backend's
+    reference given (`set_reference`, as the episode runner does before each plan) the next chunk starts within
+    one rate-limited step of it. None or a broken pose keeps the planner's own reference."""
+    wm, idm = models
+    policy = make(cfg, wm, idm, checker, sim)
+    q0 = np.asarray(robot.HOME_QPOS, np.float64)
+    proprio = np.concatenate([q0, np.zeros(16)])
+    stale, held = q0.copy(), q0.copy()
+    stale[0] -= 0.5  # where the planner last sent the arm
+    held[0] -= 0.2  # where it held when the commands stopped
+    want = np.repeat(stale[None] - 0.1, 2, axis=0)  # (H, 16): on past the stale target
+    policy.last_target = stale.copy()
+    for bad in (None, np.full(16, np.nan), np.zeros(3)):
+        policy.set_reference(bad)
+        np.testing.assert_array_equal(policy.last_target, stale)
+    policy.set_reference(held.astype(np.float32))
+    first = policy._rate_limited(want, proprio)[0]
+    assert np.abs(first - held).max() <= policy.max_step + 1e-6  # the filter, reset to `held`, accepts it
+    policy.last_target = stale.copy()
+    from_stale = policy._rate_limited(want, proprio)[0]
+    assert np.abs(from_stale - held).max() > policy.max_step  # the chunk a stale reference gives: refused
+
+
 def test_a_nan_candidate_is_rejected_and_the_finite_one_runs(cfg, models, checker, sim):
     wm, idm = models
     rec = RecordingBackend(sim)

@@ -130,6 +130,11 @@ def test_sim_episode_records_every_candidate_and_the_choice(tmp_path):
         ok = [c for c in step if c.rejected_reason is None]
         assert chosen.scores["combined"] == max(c.scores["combined"] for c in ok)
     assert len(rec.sent) == 3 and all(c.shape == (H, 16) for c in rec.sent)
+    # each plan started from the safety filter's reference: the reset pose, then the last accepted target
+    assert len(rec.references) == 3
+    np.testing.assert_allclose(rec.references[0][:14], robot.HOME_QPOS[:14], atol=0.05)
+    for ref, prev in zip(rec.references[1:], rec.sent[:-1], strict=True):
+        np.testing.assert_allclose(ref, prev[-1], atol=1e-6)
     sent = np.concatenate(rec.sent)
     assert np.isfinite(sent).all() and (sent >= robot.ACTION_LOW).all() and (sent <= robot.ACTION_HIGH).all()
     np.testing.assert_allclose(sched.store.load_arrays(ep.id)["actions"], sent)  # what ran is what was stored
