@@ -15,6 +15,11 @@ oracle's own actions in place of the IDM's extraction: the planner executing the
 (the IDM's arms with the oracle's grips) and `oracle_arms` (the oracle's arms with the IDM's grips): which
 half of the extraction loses the episodes; `oracle_joints` (the IDM's `extract_joints` reading the
 oracle's joint positions: the ceiling of a world model that imagines the joints, `world_model.imagine_joints`).
+`noisy_joints:E[:N]` is `oracle_joints` with a random arm error of E times holding still's error over the first
+`policy.horizon` targets (flywheel/evaluation/oracle.py `NoisyOracleJoints`, the measure of
+bench_imagine_motion.py's `joints_imag_vs_hold`), N candidates per plan (default 1), each with its own error:
+how precisely a world model must imagine the joints for this planner to succeed, and whether best-of-N (with
+the configured score weights) recovers from imprecise candidates.
 Baseline: N=1 in the same run; the seeds' anchor is 30% -> 45% (ratio 1.5). Prints one JSON object.
 
     .venv/bin/python bench/bench_ttc.py --data-dir DIR [--ns 1,2,4,8] [--in-dist 100] [--other 40]
@@ -143,6 +148,18 @@ def run_episode(policy, backend, item, index: int, max_steps: int) -> dict:
 ORACLE_CONTROLS = ("oracle_wm", "oracle_actions", "oracle_grips", "oracle_arms", "oracle_joints")
 
 
+def noisy_control(name: str) -> tuple[float, int]:
+    """(error, candidates) of a `noisy_joints:E[:N]` control."""
+    parts = name.split(":")
+    try:
+        err, n = float(parts[1]), int(parts[2]) if len(parts) > 2 else 1
+    except (IndexError, ValueError):
+        raise SystemExit(f"bad control {name!r}: use noisy_joints:ERROR or noisy_joints:ERROR:N") from None
+    if not (err >= 0 and n >= 1) or len(parts) > 3:
+        raise SystemExit(f"bad control {name!r}: ERROR must be >= 0 and N >= 1")
+    return err, n
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", required=True)
@@ -166,7 +183,13 @@ def main() -> None:
     from envs.splits import ci_subset
     from flywheel.compose import compose, to_object
     from flywheel.evaluation.feasibility import default_checker
-    from flywheel.evaluation.oracle import ExpertOracleWorldModel, OracleActions, OracleGrips, OracleJoints
+    from flywheel.evaluation.oracle import (
+        ExpertOracleWorldModel,
+        NoisyOracleJoints,
+        OracleActions,
+        OracleGrips,
+        OracleJoints,
+    )
     from policies.base import make_policy
     from policies.idm import InverseDynamicsModel
     from policies.imagine_then_act import ImagineThenActPolicy
@@ -202,12 +225,15 @@ def main() -> None:
 
         policy = planner(wm, idm) if ns else None
         oracle, oracles = None, {}
-        if set(ORACLE_CONTROLS) & set(controls):  # a shadow env only when asked for
+        noisy = {c: noisy_control(c) for c in controls if c.startswith("noisy_joints:")}
+        if set(ORACLE_CONTROLS) & set(controls) or noisy:  # a shadow env only when asked for
             oracle = ExpertOracleWorldModel(cfg.env, backend.get_state, make_expert=None)
             oracles = {"oracle_wm": planner(oracle, idm), "oracle_actions": planner(oracle, OracleActions(oracle)),
                        "oracle_grips": planner(oracle, OracleGrips(oracle, idm, take="grips")),
                        "oracle_arms": planner(oracle, OracleGrips(oracle, idm, take="arms")),
-                       "oracle_joints": planner(oracle, OracleJoints(oracle, idm))}
+                       "oracle_joints": planner(oracle, OracleJoints(oracle, idm)),
+                       **{c: planner(oracle, NoisyOracleJoints(oracle, idm, err, cfg.policy.horizon))
+                          for c, (err, _) in noisy.items()}}
         with results.open("a") as f:
             for index in range(max(counts.values())):
                 for split in SPLITS:
@@ -219,7 +245,7 @@ def main() -> None:
                             actor = policy
                         elif name in oracles:
                             actor = oracles[name]
-                            actor.pcfg.n_candidates = 1
+                            actor.pcfg.n_candidates = noisy[name][1] if name in noisy else 1
                             oracle.make_expert = lambda env, i=index: make_policy("scripted_expert", cfg, env=env, seed=i)
                         else:
                             actor = make_policy(name, cfg, env=backend.env, state_fn=backend.get_state, seed=index,

@@ -140,6 +140,38 @@ class OracleJoints:
         return self.idm.extract_joints(torch.as_tensor(q, dtype=torch.float32), proprio0)
 
 
+class NoisyOracleJoints(OracleJoints):
+    """`OracleJoints` with an arm error of known size: what the planner gets from a world model that imagines
+    the joints that well. Each candidate's arm targets get a random joint-space offset that grows linearly over
+    the chunk (a reach aimed off in a random direction; one draw per candidate seed), scaled so that its mean
+    absolute size over the first `horizon` targets is `error` times holding still's error there, the measure of
+    bench/bench_imagine_motion.py's `joints_imag_vs_hold` (0: the oracle; 1: as far off as not moving). The grips
+    stay the oracle's. Where the expert does not move its arms there is no error to scale."""
+
+    def __init__(self, oracle: ExpertOracleWorldModel, idm: Any, error: float, horizon: int) -> None:
+        if not (np.isfinite(error) and error >= 0):
+            raise ValueError(f"NoisyOracleJoints: error must be finite and >= 0, got {error}")
+        if horizon < 1:
+            raise ValueError(f"NoisyOracleJoints: horizon must be >= 1, got {horizon}")
+        super().__init__(oracle, idm)
+        self.error, self.horizon = float(error), int(horizon)
+
+    def extract(self, video: torch.Tensor, proprio0: torch.Tensor, seed: int = 0) -> Any:
+        from envs.robot import LEFT_ARM, RIGHT_ARM
+
+        arms = slice(LEFT_ARM.start, RIGHT_ARM.stop)
+        ex = super().extract(video, proprio0, seed)
+        acts = ex.actions.clone().double()  # (T-1, A)
+        arm = acts[:, arms]
+        h = min(self.horizon, len(arm))
+        hold = (arm[:h] - proprio0[arms].double()).abs().mean()
+        direction = torch.from_numpy(np.random.default_rng(seed).standard_normal(arm.shape[1]))
+        offset = torch.arange(1, len(arm) + 1, dtype=torch.float64)[:, None] / h * direction  # (T-1, 14)
+        size = offset[:h].abs().mean()
+        acts[:, arms] = arm + offset * (self.error * hold / size)
+        return type(ex)(actions=acts.float(), spread=ex.spread)
+
+
 class OracleGrips:
     """Half the IDM, half the oracle: the IDM's extraction of the oracle's video with either its gripper
     columns (`take="grips"`) or its arm columns (`take="arms"`) replaced by the oracle's own actions. With

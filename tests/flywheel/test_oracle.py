@@ -157,3 +157,35 @@ def test_oracle_joints_reads_the_experts_joint_positions_with_extract_joints(set
     err = np.abs(ext.actions.numpy()[:, arm] - want).mean()
     hold = np.abs(obs["proprio"][arm][None] - want).mean()
     assert len(arm) == 14 and err < 0.5 * hold, (err, hold)
+
+
+def test_noisy_oracle_joints_is_off_by_the_asked_fraction_of_holding_still(setup):
+    """`NoisyOracleJoints`: error 0 is `OracleJoints`; error E moves the arm targets of the first `horizon`
+    steps by E times holding still's error (mean absolute), in a direction drawn from the candidate's seed;
+    the grips stay the oracle's; a negative error is refused."""
+    from flywheel.evaluation.oracle import NoisyOracleJoints, OracleJoints
+    from policies.idm import IDMConfig, InverseDynamicsModel
+
+    cfg, backend, item = setup
+    obs = backend.reset(task=item.task(), seed=item.seed)
+    oracle = ExpertOracleWorldModel(cfg.env, backend.get_state, lambda env: _expert(cfg, env, item.seed))
+    idm = InverseDynamicsModel(IDMConfig(target="pose"))
+    proprio = torch.from_numpy(obs["proprio"])
+    try:
+        video = oracle.imagine(None, "", n=1, num_frames=9)[0]
+        exact = OracleJoints(oracle, idm).extract(video, proprio).actions.numpy()
+        noisy = {(e, s): NoisyOracleJoints(oracle, idm, e, horizon=4).extract(video, proprio, seed=s).actions.numpy()
+                 for e, s in ((0.0, 0), (0.5, 0), (0.5, 1), (1.0, 0))}
+    finally:
+        oracle.close()
+    np.testing.assert_allclose(noisy[0.0, 0], exact, atol=1e-6)
+    hold = np.abs(exact[:4, :14] - obs["proprio"][:14]).mean()
+    assert hold > 0.01  # the expert moves its arms here
+    for (e, s), acts in noisy.items():
+        off = acts - exact
+        assert np.abs(off[:4, :14]).mean() == pytest.approx(e * hold, rel=1e-4)
+        np.testing.assert_allclose(off[:, 14:], 0.0, atol=1e-7)  # grips untouched
+        assert np.abs(off[-1, :14]).mean() >= np.abs(off[0, :14]).mean()  # the error grows along the chunk
+    assert not np.allclose(noisy[0.5, 0], noisy[0.5, 1])  # each candidate seed its own direction
+    with pytest.raises(ValueError, match="error"):
+        NoisyOracleJoints(oracle, idm, -0.1, horizon=4)
