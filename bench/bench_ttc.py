@@ -19,7 +19,8 @@ oracle's joint positions: the ceiling of a world model that imagines the joints,
 `policy.horizon` targets (flywheel/evaluation/oracle.py `NoisyOracleJoints`, the measure of
 bench_imagine_motion.py's `joints_imag_vs_hold`), N candidates per plan (default 1), each with its own error:
 how precisely a world model must imagine the joints for this planner to succeed, and whether best-of-N (with
-the configured score weights) recovers from imprecise candidates.
+the configured score weights) recovers from imprecise candidates. `biased_joints:E[:N]` draws the error's direction
+once per episode (a systematic error, shared by every candidate and plan).
 Baseline: N=1 in the same run; the seeds' anchor is 30% -> 45% (ratio 1.5). Prints one JSON object.
 
     .venv/bin/python bench/bench_ttc.py --data-dir DIR [--ns 1,2,4,8] [--in-dist 100] [--other 40]
@@ -154,7 +155,7 @@ def noisy_control(name: str) -> tuple[float, int]:
     try:
         err, n = float(parts[1]), int(parts[2]) if len(parts) > 2 else 1
     except (IndexError, ValueError):
-        raise SystemExit(f"bad control {name!r}: use noisy_joints:ERROR or noisy_joints:ERROR:N") from None
+        raise SystemExit(f"bad control {name!r}: use noisy_joints:ERROR[:N] or biased_joints:ERROR[:N]") from None
     if not (err >= 0 and n >= 1) or len(parts) > 3:
         raise SystemExit(f"bad control {name!r}: ERROR must be >= 0 and N >= 1")
     return err, n
@@ -225,14 +226,15 @@ def main() -> None:
 
         policy = planner(wm, idm) if ns else None
         oracle, oracles = None, {}
-        noisy = {c: noisy_control(c) for c in controls if c.startswith("noisy_joints:")}
+        noisy = {c: noisy_control(c) for c in controls if c.startswith(("noisy_joints:", "biased_joints:"))}
         if set(ORACLE_CONTROLS) & set(controls) or noisy:  # a shadow env only when asked for
             oracle = ExpertOracleWorldModel(cfg.env, backend.get_state, make_expert=None)
             oracles = {"oracle_wm": planner(oracle, idm), "oracle_actions": planner(oracle, OracleActions(oracle)),
                        "oracle_grips": planner(oracle, OracleGrips(oracle, idm, take="grips")),
                        "oracle_arms": planner(oracle, OracleGrips(oracle, idm, take="arms")),
                        "oracle_joints": planner(oracle, OracleJoints(oracle, idm)),
-                       **{c: planner(oracle, NoisyOracleJoints(oracle, idm, err, cfg.policy.horizon))
+                       **{c: planner(oracle, NoisyOracleJoints(oracle, idm, err, cfg.policy.horizon,
+                                                               shared=c.startswith("biased")))
                           for c, (err, _) in noisy.items()}}
         with results.open("a") as f:
             for index in range(max(counts.values())):
@@ -246,6 +248,8 @@ def main() -> None:
                         elif name in oracles:
                             actor = oracles[name]
                             actor.pcfg.n_candidates = noisy[name][1] if name in noisy else 1
+                            if name in noisy:
+                                actor.idm.episode_seed = index
                             oracle.make_expert = lambda env, i=index: make_policy("scripted_expert", cfg, env=env, seed=i)
                         else:
                             actor = make_policy(name, cfg, env=backend.env, state_fn=backend.get_state, seed=index,

@@ -146,15 +146,22 @@ class NoisyOracleJoints(OracleJoints):
     the chunk (a reach aimed off in a random direction; one draw per candidate seed), scaled so that its mean
     absolute size over the first `horizon` targets is `error` times holding still's error there, the measure of
     bench/bench_imagine_motion.py's `joints_imag_vs_hold` (0: the oracle; 1: as far off as not moving). The grips
-    stay the oracle's. Where the expert does not move its arms there is no error to scale."""
+    stay the oracle's. Where the expert does not move its arms there is no error to scale.
 
-    def __init__(self, oracle: ExpertOracleWorldModel, idm: Any, error: float, horizon: int) -> None:
+    With `shared` the direction is drawn once per episode (from `episode_seed`, set before it) and shared by every
+    candidate and planning step: a systematic error, as a world model that misjudges a scene the same way in every
+    draw; without, every candidate of every step has its own (independent errors, which replanning and
+    best-of-N can average out)."""
+
+    def __init__(self, oracle: ExpertOracleWorldModel, idm: Any, error: float, horizon: int,
+                 shared: bool = False) -> None:
         if not (np.isfinite(error) and error >= 0):
             raise ValueError(f"NoisyOracleJoints: error must be finite and >= 0, got {error}")
         if horizon < 1:
             raise ValueError(f"NoisyOracleJoints: horizon must be >= 1, got {horizon}")
         super().__init__(oracle, idm)
-        self.error, self.horizon = float(error), int(horizon)
+        self.error, self.horizon, self.shared = float(error), int(horizon), bool(shared)
+        self.episode_seed = 0
 
     def extract(self, video: torch.Tensor, proprio0: torch.Tensor, seed: int = 0) -> Any:
         from envs.robot import LEFT_ARM, RIGHT_ARM
@@ -165,7 +172,7 @@ class NoisyOracleJoints(OracleJoints):
         arm = acts[:, arms]
         h = min(self.horizon, len(arm))
         hold = (arm[:h] - proprio0[arms].double()).abs().mean()
-        direction = torch.from_numpy(np.random.default_rng(seed).standard_normal(arm.shape[1]))
+        direction = torch.from_numpy(np.random.default_rng(self.episode_seed if self.shared else seed).standard_normal(arm.shape[1]))
         offset = torch.arange(1, len(arm) + 1, dtype=torch.float64)[:, None] / h * direction  # (T-1, 14)
         size = offset[:h].abs().mean()
         acts[:, arms] = arm + offset * (self.error * hold / size)
