@@ -20,7 +20,8 @@ oracle's joint positions: the ceiling of a world model that imagines the joints,
 bench_imagine_motion.py's `joints_imag_vs_hold`), N candidates per plan (default 1), each with its own error:
 how precisely a world model must imagine the joints for this planner to succeed, and whether best-of-N (with
 the configured score weights) recovers from imprecise candidates. `biased_joints:E[:N]` draws the error's direction
-once per episode (a systematic error, shared by every candidate and plan).
+once per episode (a systematic error, shared by every candidate and plan); `slow_joints:E[:N]` pulls every
+arm target back toward the measured joints by E of the way (a world model that imagines too little motion).
 Baseline: N=1 in the same run; the seeds' anchor is 30% -> 45% (ratio 1.5). Prints one JSON object.
 
     .venv/bin/python bench/bench_ttc.py --data-dir DIR [--ns 1,2,4,8] [--in-dist 100] [--other 40]
@@ -146,6 +147,7 @@ def run_episode(policy, backend, item, index: int, max_steps: int) -> dict:
             "plan_s": round(plan_s, 3), "plan_steps": plans, "progress": progress.as_dict()}
 
 
+NOISY_CONTROLS = {"noisy_joints": "independent", "biased_joints": "shared", "slow_joints": "undershoot"}
 ORACLE_CONTROLS = ("oracle_wm", "oracle_actions", "oracle_grips", "oracle_arms", "oracle_joints")
 
 
@@ -155,7 +157,7 @@ def noisy_control(name: str) -> tuple[float, int]:
     try:
         err, n = float(parts[1]), int(parts[2]) if len(parts) > 2 else 1
     except (IndexError, ValueError):
-        raise SystemExit(f"bad control {name!r}: use noisy_joints:ERROR[:N] or biased_joints:ERROR[:N]") from None
+        raise SystemExit(f"bad control {name!r}: use {'|'.join(NOISY_CONTROLS)}:ERROR[:N]") from None
     if not (err >= 0 and n >= 1) or len(parts) > 3:
         raise SystemExit(f"bad control {name!r}: ERROR must be >= 0 and N >= 1")
     return err, n
@@ -226,7 +228,7 @@ def main() -> None:
 
         policy = planner(wm, idm) if ns else None
         oracle, oracles = None, {}
-        noisy = {c: noisy_control(c) for c in controls if c.startswith(("noisy_joints:", "biased_joints:"))}
+        noisy = {c: noisy_control(c) for c in controls if c.split(":")[0] in NOISY_CONTROLS}
         if set(ORACLE_CONTROLS) & set(controls) or noisy:  # a shadow env only when asked for
             oracle = ExpertOracleWorldModel(cfg.env, backend.get_state, make_expert=None)
             oracles = {"oracle_wm": planner(oracle, idm), "oracle_actions": planner(oracle, OracleActions(oracle)),
@@ -234,7 +236,7 @@ def main() -> None:
                        "oracle_arms": planner(oracle, OracleGrips(oracle, idm, take="arms")),
                        "oracle_joints": planner(oracle, OracleJoints(oracle, idm)),
                        **{c: planner(oracle, NoisyOracleJoints(oracle, idm, err, cfg.policy.horizon,
-                                                               shared=c.startswith("biased")))
+                                                               mode=NOISY_CONTROLS[c.split(":")[0]]))
                           for c, (err, _) in noisy.items()}}
         with results.open("a") as f:
             for index in range(max(counts.values())):

@@ -140,27 +140,33 @@ class OracleJoints:
         return self.idm.extract_joints(torch.as_tensor(q, dtype=torch.float32), proprio0)
 
 
+NOISE_MODES = ("independent", "shared", "undershoot")
+
+
 class NoisyOracleJoints(OracleJoints):
     """`OracleJoints` with an arm error of known size: what the planner gets from a world model that imagines
-    the joints that well. Each candidate's arm targets get a random joint-space offset that grows linearly over
-    the chunk (a reach aimed off in a random direction; one draw per candidate seed), scaled so that its mean
-    absolute size over the first `horizon` targets is `error` times holding still's error there, the measure of
-    bench/bench_imagine_motion.py's `joints_imag_vs_hold` (0: the oracle; 1: as far off as not moving). The grips
-    stay the oracle's. Where the expert does not move its arms there is no error to scale.
+    the joints that well. The error's mean absolute size over the first `horizon` arm targets is `error` times
+    holding still's error there, the measure of bench/bench_imagine_motion.py's `joints_imag_vs_hold` (0: the
+    oracle; 1: as far off as not moving). The grips stay the oracle's. Where the expert does not move its arms
+    there is no error to scale. Its shape (`mode`):
 
-    With `shared` the direction is drawn once per episode (from `episode_seed`, set before it) and shared by every
-    candidate and planning step: a systematic error, as a world model that misjudges a scene the same way in every
-    draw; without, every candidate of every step has its own (independent errors, which replanning and
-    best-of-N can average out)."""
+    - `independent`: a joint-space offset growing linearly over the chunk (a reach aimed off in a random
+      direction), one draw per candidate seed: errors that replanning and best-of-N can average out;
+    - `shared`: the same, drawn once per episode (from `episode_seed`, set before it) for every candidate and
+      planning step: a systematic error, as a world model that misjudges a scene the same way in every draw;
+    - `undershoot`: each target pulled back toward the measured joints by `error` of the way (the arm goes the
+      right way, `1 - error` as far): a world model that imagines too little motion."""
 
     def __init__(self, oracle: ExpertOracleWorldModel, idm: Any, error: float, horizon: int,
-                 shared: bool = False) -> None:
+                 mode: str = "independent") -> None:
         if not (np.isfinite(error) and error >= 0):
             raise ValueError(f"NoisyOracleJoints: error must be finite and >= 0, got {error}")
         if horizon < 1:
             raise ValueError(f"NoisyOracleJoints: horizon must be >= 1, got {horizon}")
+        if mode not in NOISE_MODES:
+            raise ValueError(f"NoisyOracleJoints: mode must be one of {NOISE_MODES}, got {mode!r}")
         super().__init__(oracle, idm)
-        self.error, self.horizon, self.shared = float(error), int(horizon), bool(shared)
+        self.error, self.horizon, self.mode = float(error), int(horizon), mode
         self.episode_seed = 0
 
     def extract(self, video: torch.Tensor, proprio0: torch.Tensor, seed: int = 0) -> Any:
@@ -169,13 +175,16 @@ class NoisyOracleJoints(OracleJoints):
         arms = slice(LEFT_ARM.start, RIGHT_ARM.stop)
         ex = super().extract(video, proprio0, seed)
         acts = ex.actions.clone().double()  # (T-1, A)
-        arm = acts[:, arms]
+        arm, start = acts[:, arms], proprio0[arms].double()
+        if self.mode == "undershoot":
+            acts[:, arms] = arm + self.error * (start - arm)
+            return type(ex)(actions=acts.float(), spread=ex.spread)
         h = min(self.horizon, len(arm))
-        hold = (arm[:h] - proprio0[arms].double()).abs().mean()
-        direction = torch.from_numpy(np.random.default_rng(self.episode_seed if self.shared else seed).standard_normal(arm.shape[1]))
+        hold = (arm[:h] - start).abs().mean()
+        rng = np.random.default_rng(self.episode_seed if self.mode == "shared" else seed)
+        direction = torch.from_numpy(rng.standard_normal(arm.shape[1]))
         offset = torch.arange(1, len(arm) + 1, dtype=torch.float64)[:, None] / h * direction  # (T-1, 14)
-        size = offset[:h].abs().mean()
-        acts[:, arms] = arm + offset * (self.error * hold / size)
+        acts[:, arms] = arm + offset * (self.error * hold / offset[:h].abs().mean())
         return type(ex)(actions=acts.float(), spread=ex.spread)
 
 

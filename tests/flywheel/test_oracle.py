@@ -176,10 +176,11 @@ def test_noisy_oracle_joints_is_off_by_the_asked_fraction_of_holding_still(setup
         exact = OracleJoints(oracle, idm).extract(video, proprio).actions.numpy()
         noisy = {(e, s): NoisyOracleJoints(oracle, idm, e, horizon=4).extract(video, proprio, seed=s).actions.numpy()
                  for e, s in ((0.0, 0), (0.5, 0), (0.5, 1), (1.0, 0))}
-        biased = NoisyOracleJoints(oracle, idm, 0.5, horizon=4, shared=True)
+        biased = NoisyOracleJoints(oracle, idm, 0.5, horizon=4, mode="shared")
         shared = [biased.extract(video, proprio, seed=s).actions.numpy() for s in (0, 1)]  # episode seed 0
         biased.episode_seed = 7
         other_episode = biased.extract(video, proprio, seed=0).actions.numpy()
+        slow = NoisyOracleJoints(oracle, idm, 0.5, horizon=4, mode="undershoot").extract(video, proprio).actions.numpy()
     finally:
         oracle.close()
     np.testing.assert_allclose(noisy[0.0, 0], exact, atol=1e-6)
@@ -194,5 +195,9 @@ def test_noisy_oracle_joints_is_off_by_the_asked_fraction_of_holding_still(setup
     np.testing.assert_array_equal(shared[0], shared[1])  # shared: one direction for every candidate and step
     np.testing.assert_allclose(shared[0], noisy[0.5, 0], atol=1e-6)  # (episode seed 0 draws as candidate seed 0)
     assert not np.allclose(other_episode, shared[0])  # ... and another for another episode
+    # undershoot: halfway between the measured joints and the oracle's targets, every step
+    np.testing.assert_allclose(slow[:, :14], 0.5 * (exact[:, :14] + obs["proprio"][:14]), atol=1e-5)
     with pytest.raises(ValueError, match="error"):
         NoisyOracleJoints(oracle, idm, -0.1, horizon=4)
+    with pytest.raises(ValueError, match="mode"):
+        NoisyOracleJoints(oracle, idm, 0.5, horizon=4, mode="sideways")
