@@ -71,6 +71,7 @@ def main() -> None:
     upsampler = make_upsampler(cfg.policy.caption_upsampler, cfg.policy.upsampler_url)  # the planner's captions
 
     rows = []
+    motions: list[tuple[np.ndarray, np.ndarray]] = []  # (imagined (N, h, arm), expert's (h, arm)) motion from the start
     for idx, item in enumerate(ci_subset("in_distribution", args.items)):
         for skip in (0, 8, 16):
             obs = backend.reset(task=item.task(), seed=item.seed)
@@ -113,6 +114,8 @@ def main() -> None:
                          # the candidate closest to the others (what a consensus score picks), and their average
                          "joints_medoid": from_joints[medoid(acts[:, :h][..., arm])],
                          "joints_average": error(acts.mean(0))}
+                q0 = start["proprio"][:16][arm]
+                motions.append((acts[:, :h][..., arm] - q0, want - q0))
             if args.plan:
                 plan = wm.plan_actions(frame_to_tensor(start["rgb"]), caption, proprio[:16], n=args.n, seed=idx,
                                        num_frames=9)
@@ -127,6 +130,7 @@ def main() -> None:
         raise SystemExit("no state to measure: every expert episode ended first")
     mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
     print(json.dumps({
+        **motion_fit(motions, mean["hold"]),
         "states": len(rows), "items": args.items, "n": args.n, "steps": args.steps, "guidance": args.guidance,
         "churn": args.churn,
         "horizon": h, "arm_error_rad": {k: round(v, 4) for k, v in mean.items()},
@@ -138,6 +142,27 @@ def main() -> None:
            if k in mean},
         "world_model": args.world_model, "idm": args.idm, "overrides": args.overrides,
     }))
+
+
+def motion_fit(motions: list[tuple[np.ndarray, np.ndarray]], hold: float) -> dict:
+    """How the imagined joints' motion (from the start pose, first h targets) compares with the expert's:
+    `joints_motion_ratio` is its size over the expert's (< 1: too little motion), `joints_cosine` the mean cosine
+    between the two (1: the right direction), `joints_gain` the one factor that best scales every imagined
+    motion onto the expert's (least squares, fitted on these states) and `joints_at_gain_vs_hold` the error left
+    after it, against holding still: how much a calibrated gain on the imagined motion could recover."""
+    if not motions:
+        return {}
+    m = np.concatenate([mi.reshape(len(mi), -1) for mi, _ in motions], axis=1)  # (N, states * h * arm)
+    r = np.concatenate([ri.reshape(-1) for _, ri in motions])
+    cos = []
+    for mi, ri in motions:
+        flat, want = mi.reshape(len(mi), -1), ri.reshape(-1)
+        cos += list(flat @ want / (np.linalg.norm(flat, axis=1) * np.linalg.norm(want) + 1e-12))
+    gain = float((m @ r).sum() / max(float((m * m).sum()), 1e-12))
+    at_gain = float(np.abs(gain * m - r[None]).mean())
+    return {"joints_motion_ratio": round(float(np.abs(m).mean() / max(np.abs(r).mean(), 1e-12)), 3),
+            "joints_cosine": round(float(np.mean(cos)), 3), "joints_gain": round(gain, 3),
+            "joints_at_gain_vs_hold": round(at_gain / hold, 3)}
 
 
 def medoid(acts: np.ndarray) -> int:
