@@ -58,3 +58,12 @@ def redis_url() -> str:
     """Redis database 11 (ours); tests delete only keys with their own random queue prefix."""
     ensure_service(6379)
     return "redis://127.0.0.1:6379/11"
+
+
+def redis_cleanup(url: str, prefix: str) -> None:
+    """Delete only the Redis keys of our queue prefix."""
+    import redis
+
+    r = redis.Redis.from_url(url)
+    for key in r.scan_iter(match=f"*{prefix}*"):
+        r.delete(key)

@@ -50,15 +50,6 @@ def _render_env():
     yield
 
 
-def redis_cleanup(url: str, prefix: str) -> None:
-    """Delete only the Redis keys of our queue prefix."""
-    import redis
-
-    r = redis.Redis.from_url(url)
-    for key in r.scan_iter(match=f"*{prefix}*"):
-        r.delete(key)
-
-
 @pytest.fixture
 def scratch(tmp_path):
     yield tmp_path

@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
 
 def test_episodes_end_to_end_on_redis_and_postgres(tmp_path, make_config, redis_url, pg_url):
-    from conftest import redis_cleanup
+    from _services import redis_cleanup
 
     prefix = f"t{uuid.uuid4().hex[:8]}."
     cfg = make_config(tmp_path / "data", f"broker.url={redis_url}", f"broker.queue_prefix={prefix}", f"db.url={pg_url}")
