@@ -26,6 +26,19 @@ class Cancelled(Exception):
     """The run was cancelled (or taken over by the sweeper) while it ran."""
 
 
+class EpisodeAborted(Exception):
+    """The episode broke off part-way (a bridge that dropped, a model that raised): `outcome` is what ran
+    until then (frames, actions, the planning steps' candidates and videos), `cause` the error. The episode
+    body keeps the partial attempt for inspection and the run fails with the cause's message. `run_error` and
+    `run_result` are what the ledger records for the failed run."""
+
+    def __init__(self, outcome: EpisodeOutcome, cause: BaseException) -> None:
+        self.outcome, self.cause = outcome, cause
+        self.run_error = f"{type(cause).__name__}: {cause}"
+        self.run_result: dict[str, Any] | None = None
+        super().__init__(self.run_error)
+
+
 @dataclass
 class Chunk:
     """What an adapter returns: an (H, 16) action chunk, or hold with a reason."""
@@ -167,25 +180,31 @@ def _chunk_of(out: Any) -> Chunk:
 def run_episode(cfg: Any, payload: EpisodePayload, should_stop: Callable[[], bool] = lambda: False,
                 store: Any = None, state: dict[str, np.ndarray] | None = None) -> EpisodeOutcome:
     """Run the policy on the backend for one episode (from a recorded `state` when given); raises
-    Cancelled when `should_stop()` turns true."""
+    Cancelled when `should_stop()` turns true, and EpisodeAborted (with what ran) when anything else breaks
+    off an episode that had started."""
     t0 = time.perf_counter()
     task = resolve_task(payload)
     backend = get_backend(cfg, payload.backend)
     max_steps = payload.max_steps or cfg.env.max_steps
+    frames: list[np.ndarray] = []
+    proprio: list[np.ndarray] = []
+    actions: list[np.ndarray] = []
+    plans: list[dict[str, Any]] = []  # per planning step: scored candidates and their videos
+    instruction, caption, initial_state = payload.instruction or task.instruction, None, None
+    model_ids: dict[str, int] = {}
     try:
         obs = backend.reset(task=task, seed=payload.seed, state=state)
         initial_state = backend.get_state()
         scene = backend.scene_description()
         policy, model_ids = build_policy(cfg, payload, backend, store)
-        instruction = payload.instruction or task.instruction
         policy.reset(task.to_dict(), instruction, scene)
         # every episode's caption comes from the upsampler imagine-then-act plans with, whatever policy runs it,
         # so the world model trains on the captions it is prompted with (asked before the robot moves: an
         # unreachable upsampler fails the episode, not a finished rollout)
         caption = getattr(policy, "caption", None) or caption_for(cfg, instruction, scene)
         t_reset = time.perf_counter()
-        frames, proprio, actions = [obs["rgb"]], [obs["proprio"]], []
-        plans: list[dict[str, Any]] = []  # per planning step: scored candidates and their videos
+        frames.append(obs["rgb"])
+        proprio.append(obs["proprio"])
         success, reward, failure = False, 0.0, None
         while len(actions) < max_steps:
             if should_stop():
@@ -221,9 +240,16 @@ def run_episode(cfg: Any, payload: EpisodePayload, should_stop: Callable[[], boo
         logs = policy.logs() if hasattr(policy, "logs") else {}
     except Cancelled:
         raise
-    except Exception:
+    except Exception as exc:
         drop_backend(payload.backend)  # the next task gets a clean one
-        raise
+        if not frames:  # nothing ran: nothing to keep
+            raise
+        partial = EpisodeOutcome(
+            frames=np.stack(frames).astype(np.uint8), proprio=np.stack(proprio).astype(np.float32),
+            actions=np.asarray(actions, np.float32).reshape(-1, 16), success=False, reward=0.0, task=task.to_dict(),
+            instruction=instruction, initial_state=initial_state, caption=caption, plans=plans, model_ids=model_ids,
+            failure_reason=f"aborted: {type(exc).__name__}: {exc}")
+        raise EpisodeAborted(partial, exc) from exc
     t_end = time.perf_counter()
     return EpisodeOutcome(
         frames=np.stack(frames).astype(np.uint8),

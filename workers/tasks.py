@@ -126,7 +126,8 @@ def execute(task: Any, name: str, args: tuple, kwargs: dict, body: Body, heartbe
         return {"failed": "time limit"}
     except Exception as exc:
         log.exception("run %s failed", claimed.id)
-        ledger.finish(store, claimed.id, "failed", error=f"{type(exc).__name__}: {exc}"[:4000])
+        error = getattr(exc, "run_error", None) or f"{type(exc).__name__}: {exc}"
+        ledger.finish(store, claimed.id, "failed", error=error[:4000], result=getattr(exc, "run_result", None))
         return {"failed": str(exc)}
     ledger.finish(store, claimed.id, "succeeded", result=result)
     return result
@@ -137,10 +138,14 @@ def execute(task: Any, name: str, args: tuple, kwargs: dict, body: Body, heartbe
 
 def _episode_body(cfg: Any, store: Any, run: Any, payload: Any, should_stop: Callable[[], bool]) -> dict:
     from db.records import CandidateRecord, EpisodeRecord
-    from workers.episode import run_episode
+    from workers.episode import EpisodeAborted, run_episode
 
     state = store.load_initial_state(payload.initial_state_episode) if payload.initial_state_episode else None
-    out = run_episode(cfg, payload, should_stop, store=store, state=state)
+    try:
+        out = run_episode(cfg, payload, should_stop, store=store, state=state)
+    except EpisodeAborted as aborted:
+        aborted.run_result = {"partial": _keep_partial(store, aborted.outcome)}
+        raise
     if should_stop():  # cancelled between the last step and now: write nothing
         from workers.episode import Cancelled
 
@@ -169,6 +174,26 @@ def _episode_body(cfg: Any, store: Any, run: Any, payload: Any, should_stop: Cal
     arrays = {"frames": out.frames, "proprio": out.proprio, "actions": out.actions}
     episode_id = store.record_episode(record, arrays, initial_state=out.initial_state, candidates=candidates)
     return {"episode_id": episode_id, "success": out.success, "length": out.length, "reward": out.reward}
+
+
+def _keep_partial(store: Any, out: Any) -> dict | None:
+    """An aborted attempt, kept for inspection but not as an episode (nothing trains on it or counts it in a
+    success rate: it says nothing about the policy): its arrays and each planning step's candidates and videos
+    in the artifact store, and where they are, for the failed run's `result`. None if they cannot be written
+    (the run's error then says why it failed, as before)."""
+    try:
+        uri, sha = store.artifacts.put_arrays({"frames": out.frames, "proprio": out.proprio, "actions": out.actions})
+        plans = []
+        for plan in out.plans:
+            v_uri = v_sha = None
+            if plan.get("videos") is not None:
+                v_uri, v_sha = store.artifacts.put_arrays({"videos": plan["videos"]})
+            plans.append({"t": plan["t"], "candidates": plan["candidates"], "videos_uri": v_uri, "videos_sha256": v_sha})
+    except Exception:  # keeping the evidence must not hide the failure itself
+        log.exception("could not keep the aborted attempt's arrays")
+        return None
+    return {"arrays_uri": uri, "arrays_sha256": sha, "length": out.length, "failure_reason": out.failure_reason,
+            "caption": out.caption, "models": dict(out.model_ids), "plans": plans}
 
 
 def _hook_body(hook: str) -> Body:

@@ -187,3 +187,36 @@ def test_nan_from_a_registered_model_never_reaches_the_backend(tmp_path):
     cands = assert_candidates_recorded(sched, ep, plans=1, rounds=1 + cfg.policy.resample_rounds)
     assert all(c.rejected_reason == "non-finite actions" and not c.chosen for c in cands)
     assert sched.store.load_arrays(ep.id)["actions"].shape == (0, 16)
+
+
+def test_an_episode_that_breaks_off_keeps_what_ran_with_the_failed_run(tmp_path):
+    """A link that drops on the second chunk fails the run with the error, writes no episode (nothing trains on
+    an infrastructure failure or counts it as the policy's), and keeps the attempt for inspection: the failed
+    run's `result` points at its arrays and at both planning steps' candidates and videos."""
+    from envs.errors import BridgeError
+
+    cfg, sched = setup_store(tmp_path)
+    rec = spy_backend(cfg, "sim")
+
+    def step(actions, _real=rec.step):
+        if len(rec.sent) == 1:  # the second chunk: the link drops
+            raise BridgeError("the link to the NEO bridge is down: connection lost")
+        return _real(actions)
+
+    rec.step = step
+    [run_id] = sched.enqueue({"policy": "imagine_then_act", "family": "pick", "seed": 3})
+    [row] = sched.wait([run_id], timeout=60)
+    assert row.state == "failed" and row.error == "BridgeError: the link to the NEO bridge is down: connection lost"
+    assert sched.store.episodes(limit=None) == []
+    partial = row.result["partial"]
+    assert partial["length"] == H and partial["failure_reason"].startswith("aborted: BridgeError")
+    arrays = sched.store.artifacts.get_arrays(partial["arrays_uri"], partial["arrays_sha256"])
+    assert arrays["frames"].shape == (H + 1, S, S, 3) and arrays["actions"].shape == (H, 16)
+    np.testing.assert_allclose(arrays["actions"], rec.sent[0])  # what ran before the drop
+    assert [p["t"] for p in partial["plans"]] == [0, H]  # the step whose chunk never arrived is there too
+    for plan in partial["plans"]:
+        assert [c["index"] for c in plan["candidates"]] == list(range(N))
+        assert sum(c["chosen"] for c in plan["candidates"]) == 1
+        videos = sched.store.artifacts.get_arrays(plan["videos_uri"], plan["videos_sha256"])["videos"]
+        assert videos.shape == (N, 5, S, S, 3)
+    assert set(partial["models"]) == {"world_model", "idm"}  # the versions' ids it planned with
