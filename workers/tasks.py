@@ -121,10 +121,11 @@ def execute(task: Any, name: str, args: tuple, kwargs: dict, body: Body, heartbe
     except Cancelled:
         log.info("run %s stopped: cancelled or taken over", claimed.id)
         return {"stopped": True}
-    except SoftTimeLimitExceeded:
-        ledger.finish(store, claimed.id, "failed", error=f"time limit of {cfg.broker.soft_time_limit_s}s exceeded")
-        return {"failed": "time limit"}
-    except Exception as exc:
+    except Exception as exc:  # (an aborted episode carries its cause, and what ran in `run_result`)
+        if isinstance(getattr(exc, "cause", exc), SoftTimeLimitExceeded):
+            ledger.finish(store, claimed.id, "failed", error=f"time limit of {cfg.broker.soft_time_limit_s}s exceeded",
+                          result=getattr(exc, "run_result", None))
+            return {"failed": "time limit"}
         log.exception("run %s failed", claimed.id)
         error = getattr(exc, "run_error", None) or f"{type(exc).__name__}: {exc}"
         ledger.finish(store, claimed.id, "failed", error=error[:4000], result=getattr(exc, "run_result", None))

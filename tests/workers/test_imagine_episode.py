@@ -189,27 +189,35 @@ def test_nan_from_a_registered_model_never_reaches_the_backend(tmp_path):
     assert sched.store.load_arrays(ep.id)["actions"].shape == (0, 16)
 
 
-def test_an_episode_that_breaks_off_keeps_what_ran_with_the_failed_run(tmp_path):
-    """A link that drops on the second chunk fails the run with the error, writes no episode (nothing trains on
-    an infrastructure failure or counts it as the policy's), and keeps the attempt for inspection: the failed
-    run's `result` points at its arrays and at both planning steps' candidates and videos."""
+@pytest.mark.parametrize("failure", ["bridge", "time_limit"])
+def test_an_episode_that_breaks_off_keeps_what_ran_with_the_failed_run(tmp_path, failure):
+    """A link that drops (or the task's soft time limit) on the second chunk fails the run with the error,
+    writes no episode (nothing trains on an infrastructure failure or counts it as the policy's), and keeps the
+    attempt for inspection: the failed run's `result` points at its arrays and at both planning steps'
+    candidates and videos."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
     from envs.errors import BridgeError
 
     cfg, sched = setup_store(tmp_path)
     rec = spy_backend(cfg, "sim")
+    exc = BridgeError("the link to the NEO bridge is down: connection lost") if failure == "bridge" \
+        else SoftTimeLimitExceeded()
 
     def step(actions, _real=rec.step):
-        if len(rec.sent) == 1:  # the second chunk: the link drops
-            raise BridgeError("the link to the NEO bridge is down: connection lost")
+        if len(rec.sent) == 1:  # the second chunk: the link drops, or the time is up
+            raise exc
         return _real(actions)
 
     rec.step = step
     [run_id] = sched.enqueue({"policy": "imagine_then_act", "family": "pick", "seed": 3})
     [row] = sched.wait([run_id], timeout=60)
-    assert row.state == "failed" and row.error == "BridgeError: the link to the NEO bridge is down: connection lost"
+    assert row.state == "failed"
+    assert row.error == ("BridgeError: the link to the NEO bridge is down: connection lost" if failure == "bridge"
+                         else f"time limit of {cfg.broker.soft_time_limit_s}s exceeded")
     assert sched.store.episodes(limit=None) == []
     partial = row.result["partial"]
-    assert partial["length"] == H and partial["failure_reason"].startswith("aborted: BridgeError")
+    assert partial["length"] == H and partial["failure_reason"].startswith(f"aborted: {type(exc).__name__}")
     arrays = sched.store.artifacts.get_arrays(partial["arrays_uri"], partial["arrays_sha256"])
     assert arrays["frames"].shape == (H + 1, S, S, 3) and arrays["actions"].shape == (H, 16)
     np.testing.assert_allclose(arrays["actions"], rec.sent[0])  # what ran before the drop
