@@ -22,6 +22,10 @@ how precisely a world model must imagine the joints for this planner to succeed,
 the configured score weights) recovers from imprecise candidates. `biased_joints:E[:N]` draws the error's direction
 once per episode (a systematic error, shared by every candidate and plan); `slow_joints:E[:N]` pulls every
 arm target back toward the measured joints by E of the way (a world model that imagines too little motion).
+`best_joints:E:N` is `noisy_joints:E:N` whose feasibility score is replaced by closeness to the oracle's own
+arm targets (exp(-mean abs error / 0.05 rad); hard violations still reject): best-of-N under a perfect score,
+the most more candidates can buy at that precision. Run it with `policy.min_feasibility=0` (else the score's
+threshold rejects the imprecise candidates).
 Baseline: N=1 in the same run; the seeds' anchor is 30% -> 45% (ratio 1.5). Prints one JSON object.
 
     .venv/bin/python bench/bench_ttc.py --data-dir DIR [--ns 1,2,4,8] [--in-dist 100] [--other 40]
@@ -147,7 +151,26 @@ def run_episode(policy, backend, item, index: int, max_steps: int) -> dict:
             "plan_s": round(plan_s, 3), "plan_steps": plans, "progress": progress.as_dict()}
 
 
-NOISY_CONTROLS = {"noisy_joints": "independent", "biased_joints": "shared", "slow_joints": "undershoot"}
+NOISY_CONTROLS = {"noisy_joints": "independent", "biased_joints": "shared", "slow_joints": "undershoot",
+                  "best_joints": "independent"}
+TRUTH_SCALE = 0.05  # rad: best_joints' score is exp(-(mean arm error against the oracle's targets) / this)
+
+
+def truth_scored(oracle, check):
+    """`check` (the feasibility checker) with its score replaced by the candidate's closeness to the oracle's own
+    arm targets for the same chunk (`oracle.last_actions`): a perfect score, for the `best_joints` control."""
+    import dataclasses
+
+    import numpy as np
+
+    def score(actions, q0=None):
+        rep = check(actions, q0)
+        a = np.asarray(actions, np.float64)
+        truth = np.asarray(oracle.last_actions, np.float64)[: len(a)]
+        err = float(np.abs(a[: len(truth), :14] - truth[:, :14]).mean())
+        return dataclasses.replace(rep, score=float(np.exp(-err / TRUTH_SCALE)))
+
+    return score
 ORACLE_CONTROLS = ("oracle_wm", "oracle_actions", "oracle_grips", "oracle_arms", "oracle_joints")
 
 
@@ -220,9 +243,9 @@ def main() -> None:
         idm = InverseDynamicsModel.from_pretrained(args.idm or idm_reg.path)
         backend = make_backend("sim", cfg.backend, cfg.env)
 
-        def planner(world_model, extractor) -> ImagineThenActPolicy:
+        def planner(world_model, extractor, feasibility=None) -> ImagineThenActPolicy:
             return ImagineThenActPolicy(cfg, world_model=world_model, idm=extractor,
-                                        feasibility=default_checker(1 / cfg.env.control_hz).check,
+                                        feasibility=feasibility or default_checker(1 / cfg.env.control_hz).check,
                                         action_low=backend.action_low, action_high=backend.action_high,
                                         workspace=backend.safety.workspace)
 
@@ -236,7 +259,9 @@ def main() -> None:
                        "oracle_arms": planner(oracle, OracleGrips(oracle, idm, take="arms")),
                        "oracle_joints": planner(oracle, OracleJoints(oracle, idm)),
                        **{c: planner(oracle, NoisyOracleJoints(oracle, idm, err, cfg.policy.horizon,
-                                                               mode=NOISY_CONTROLS[c.split(":")[0]]))
+                                                               mode=NOISY_CONTROLS[c.split(":")[0]]),
+                                     truth_scored(oracle, default_checker(1 / cfg.env.control_hz).check)
+                                     if c.startswith("best_joints:") else None)
                           for c, (err, _) in noisy.items()}}
         with results.open("a") as f:
             for index in range(max(counts.values())):
