@@ -49,7 +49,7 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
         OmegaConf.to_object(cfg)
     except ConfigError:
         raise
-    except Exception as exc:  # hydra/omegaconf raise many types; the user needs one line
+    except Exception as exc:  # noqa: BLE001 - hydra/omegaconf raise many types; the user needs one line
         raise ConfigError(f"bad config or override: {_one_line(exc)}") from None
     finally:
         GlobalHydra.instance().clear()

@@ -6,11 +6,13 @@ carries the arguments (see docs/tasks_contract.md). Hooks re-read everything fro
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from flywheel.errors import FlywheelError
 from flywheel.registry import ModelRegistry
+
 
 def _registry(cfg: Any, store: Any) -> ModelRegistry:
     return ModelRegistry(store, Path(cfg.data_path))

@@ -11,9 +11,10 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from flywheel.errors import FlywheelError
 from flywheel.evaluation.regression import SuiteItem, regression_suite, success_by_suite

@@ -46,8 +46,8 @@ def write_report(out_dir: Path, summary: dict[str, Any]) -> dict[str, Path]:
     paths["json"].write_text(json.dumps(summary, indent=2, default=str))
     plot_success(history, paths["plot"])
     lines = ["# Flywheel report", "", f"Data directory: `{summary.get('data_dir')}`  ",
-             f"Preset: {summary.get('preset')}; iterations: {len(history) - 1 if history else 0}; "
-             f"wall time {summary.get('wall_s', 0):.0f} s; peak memory {summary.get('peak_rss_mib', 0):.0f} MiB", "",
+             (f"Preset: {summary.get('preset')}; iterations: {len(history) - 1 if history else 0}; "
+             f"wall time {summary.get('wall_s', 0):.0f} s; peak memory {summary.get('peak_rss_mib', 0):.0f} MiB"), "",
              "## Champion success per iteration and split (95% Wilson CI)", ""]
     splits = sorted({s for h in history for s in h.get("champion_success", {})})
     lines.append("| iteration | champion (wm, idm) | " + " | ".join(splits) + " |")
@@ -63,9 +63,9 @@ def write_report(out_dir: Path, summary: dict[str, Any]) -> dict[str, Path]:
     wm_eval = summary.get("world_model_evaluator")
     if wm_eval:
         lines += ["", "## World model as policy evaluator", "",
-                  f"Pearson r between predicted and real success over {wm_eval.get('n_policies')} policies: "
+                  (f"Pearson r between predicted and real success over {wm_eval.get('n_policies')} policies: "
                   f"{wm_eval.get('pearson_r')}; pairwise ranking accuracy (true gap >= 15 points): "
-                  f"{wm_eval.get('pairwise_accuracy')} over {wm_eval.get('pairs')} pairs."]
+                  f"{wm_eval.get('pairwise_accuracy')} over {wm_eval.get('pairs')} pairs.")]
     verdict = summary.get("verdict")
     if verdict:
         lines += ["", "## Does the flywheel improve anything?", "", verdict]

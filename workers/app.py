@@ -54,35 +54,35 @@ def worker_queues(cfg: Any, queues: list[str] | None = None) -> list[str]:
 def celery_settings(cfg: Any) -> dict[str, Any]:
     """Celery settings for `cfg` (a `flywheel.config.Config`)."""
     b = cfg.broker
-    return dict(
-        broker_url=_broker.broker_url(b, cfg.data_path),
-        result_backend=_broker.result_url(b),
-        broker_transport_options=_broker.transport_options(b),
-        result_backend_transport_options=_broker.transport_options(b) if b.result_url else {},
-        broker_connection_retry_on_startup=True,
+    return {
+        "broker_url": _broker.broker_url(b, cfg.data_path),
+        "result_backend": _broker.result_url(b),
+        "broker_transport_options": _broker.transport_options(b),
+        "result_backend_transport_options": _broker.transport_options(b) if b.result_url else {},
+        "broker_connection_retry_on_startup": True,
         # JSON only: a pickle message is refused by the worker before anything is deserialised
-        task_serializer="json",
-        result_serializer="json",
-        accept_content=["json"],
-        result_accept_content=["json"],
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
         # a task is acked after it ran; a worker killed mid-task gives it back (or the sweeper does)
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        task_soft_time_limit=b.soft_time_limit_s,
-        task_time_limit=b.time_limit_s,
-        task_ignore_result=True,  # the ledger is the source of truth (flywheel.ping keeps its result)
-        task_default_queue=b.queue_prefix + "sim",
-        task_create_missing_queues=True,
-        task_queue_max_priority=10,
-        task_default_priority=0,
-        worker_consumer="workers.consumer:RecordingConsumer",
-        worker_hijack_root_logger=False,
-        worker_send_task_events=False,
-        worker_enable_remote_control=not _broker.is_embedded(b),  # SQL transport has no fanout
-        broker_heartbeat=0 if _broker.is_embedded(b) else 120,
-        enable_utc=True,
-    )
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_soft_time_limit": b.soft_time_limit_s,
+        "task_time_limit": b.time_limit_s,
+        "task_ignore_result": True,  # the ledger is the source of truth (flywheel.ping keeps its result)
+        "task_default_queue": b.queue_prefix + "sim",
+        "task_create_missing_queues": True,
+        "task_queue_max_priority": 10,
+        "task_default_priority": 0,
+        "worker_consumer": "workers.consumer:RecordingConsumer",
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+        "worker_enable_remote_control": not _broker.is_embedded(b),  # SQL transport has no fanout
+        "broker_heartbeat": 0 if _broker.is_embedded(b) else 120,
+        "enable_utc": True,
+    }
 
 
 def create_app(cfg: Any) -> Celery:

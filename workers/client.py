@@ -21,7 +21,16 @@ from typing import Any
 
 from workers import ledger
 from workers.errors import WorkerError
-from workers.spec import DATA_SOURCES, LOCAL_POLICIES, MODEL_POLICIES, TASK_NAMES, EpisodePayload, HookPayload, NoopPayload, TaskSpec
+from workers.spec import (
+    DATA_SOURCES,
+    LOCAL_POLICIES,
+    MODEL_POLICIES,
+    TASK_NAMES,
+    EpisodePayload,
+    HookPayload,
+    NoopPayload,
+    TaskSpec,
+)
 
 log = logging.getLogger("workers.client")
 TERMINAL = ("succeeded", "failed", "dead", "cancelled")

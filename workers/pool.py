@@ -19,7 +19,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from workers.app import READY_FILE_ENV, worker_queues
 from workers.errors import WorkerError
@@ -70,10 +70,9 @@ class WorkerPool:
         ready.unlink(missing_ok=True)
         env = worker_env(self.cfg)
         env[READY_FILE_ENV] = str(ready)
-        logf = open(self.log_dir / f"worker-{self._tag}-{i}.log", "ab")
-        proc = subprocess.Popen(self._command(i), env=env, stdout=logf, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=str(Path(__file__).resolve().parent.parent))
-        logf.close()
+        with open(self.log_dir / f"worker-{self._tag}-{i}.log", "ab") as logf:  # the child keeps its own handle
+            proc = subprocess.Popen(self._command(i), env=env, stdout=logf, stderr=subprocess.STDOUT,
+                                    start_new_session=True, cwd=str(Path(__file__).resolve().parent.parent))
         if i < len(self.procs):
             self.procs[i], self._ready[i] = proc, ready
         else:
@@ -133,7 +132,7 @@ class WorkerPool:
             except ProcessLookupError:
                 pass
 
-    def __enter__(self) -> WorkerPool:
+    def __enter__(self) -> Self:
         try:
             return self.start()
         except BaseException:

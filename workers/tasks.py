@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Self
 
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
@@ -58,7 +58,7 @@ class Heartbeat:
     def stopped(self) -> bool:
         return self._lost.is_set()
 
-    def __enter__(self) -> Heartbeat:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

@@ -38,7 +38,8 @@ def run(args: argparse.Namespace, cfg: Any) -> int:
         raise FlywheelError(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(names)}")
     rc = 0
     for name in todo:
-        out = subprocess.run([sys.executable, str(BENCH_DIR / f"bench_{name}.py")], capture_output=True, text=True)
+        out = subprocess.run([sys.executable, str(BENCH_DIR / f"bench_{name}.py")], check=False,
+                             capture_output=True, text=True)
         lines = [ln for ln in out.stdout.strip().splitlines() if ln.startswith("{")]
         try:
             result = json.loads(lines[-1]) if lines else None

@@ -8,7 +8,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -54,7 +54,7 @@ class PeakMemory:
             self.peak_kib = max(self.peak_kib, self._tree_rss_kib())
             self._stop.wait(self.interval_s)
 
-    def __enter__(self) -> PeakMemory:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -106,7 +106,12 @@ def evaluate_world_model_as_evaluator(cfg: Any, registry: Any, out_dir: Path, sa
     next to the report)."""
     import json
 
-    from flywheel.evaluation.wm_evaluator import PolicySpec, evaluate_policies, states_from_split, write_ranking_report
+    from flywheel.evaluation.wm_evaluator import (
+        PolicySpec,
+        evaluate_policies,
+        states_from_split,
+        write_ranking_report,
+    )
     from flywheel.hooks import load_checked
 
     champion = registry.alias("world_model")

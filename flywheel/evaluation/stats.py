@@ -7,9 +7,9 @@ under H0 (equal success rates) a discordant pair is equally likely to favour eit
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import combinations
-from collections.abc import Sequence
 
 from scipy.stats import binom
 
