@@ -175,7 +175,7 @@ ORACLE_CONTROLS = ("oracle_wm", "oracle_actions", "oracle_grips", "oracle_arms",
 
 
 def noisy_control(name: str) -> tuple[float, int]:
-    """(error, candidates) of a `noisy_joints:E[:N]` control."""
+    """(error, candidates) of a `noisy_joints`, `biased_joints`, `slow_joints` or `best_joints` control, NAME:E[:N]."""
     parts = name.split(":")
     try:
         err, n = float(parts[1]), int(parts[2]) if len(parts) > 2 else 1

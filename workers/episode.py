@@ -192,6 +192,13 @@ def run_episode(cfg: Any, payload: EpisodePayload, should_stop: Callable[[], boo
     plans: list[dict[str, Any]] = []  # per planning step: scored candidates and their videos
     instruction, caption, initial_state = payload.instruction or task.instruction, None, None
     model_ids: dict[str, int] = {}
+
+    def outcome(**fields: Any) -> EpisodeOutcome:  # what ran so far, as arrays
+        return EpisodeOutcome(
+            frames=np.stack(frames).astype(np.uint8), proprio=np.stack(proprio).astype(np.float32),
+            actions=np.asarray(actions, np.float32).reshape(-1, 16), task=task.to_dict(), instruction=instruction,
+            initial_state=initial_state, caption=caption, plans=plans, model_ids=model_ids, **fields)
+
     try:
         obs = backend.reset(task=task, seed=payload.seed, state=state)
         initial_state = backend.get_state()
@@ -244,19 +251,8 @@ def run_episode(cfg: Any, payload: EpisodePayload, should_stop: Callable[[], boo
         drop_backend(payload.backend)  # the next task gets a clean one
         if not frames:  # nothing ran: nothing to keep
             raise
-        partial = EpisodeOutcome(
-            frames=np.stack(frames).astype(np.uint8), proprio=np.stack(proprio).astype(np.float32),
-            actions=np.asarray(actions, np.float32).reshape(-1, 16), success=False, reward=0.0, task=task.to_dict(),
-            instruction=instruction, initial_state=initial_state, caption=caption, plans=plans, model_ids=model_ids,
-            failure_reason=f"aborted: {type(exc).__name__}: {exc}")
-        raise EpisodeAborted(partial, exc) from exc
+        raise EpisodeAborted(outcome(success=False, reward=0.0, failure_reason=f"aborted: {type(exc).__name__}: {exc}"),
+                             exc) from exc
     t_end = time.perf_counter()
-    return EpisodeOutcome(
-        frames=np.stack(frames).astype(np.uint8),
-        proprio=np.stack(proprio).astype(np.float32),
-        actions=np.asarray(actions, np.float32).reshape(-1, 16),
-        success=success, reward=reward, task=task.to_dict(), instruction=instruction,
-        initial_state=initial_state, failure_reason=failure, logs=logs, plans=plans, model_ids=model_ids,
-        caption=caption,
-        timings={"reset_s": t_reset - t0, "rollout_s": t_end - t_reset, "total_s": t_end - t0},
-    )
+    return outcome(success=success, reward=reward, failure_reason=failure, logs=logs,
+                   timings={"reset_s": t_reset - t0, "rollout_s": t_end - t_reset, "total_s": t_end - t0})

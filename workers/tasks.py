@@ -153,10 +153,7 @@ def _episode_body(cfg: Any, store: Any, run: Any, payload: Any, should_stop: Cal
         raise Cancelled()
     source = DATA_SOURCES.get(payload.policy, payload.source)
     candidates = []
-    for step, plan in enumerate(out.plans):
-        uri = sha = None
-        if plan.get("videos") is not None:  # (N, T, H, W, 3) uint8: what the robot imagined at this step
-            uri, sha = store.artifacts.put_arrays({"videos": plan["videos"]})
+    for step, (plan, (uri, sha)) in enumerate(zip(out.plans, _put_videos(store, out.plans), strict=True)):
         candidates += [CandidateRecord(plan_step=step, index=int(c["index"]), scores=dict(c["scores"]),
                                        chosen=bool(c["chosen"]), rejected_reason=c.get("rejected_reason"),
                                        artifact_uri=uri, artifact_sha256=sha) for c in plan["candidates"]]
@@ -177,6 +174,13 @@ def _episode_body(cfg: Any, store: Any, run: Any, payload: Any, should_stop: Cal
     return {"episode_id": episode_id, "success": out.success, "length": out.length, "reward": out.reward}
 
 
+def _put_videos(store: Any, plans: list[dict]) -> list[tuple[str | None, str | None]]:
+    """(uri, sha256) in the artifact store of each planning step's imagined videos, (N, T, H, W, 3) uint8: what
+    the robot imagined at that step; (None, None) for a step without."""
+    return [store.artifacts.put_arrays({"videos": p["videos"]}) if p.get("videos") is not None else (None, None)
+            for p in plans]
+
+
 def _keep_partial(store: Any, out: Any) -> dict | None:
     """An aborted attempt, kept for inspection but not as an episode (nothing trains on it or counts it in a
     success rate: it says nothing about the policy): its arrays and each planning step's candidates and videos
@@ -184,12 +188,8 @@ def _keep_partial(store: Any, out: Any) -> dict | None:
     (the run's error then says why it failed, as before)."""
     try:
         uri, sha = store.artifacts.put_arrays({"frames": out.frames, "proprio": out.proprio, "actions": out.actions})
-        plans = []
-        for plan in out.plans:
-            v_uri = v_sha = None
-            if plan.get("videos") is not None:
-                v_uri, v_sha = store.artifacts.put_arrays({"videos": plan["videos"]})
-            plans.append({"t": plan["t"], "candidates": plan["candidates"], "videos_uri": v_uri, "videos_sha256": v_sha})
+        plans = [{"t": plan["t"], "candidates": plan["candidates"], "videos_uri": v_uri, "videos_sha256": v_sha}
+                 for plan, (v_uri, v_sha) in zip(out.plans, _put_videos(store, out.plans), strict=True)]
     except Exception:  # keeping the evidence must not hide the failure itself
         log.exception("could not keep the aborted attempt's arrays")
         return None

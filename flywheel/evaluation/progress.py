@@ -41,11 +41,19 @@ class EpisodeProgress:
     """Closest approach, held and lifted, over one episode's measured instants."""
 
     task: Any
-    start_m: float | None = None  # the nearer hand's distance at reset
-    closest_m: float | None = None  # the nearest any hand came
     held: bool = False  # the task's object was pinched by a hand at some instant
     lifted: bool = False  # ... and above its rest height by `envs.tasks.LIFT_HEIGHT`
-    trace: list[float] = field(default_factory=list)  # nearer hand's distance per instant
+    trace: list[float] = field(default_factory=list)  # the nearer hand's distance (m) per instant
+
+    @property
+    def start_m(self) -> float | None:
+        """The nearer hand's distance at the first instant (the reset)."""
+        return self.trace[0] if self.trace else None
+
+    @property
+    def closest_m(self) -> float | None:
+        """The nearest any hand came."""
+        return min(self.trace) if self.trace else None
 
     def update(self, env: Any) -> None:
         from envs.tasks import LIFT_HEIGHT
@@ -53,10 +61,7 @@ class EpisodeProgress:
         d = min(hand_distances(env, self.task).values())
         if not np.isfinite(d):
             return
-        self.trace.append(round(d, 4))
-        if self.start_m is None:
-            self.start_m = d
-        self.closest_m = d if self.closest_m is None else min(self.closest_m, d)
+        self.trace.append(d)
         if self.task.family in ("drawer", "tissue"):
             return
         snap = env.snapshot()
