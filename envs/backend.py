@@ -70,7 +70,14 @@ class Backend(ABC):
         safety = getattr(self, "safety", None)
         return None if safety is None else safety.reference
 
-    # Subclasses set `_low`, `_high` (the joint-target limits) and `_task` (on reset).
+    def latest_observation(self) -> Obs | None:
+        """The newest observation this backend holds, without a round trip: the last step's or reset's, or the
+        one `command_reference` just asked a bridge for (after a watchdog hold, where the robot stands now, not
+        where the last chunk left it). None before reset. A planner plans from this."""
+        return getattr(self, "_obs", None)
+
+    # Subclasses set `_low`, `_high` (the joint-target limits), `_task` (on reset) and `_obs` (the newest
+    # observation).
     _low: np.ndarray
     _high: np.ndarray
     _task: Any = None

@@ -218,6 +218,9 @@ def run_episode(cfg: Any, payload: EpisodePayload, should_stop: Callable[[], boo
                 raise Cancelled()
             if hasattr(policy, "set_reference"):  # plan from where the filter checks from (stale after a hold)
                 policy.set_reference(backend.command_reference())
+                # and from the frame that reference was read with (NEO: after a hold, the held robot's, not the
+                # last chunk's final frame); the recorded frames stay the steps' own
+                obs = backend.latest_observation() or obs
             raw = policy.act(obs)
             info = getattr(raw, "info", None) or {}
             if "candidates" in info:

@@ -178,13 +178,16 @@ def test_command_reference_is_the_held_pose_after_a_watchdog_hold(bridge, env_cf
         obs = neo.reset(seed=0)
         np.testing.assert_allclose(neo.command_reference()[:14], obs["proprio"][:14], atol=1e-6)
         chunk = small_steps(obs["proprio"][:16], 2, joint=0, step=0.25)
-        neo.step(chunk)
+        last = neo.step(chunk).observations[-1]
         np.testing.assert_allclose(neo.command_reference(), chunk[-1], atol=1e-6)
         neo.pause_heartbeats()
         time.sleep(1.5)  # the watchdog (0.4 s) trips; no reply has said so yet
         ref = neo.command_reference()
         assert neo.status["held"]
+        fresh = neo.latest_observation()  # what the planner plans from: the reply command_reference asked for
         held = neo.observe()["proprio"][:16]
+        np.testing.assert_allclose(fresh["proprio"][:16], held, atol=1e-6)
+        assert fresh is not last  # a new reply, not the last chunk's final observation
         np.testing.assert_allclose(ref[:14], held[:14], atol=5e-3)
         assert abs(ref[0] - chunk[-1, 0]) > 0.02  # the arm lagged its last target when it stopped
         neo.pause_heartbeats(False)

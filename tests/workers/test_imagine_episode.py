@@ -140,6 +140,36 @@ def test_sim_episode_records_every_candidate_and_the_choice(tmp_path):
     np.testing.assert_allclose(sched.store.load_arrays(ep.id)["actions"], sent)  # what ran is what was stored
 
 
+def test_each_plan_starts_from_the_backends_latest_observation(tmp_path, monkeypatch):
+    """run_episode plans from the observation the backend holds once it has been asked for the safety
+    reference (on NEO a fresh reply: after a watchdog hold, the held robot's frame), not from the last chunk's
+    final frame; the recorded frames stay the steps' own."""
+    from policies.imagine_then_act import ImagineThenActPolicy
+
+    cfg, sched = setup_store(tmp_path)
+    rec = spy_backend(cfg, "sim")
+    tags: list[int] = []
+
+    def latest_observation() -> dict:  # the newest observation, marked with the plan it was handed to
+        obs = dict(rec.backend.latest_observation())
+        obs["plan_tag"] = np.array(len(tags))
+        tags.append(len(tags))
+        return obs
+
+    seen: list[int | None] = []
+    act = ImagineThenActPolicy.act
+
+    def spy_act(self, obs):
+        seen.append(int(obs["plan_tag"]) if "plan_tag" in obs else None)
+        return act(self, obs)
+
+    monkeypatch.setattr(rec, "latest_observation", latest_observation, raising=False)
+    monkeypatch.setattr(ImagineThenActPolicy, "act", spy_act)
+    ep = run_one(sched)
+    assert seen == [0, 1, 2] and len(rec.references) == 3
+    assert sched.store.load_arrays(ep.id)["frames"].shape[0] == ep.length + 1
+
+
 def test_neo_episode_through_the_bridge_on_loopback(tmp_path):
     from envs.config import BackendConfig, EnvConfig
     from envs.neo.bridge import start_bridge
