@@ -41,6 +41,12 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=2.0)
     ap.add_argument("--churn", type=float, default=0.0, help="fresh noise per sampling step (0: the ODE sampler)")
     ap.add_argument("--horizon", type=int, default=4, help="extracted steps scored (the planner executes these)")
+    ap.add_argument("--frames", type=int, default=None,
+                    help="frames imagined, the start frame included (default: the world model's training clip length)")
+    ap.add_argument("--split", choices=("in_distribution", "train"), default="in_distribution",
+                    help="in_distribution: held-out scenes; train: the scenes of the bootstrap's expert episodes "
+                         "(seeds 10000 + i, the tasks the world model trained on): a gap between the two says "
+                         "the model does not generalise, no gap that it does not fit")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--plan", action="store_true",
                     help="imagine with plan=True (a world model with an action head: decide, then draw); also "
@@ -72,10 +78,15 @@ def main() -> None:
 
     rows = []
     motions: list[tuple[np.ndarray, np.ndarray]] = []  # (imagined (N, h, arm), expert's (h, arm)) motion from the start
-    for idx, item in enumerate(ci_subset("in_distribution", args.items)):
+    frames = args.frames or wm.cfg.num_frames
+    if frames - 1 < h:
+        raise SystemExit(f"--frames {frames} imagines fewer than --horizon {h} steps")
+    items = (ci_subset("in_distribution", args.items) if args.split == "in_distribution"
+             else [TrainItem(10_000 + i) for i in range(args.items)])
+    for idx, item in enumerate(items):
         for skip in (0, 8, 16):
             obs = backend.reset(task=item.task(), seed=item.seed)
-            caption = upsampler.upsample(item.instruction, backend.scene_description())
+            caption = upsampler.upsample(backend.env.task.instruction, backend.scene_description())
             expert = ScriptedExpert(backend.env, seed=item.seed)
             expert.reset(backend.env.task)
             try:
@@ -99,7 +110,7 @@ def main() -> None:
             real_err = error(idm.extract(torch.stack([frame_to_tensor(f) for f in real]), proprio, seed=0).actions.numpy())
             joint_model = bool(getattr(wm.cfg, "imagine_joints", False))
             videos, joints = wm.imagine_joints(frame_to_tensor(start["rgb"]), caption, n=args.n, steps=args.steps,
-                                               guidance=args.guidance, seed=idx, num_frames=9, plan=args.plan,
+                                               guidance=args.guidance, seed=idx, num_frames=frames, plan=args.plan,
                                                pose=proprio[:16] if args.plan or joint_model else None,
                                                churn=args.churn)
             imag = [error(idm.extract(v, proprio, seed=0).actions.numpy()) for v in videos]
@@ -118,7 +129,7 @@ def main() -> None:
                 motions.append((acts[:, :h][..., arm] - q0, want - q0))
             if args.plan:
                 plan = wm.plan_actions(frame_to_tensor(start["rgb"]), caption, proprio[:16], n=args.n, seed=idx,
-                                       num_frames=9)
+                                       num_frames=frames)
                 extra["plan"] = float(np.mean([error(p.numpy()) for p in plan]))
             if args.strips:
                 save_strip(Path(args.strips) / f"item{idx}_skip{skip}.png", np.stack(real), videos)
@@ -132,7 +143,7 @@ def main() -> None:
     print(json.dumps({
         **motion_fit(motions, mean["hold"]),
         "states": len(rows), "items": args.items, "n": args.n, "steps": args.steps, "guidance": args.guidance,
-        "churn": args.churn,
+        "churn": args.churn, "split": args.split, "frames": frames,
         "horizon": h, "arm_error_rad": {k: round(v, 4) for k, v in mean.items()},
         "real_vs_hold": round(mean["real"] / mean["hold"], 3), "imag_vs_hold": round(mean["imag"] / mean["hold"], 3),
         "imag_best_vs_hold": round(mean["imag_best"] / mean["hold"], 3),
@@ -142,6 +153,16 @@ def main() -> None:
            if k in mean},
         "world_model": args.world_model, "idm": args.idm, "overrides": args.overrides,
     }))
+
+
+class TrainItem:
+    """A bootstrap expert episode's scene: `reset(seed=s)` draws the training task from the seed."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def task(self) -> None:
+        return None
 
 
 def motion_fit(motions: list[tuple[np.ndarray, np.ndarray]], hold: float) -> dict:
