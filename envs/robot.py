@@ -32,6 +32,20 @@ RIGHT_GRIPPER = 15
 ARM_SLICE = {"left": LEFT_ARM, "right": RIGHT_ARM}
 GRIPPER_INDEX = {"left": LEFT_GRIPPER, "right": RIGHT_GRIPPER}
 
+# The robot is mirror-symmetric about its sagittal (x-z) plane. Mirroring a joint vector swaps the arms (and
+# the grippers) and negates the joints about x and z (roll and yaw); pitch and elbow joints turn about y and
+# keep their sign: `q_mirrored = q[MIRROR_PERM] * MIRROR_SIGN`. The head camera sits on that plane, so the
+# mirrored pose is what a horizontally flipped frame shows (tests/envs/test_robot.py checks both).
+_MIRROR_ARM_SIGN = np.array([1, -1, -1, 1, -1, 1, -1], dtype=np.float32)  # ARM_JOINTS' order
+MIRROR_PERM: np.ndarray = np.r_[7:14, 0:7, 15, 14]
+MIRROR_SIGN: np.ndarray = np.r_[_MIRROR_ARM_SIGN, _MIRROR_ARM_SIGN, 1.0, 1.0].astype(np.float32)
+
+
+def mirror_joints(q: np.ndarray) -> np.ndarray:
+    """Joint vectors `(..., 16)` of the mirror-image pose (left and right swapped across the sagittal plane)."""
+    return q[..., MIRROR_PERM] * MIRROR_SIGN
+
+
 GRIPPER_OPEN: float = 0.045  # finger opening of one finger (m); the gap between pads is twice this
 GRIPPER_CLOSED: float = 0.0
 

@@ -64,6 +64,12 @@ class TrainConfig:
     # elsewhere the pose already shows it. With clips every 2nd frame that is 1 in ~10 of an expert episode's
     # clips, and the imagine-mode half of those. 0: clips uniformly over each episode
     wm_start_clips: float = 0.0
+    # the probability that a world-model training clip is mirrored across the robot's sagittal plane: frames
+    # flipped left-right, the arms' joints swapped and their rolls and yaws negated (`envs.robot.mirror_joints`,
+    # for positions, targets and the clip's start pose), "left" and "right" swapped in the caption. The robot,
+    # the head camera and the scene distribution (object places, the light's side) are mirror-symmetric, so a
+    # mirrored clip is another plausible episode (up to the table's checker phase): twice the scenes. 0: off
+    wm_mirror: float = 0.0
 
     def __post_init__(self) -> None:
         if self.idm_lr_schedule not in ("constant", "cosine"):
@@ -76,6 +82,8 @@ class TrainConfig:
             raise ValueError(f"train.batch_size must be >= 1, got {self.batch_size}")
         if not 0.0 <= self.wm_start_clips < 1.0:
             raise ValueError(f"train.wm_start_clips must be in [0, 1), got {self.wm_start_clips}")
+        if not 0.0 <= self.wm_mirror <= 1.0:
+            raise ValueError(f"train.wm_mirror must be in [0, 1], got {self.wm_mirror}")
         if not 0.0 <= self.wm_ema_decay < 1.0:
             raise ValueError(f"train.wm_ema_decay must be in [0, 1), got {self.wm_ema_decay}")
         if self.idm_batch_size is not None and self.idm_batch_size < 1:

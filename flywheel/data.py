@@ -7,6 +7,7 @@ each name is a filter (`MIXTURE_SOURCES`), and `MixtureDataset` samples clips fr
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -165,13 +166,41 @@ class ClipDataset(Dataset):
         }
 
 
+_SIDE = re.compile(r"\b(left|right|Left|Right|LEFT|RIGHT)\b")
+_OTHER_SIDE = {"left": "right", "right": "left", "Left": "Right", "Right": "Left", "LEFT": "RIGHT", "RIGHT": "LEFT"}
+
+
+def mirror_caption(caption: str) -> str:
+    """The caption of the mirror-image scene: every whole word left / right swapped (case kept)."""
+    return _SIDE.sub(lambda m: _OTHER_SIDE[m.group(0)], caption)
+
+
+def mirror_clip(item: dict[str, Any]) -> dict[str, Any]:
+    """A `ClipDataset` item mirrored across the robot's sagittal plane (`train.wm_mirror`): frames flipped
+    left-right, every joint vector (actions, start pose, poses) through `envs.robot.mirror_joints`, the caption's
+    sides swapped. The success labels are unchanged (the mirror of a success is a success)."""
+    from envs.robot import ACTION_DIM, mirror_joints
+
+    out = dict(item)
+    for key in ("actions", "start_pose", "poses"):
+        v = item[key]
+        if v.shape[-1] != ACTION_DIM:
+            raise FlywheelError(f"mirroring needs {ACTION_DIM} joints per {key} vector, got shape {tuple(v.shape)}")
+        out[key] = torch.from_numpy(mirror_joints(v.numpy()))
+    out["video"] = item["video"].flip(-1)  # (T, 3, H, W): the head camera sits on the plane of symmetry
+    out["caption"] = mirror_caption(item["caption"])
+    return out
+
+
 class MixtureDataset(IterableDataset):
     """An endless stream of items drawn from named datasets with the given weights (seeded).
 
     Components that are empty are dropped and the remaining weights renormalised; an all-empty
     mixture is an error naming the components."""
 
-    def __init__(self, components: dict[str, Dataset], weights: dict[str, float], seed: int = 0):
+    def __init__(self, components: dict[str, Dataset], weights: dict[str, float], seed: int = 0,
+                 mirror: float = 0.0):
+        """`mirror`: the probability that a drawn clip is mirrored (`mirror_clip`, `train.wm_mirror`)."""
         unknown = set(weights) - set(components)
         if unknown:
             raise FlywheelError(f"mixture names {sorted(unknown)} have no dataset")
@@ -183,10 +212,12 @@ class MixtureDataset(IterableDataset):
         total = sum(live.values())
         self.probs = np.array([live[k] / total for k in self.names])
         self.seed = seed
+        self.mirror = mirror
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         rng = np.random.default_rng(self.seed)
         while True:
             name = self.names[rng.choice(len(self.names), p=self.probs)]
             ds = self.components[name]
-            yield ds[int(rng.integers(len(ds)))]
+            item = ds[int(rng.integers(len(ds)))]
+            yield mirror_clip(item) if self.mirror and rng.random() < self.mirror else item

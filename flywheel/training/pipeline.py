@@ -75,11 +75,21 @@ class StoreTrainer:
         if parent is None and wcfg.action_conditioning and wcfg.normalize_actions:  # a fine-tune keeps its stats
             acts = [e.actions for e in self.episodes("all") if len(e.actions)]
             if acts:
-                model.fit_action_stats(np.concatenate(acts))
+                acts = np.concatenate(acts)
+                if tcfg.wm_mirror > 0:
+                    from envs.robot import mirror_joints
+
+                    acts = np.concatenate([acts, mirror_joints(acts)])
+                model.fit_action_stats(acts)
         if parent is None and wcfg.imagine_joints:  # the joint channels' units, kept by fine-tunes
             joints = [e.proprio[:, : wcfg.action_dim] for e in self.episodes("all") if len(e.proprio)]
             if joints:
-                model.fit_joint_stats(np.concatenate(joints))
+                joints = np.concatenate(joints)
+                if tcfg.wm_mirror > 0:  # the units of the clips it trains on, mirrored ones included
+                    from envs.robot import mirror_joints
+
+                    joints = np.concatenate([joints, mirror_joints(joints)])
+                model.fit_joint_stats(joints)
         clip = lambda eps: ClipDataset(eps, num_frames=wcfg.num_frames, stride=2)
         if parent is None:
             recipe = [(s.name, dict(s.mixture) or {"all": 1.0}, s.steps, s.lr) for s in tcfg.wm_stages]
@@ -94,7 +104,7 @@ class StoreTrainer:
                           for k in mixture}
                 mixture = {k: w * (1 - f) for k, w in mixture.items()} | {f"{k}@start": w * f
                                                                            for k, w in mixture.items()}
-            stages.append(Stage(name, MixtureDataset(comps, mixture, seed=tcfg.seed), steps, lr))
+            stages.append(Stage(name, MixtureDataset(comps, mixture, seed=tcfg.seed, mirror=tcfg.wm_mirror), steps, lr))
         run_id = self.store.start_training_run("world_model", {"recipe": [list(r) for r in recipe]},
                                                self.snapshot())
         out = self.work / f"world_model-{phase}"

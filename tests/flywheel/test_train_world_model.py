@@ -274,3 +274,58 @@ def test_store_clips_carry_the_joint_positions_at_their_start():
     assert np.array_equal(ds[1]["start_pose"].numpy(), proprio[2, :16])
     assert collate_clips([ds[0], ds[2]])["start_pose"].tolist() == [proprio[0, :16].tolist(), proprio[3, :16].tolist()]
     assert "start_pose" not in collate_clips([clip(0), clip(1)])
+
+
+def test_mirrored_clips_flip_the_frames_swap_the_arms_and_the_caption():
+    """`train.wm_mirror`: a mirrored clip's frames are flipped left-right, its joint vectors (actions, poses,
+    start pose) go through the robot's mirror map, "left" and "right" swap in its caption; mirroring twice
+    gives the clip back. The mixture mirrors about the asked share of its clips, reproducibly."""
+    import numpy as np
+
+    from envs import robot
+    from flywheel.data import ClipDataset, LoadedEpisode, MixtureDataset, mirror_caption, mirror_clip
+
+    rng = np.random.default_rng(0)
+    proprio = rng.uniform(-1, 1, (6, 32)).astype(np.float32)
+    e = LoadedEpisode(id=1, caption="The robot reaches with its left hand for the cube at the near right; leftover",
+                      success=True, frames=rng.integers(0, 255, (6, S, S, 3), dtype=np.uint8), proprio=proprio,
+                      actions=rng.uniform(-1, 1, (5, 16)).astype(np.float32), source="expert", task_family="pick")
+    item = ClipDataset([e], num_frames=3)[1]
+    m = mirror_clip(item)
+    assert m["caption"] == "The robot reaches with its right hand for the cube at the near left; leftover"
+    assert mirror_caption("Left LEFT right") == "Right RIGHT left"
+    assert torch.equal(m["video"], item["video"].flip(-1)) and not torch.equal(m["video"], item["video"])
+    np.testing.assert_allclose(m["poses"][:, 7:14].numpy(), item["poses"][:, 0:7].numpy() * [1, -1, -1, 1, -1, 1, -1])
+    np.testing.assert_allclose(m["actions"][:, 14], item["actions"][:, 15])  # the grippers swap too
+    np.testing.assert_allclose(m["start_pose"].numpy(), robot.mirror_joints(item["start_pose"].numpy()))
+    back = mirror_clip(m)
+    for k in ("video", "actions", "poses", "start_pose"):
+        assert torch.allclose(back[k], item[k]), k
+    assert back["caption"] == item["caption"] and m["episode_success"] == item["episode_success"]
+
+    def flipped(mirror: float, n: int = 400) -> list[bool]:
+        stream = iter(MixtureDataset({"all": ClipDataset([e], num_frames=3)}, {"all": 1.0}, seed=3, mirror=mirror))
+        return [next(stream)["caption"] != e.caption for _ in range(n)]
+
+    assert not any(flipped(0.0)) and all(flipped(1.0))
+    share = flipped(0.5)
+    assert 0.4 < np.mean(share) < 0.6 and share == flipped(0.5)
+
+
+def test_the_head_camera_sits_on_the_robots_plane_of_symmetry():
+    """What `mirror_clip` relies on to flip frames: the egocentric camera is at y = 0 in the head, its image x
+    axis along the world's -y and its other axes in the x-z plane, so a left-right flip of the frame is the
+    mirror-image scene."""
+    import mujoco
+    import numpy as np
+
+    from envs import robot
+
+    m = mujoco.MjModel.from_xml_path(robot.ROBOT_XML)
+    d = mujoco.MjData(m)
+    mujoco.mj_forward(m, d)
+    cam = m.camera("ego").id
+    assert abs(d.cam_xpos[cam][1]) < 1e-9
+    axes = d.cam_xmat[cam].reshape(3, 3)  # columns: the camera's x (image right), y (image up), z (backward)
+    np.testing.assert_allclose(axes[:, 0], [0, -1, 0], atol=1e-9)
+    assert abs(axes[1, 1]) < 1e-9 and abs(axes[1, 2]) < 1e-9

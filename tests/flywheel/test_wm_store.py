@@ -152,3 +152,36 @@ def test_start_clips_take_their_share_of_each_stage(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="wm_start_clips"):
         TrainConfig(wm_start_clips=1.0)
     store.close()
+
+
+def test_mirrored_training_clips_and_their_units(tmp_path, monkeypatch):
+    """`train.wm_mirror`: every stage draws mirrored clips at that rate, and the joint channels' and the actions'
+    units are fitted on the stored joints and their mirror images (the data the model then sees)."""
+    import flywheel.training.world_model as twm
+    from envs.robot import mirror_joints
+
+    cfg = _config(tmp_path)
+    cfg.world_model = WorldModelConfig(**{**cfg.world_model.__dict__, "imagine_joints": True, "normalize_actions": True})
+    cfg.train = TrainConfig(**{**cfg.train.__dict__, "wm_mirror": 0.5})
+    store = ExperienceStore.from_config(cfg.db, tmp_path, create=True)
+    _fill(store, moving_joints=True)
+    seen = {}
+
+    def capture(model, stages, tcfg, out, progress=False):
+        seen["mirror"] = [s.data.mirror for s in stages]
+        seen["joint_mean"], seen["action_mean"] = model.joint_mean.clone(), model.action_mean.clone()
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(twm, "train_world_model", capture)
+    trainer = StoreTrainer(cfg, store, ModelRegistry(store, tmp_path), progress=False, say=lambda s: None)
+    with pytest.raises(RuntimeError, match="captured"):
+        trainer.train_world_model(parent=None, phase="m")
+    assert seen["mirror"] == [0.5] * len(cfg.train.wm_stages)
+    joints = np.concatenate([e.proprio[:, :16] for e in trainer.episodes("all")])
+    acts = np.concatenate([e.actions for e in trainer.episodes("all")])
+    assert np.allclose(seen["joint_mean"].numpy(), np.concatenate([joints, mirror_joints(joints)]).mean(0), atol=1e-5)
+    assert np.allclose(seen["action_mean"].numpy(), np.concatenate([acts, mirror_joints(acts)]).mean(0), atol=1e-5)
+    assert not np.allclose(seen["joint_mean"].numpy(), joints.mean(0), atol=1e-3)  # the mirror images count
+    with pytest.raises(ValueError, match="wm_mirror"):
+        TrainConfig(wm_mirror=1.5)
+    store.close()
