@@ -33,7 +33,9 @@ import torch
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--world-model", required=True)
+    ap.add_argument("--world-model", required=True,
+                    help="a checkpoint, or several joined by commas: an ensemble, each imagining --n candidates "
+                         "from the same state (their medoid is what a consensus score would execute)")
     ap.add_argument("--idm", required=True)
     ap.add_argument("--items", type=int, default=12)
     ap.add_argument("--n", type=int, default=4, help="imagined candidates per state")
@@ -69,7 +71,10 @@ def main() -> None:
     from policies.world_model import WorldModel
 
     cfg = to_object(compose(["preset=demo", *args.overrides]))
-    wm = WorldModel.from_pretrained(args.world_model)
+    models = [WorldModel.from_pretrained(p) for p in args.world_model.split(",")]
+    wm = models[0]
+    if args.plan and len(models) > 1:
+        raise SystemExit("--plan measures one world model's action head: give one --world-model")
     idm = InverseDynamicsModel.from_pretrained(args.idm)
     backend = make_backend("sim", cfg.backend, cfg.env)
     arm = [i for i in range(16) if i not in idm.config.gripper_dims]
@@ -109,10 +114,12 @@ def main() -> None:
 
             real_err = error(idm.extract(torch.stack([frame_to_tensor(f) for f in real]), proprio, seed=0).actions.numpy())
             joint_model = bool(getattr(wm.cfg, "imagine_joints", False))
-            videos, joints = wm.imagine_joints(frame_to_tensor(start["rgb"]), caption, n=args.n, steps=args.steps,
-                                               guidance=args.guidance, seed=idx, num_frames=frames, plan=args.plan,
-                                               pose=proprio[:16] if args.plan or joint_model else None,
-                                               churn=args.churn)
+            drawn = [m.imagine_joints(frame_to_tensor(start["rgb"]), caption, n=args.n, steps=args.steps,
+                                      guidance=args.guidance, seed=idx, num_frames=frames, plan=args.plan,
+                                      pose=proprio[:16] if args.plan or joint_model else None, churn=args.churn)
+                     for m in models]
+            videos = torch.cat([v for v, _ in drawn])
+            joints = None if drawn[0][1] is None else torch.cat([j for _, j in drawn])
             imag = [error(idm.extract(v, proprio, seed=0).actions.numpy()) for v in videos]
             extra = {}
             if joints is not None:
@@ -142,7 +149,7 @@ def main() -> None:
     mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
     print(json.dumps({
         **motion_fit(motions, mean["hold"]),
-        "states": len(rows), "items": args.items, "n": args.n, "steps": args.steps, "guidance": args.guidance,
+        "states": len(rows), "items": args.items, "n": args.n, "models": len(models), "steps": args.steps, "guidance": args.guidance,
         "churn": args.churn, "split": args.split, "frames": frames,
         "horizon": h, "arm_error_rad": {k: round(v, 4) for k, v in mean.items()},
         "real_vs_hold": round(mean["real"] / mean["hold"], 3), "imag_vs_hold": round(mean["imag"] / mean["hold"], 3),
