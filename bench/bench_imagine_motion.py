@@ -65,6 +65,7 @@ def main() -> None:
     from envs.expert import ScriptedExpert
     from envs.splits import ci_subset
     from flywheel.compose import compose, to_object
+    from flywheel.loop import BOOTSTRAP_EXPERT_SEED
     from policies.captions import make_upsampler
     from policies.idm import InverseDynamicsModel
     from policies.imagine_then_act import frame_to_tensor
@@ -87,7 +88,7 @@ def main() -> None:
     if frames - 1 < h:
         raise SystemExit(f"--frames {frames} imagines fewer than --horizon {h} steps")
     items = (ci_subset("in_distribution", args.items) if args.split == "in_distribution"
-             else [TrainItem(10_000 + i) for i in range(args.items)])
+             else [TrainItem(BOOTSTRAP_EXPERT_SEED + i) for i in range(args.items)])
     for idx, item in enumerate(items):
         for skip in (0, 8, 16):
             obs = backend.reset(task=item.task(), seed=item.seed)

@@ -24,6 +24,9 @@ from flywheel.hooks import load_checked
 log = logging.getLogger("flywheel.loop")
 
 
+
+BOOTSTRAP_EXPERT_SEED = 10_000  # the bootstrap's expert episodes run seeds 10000, 10001, ... (their scenes)
+
 class EpisodeRunner(Protocol):
     """Runs episode specs (TaskSpec dicts) to completion; returns one result dict per spec, in order,
     with at least `episode_id` and `success` (None for a run that died). Same `key` -> same runs."""
@@ -88,7 +91,8 @@ class Flywheel:
         f = self.fcfg
         self.say(f"bootstrap: collecting {f.bootstrap_expert_episodes} expert, {f.bootstrap_play_episodes} play and "
                  f"{f.bootstrap_perturbed_episodes} perturbed-expert episodes")
-        expert = [{"policy": "scripted_expert", "seed": 10_000 + i} for i in range(f.bootstrap_expert_episodes)]
+        expert = [{"policy": "scripted_expert", "seed": BOOTSTRAP_EXPERT_SEED + i}
+                  for i in range(f.bootstrap_expert_episodes)]
         play = [{"policy": "play", "seed": 20_000 + i} for i in range(f.bootstrap_play_episodes)]
         play += [{"policy": "perturbed_expert", "seed": 30_000 + i} for i in range(f.bootstrap_perturbed_episodes)]
         results = self.run_episodes(expert + play, key="bootstrap:data")

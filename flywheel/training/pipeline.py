@@ -9,14 +9,29 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flywheel.data import ClipDataset, EpisodeFilter, MixtureDataset, is_held_out, load_episodes
 from flywheel.errors import FlywheelError
 from flywheel.registry import ModelRegistry, RegisteredModel
 
+if TYPE_CHECKING:
+    import numpy as np
+
 # Fine-tuning mixture: the robot's own recent rollouts, anchored by expert and play data.
 FINETUNE_MIXTURE = {"rollouts": 0.6, "expert": 0.3, "play": 0.1}
+
+
+def with_mirrored(q: np.ndarray, mirror: float) -> np.ndarray:
+    """Joint vectors `(N, 16)` and, when clips are mirrored (`train.wm_mirror` > 0), their mirror images: the units
+    of the clips the world model trains on."""
+    if mirror <= 0:
+        return q
+    import numpy as np
+
+    from envs.robot import mirror_joints
+
+    return np.concatenate([q, mirror_joints(q)])
 
 
 class StoreTrainer:
@@ -75,21 +90,11 @@ class StoreTrainer:
         if parent is None and wcfg.action_conditioning and wcfg.normalize_actions:  # a fine-tune keeps its stats
             acts = [e.actions for e in self.episodes("all") if len(e.actions)]
             if acts:
-                acts = np.concatenate(acts)
-                if tcfg.wm_mirror > 0:
-                    from envs.robot import mirror_joints
-
-                    acts = np.concatenate([acts, mirror_joints(acts)])
-                model.fit_action_stats(acts)
+                model.fit_action_stats(with_mirrored(np.concatenate(acts), tcfg.wm_mirror))
         if parent is None and wcfg.imagine_joints:  # the joint channels' units, kept by fine-tunes
             joints = [e.proprio[:, : wcfg.action_dim] for e in self.episodes("all") if len(e.proprio)]
             if joints:
-                joints = np.concatenate(joints)
-                if tcfg.wm_mirror > 0:  # the units of the clips it trains on, mirrored ones included
-                    from envs.robot import mirror_joints
-
-                    joints = np.concatenate([joints, mirror_joints(joints)])
-                model.fit_joint_stats(joints)
+                model.fit_joint_stats(with_mirrored(np.concatenate(joints), tcfg.wm_mirror))
         clip = lambda eps: ClipDataset(eps, num_frames=wcfg.num_frames, stride=2)
         if parent is None:
             recipe = [(s.name, dict(s.mixture) or {"all": 1.0}, s.steps, s.lr) for s in tcfg.wm_stages]
