@@ -82,7 +82,7 @@ def main() -> None:
     h = args.horizon
     upsampler = make_upsampler(cfg.policy.caption_upsampler, cfg.policy.upsampler_url)  # the planner's captions
 
-    rows = []
+    rows, skips = [], []  # skips: how many expert steps into its episode each state is
     motions: list[tuple[np.ndarray, np.ndarray]] = []  # (imagined (N, h, arm), expert's (h, arm)) motion from the start
     frames = args.frames or wm.cfg.num_frames
     if frames - 1 < h:
@@ -143,6 +143,7 @@ def main() -> None:
                 save_strip(Path(args.strips) / f"item{idx}_skip{skip}.png", np.stack(real), videos)
             rows.append({"hold": float(np.abs(start["proprio"][:16][arm][None] - want).mean()), "real": real_err,
                          "imag": float(np.mean(imag)), "imag_best": float(np.min(imag)), **extra})
+            skips.append(skip)
     if hasattr(backend, "close"):
         backend.close()
     if not rows:
@@ -159,8 +160,23 @@ def main() -> None:
         **{f"{k}_vs_hold": round(mean[k] / mean["hold"], 3) for k in ("joints_real", "joints_imag", "joints_imag_best", "joints_spread",
                                                    "joints_medoid", "joints_average")
            if k in mean},
+        "by_phase": by_phase(rows, skips),
         "world_model": args.world_model, "idm": args.idm, "overrides": args.overrides,
     }))
+
+
+def by_phase(rows: list[dict], skips: list[int]) -> dict:
+    """The imagined joints' error over holding still's for the states at each depth into the expert's episode
+    (0: the arm at rest before the reach; 8, 16: mid-reach, near the grasp): where a model's error lies."""
+    out = {}
+    for skip in sorted(set(skips)):
+        sel = [r for r, s in zip(rows, skips) if s == skip]
+        hold = float(np.mean([r["hold"] for r in sel]))
+        out[str(skip)] = {"states": len(sel), "hold_rad": round(hold, 4),
+                          **({"joints_imag_vs_hold": round(float(np.mean([r["joints_imag"] for r in sel])) / hold, 3)}
+                             if "joints_imag" in sel[0] else {}),
+                          "imag_vs_hold": round(float(np.mean([r["imag"] for r in sel])) / hold, 3)}
+    return out
 
 
 class TrainItem:
