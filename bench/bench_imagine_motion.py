@@ -133,6 +133,11 @@ def main() -> None:
                          # the candidate closest to the others (what a consensus score picks), and their average
                          "joints_medoid": from_joints[medoid(acts[:, :h][..., arm])],
                          "joints_average": error(acts.mean(0))}
+                # the part of that error on the arm the expert moves less (the idle one: 7 of the 14 arm joints)
+                q0w = want - start["proprio"][:16][arm]
+                idle = slice(7, 14) if np.abs(q0w[:, :7]).sum() >= np.abs(q0w[:, 7:]).sum() else slice(0, 7)
+                extra["joints_imag_idle"] = float(np.mean([np.abs(a[:h, arm][:, idle] - want[:, idle]).mean() / 2
+                                                           for a in acts]))
                 q0 = start["proprio"][:16][arm]
                 motions.append((acts[:, :h][..., arm] - q0, want - q0))
             if args.plan:
@@ -158,7 +163,7 @@ def main() -> None:
         "imag_best_vs_hold": round(mean["imag_best"] / mean["hold"], 3),
         **({"plan_vs_hold": round(mean["plan"] / mean["hold"], 3)} if args.plan else {}), "plan": args.plan,
         **{f"{k}_vs_hold": round(mean[k] / mean["hold"], 3) for k in ("joints_real", "joints_imag", "joints_imag_best", "joints_spread",
-                                                   "joints_medoid", "joints_average")
+                                                   "joints_medoid", "joints_average", "joints_imag_idle")
            if k in mean},
         "by_phase": by_phase(rows, skips),
         "world_model": args.world_model, "idm": args.idm, "overrides": args.overrides,
@@ -175,6 +180,9 @@ def by_phase(rows: list[dict], skips: list[int]) -> dict:
         out[str(skip)] = {"states": len(sel), "hold_rad": round(hold, 4),
                           **({"joints_imag_vs_hold": round(float(np.mean([r["joints_imag"] for r in sel])) / hold, 3)}
                              if "joints_imag" in sel[0] else {}),
+                          **({"idle_arm_share": round(float(np.mean([r["joints_imag_idle"] for r in sel]))
+                                                      / max(float(np.mean([r["joints_imag"] for r in sel])), 1e-12), 3)}
+                             if "joints_imag_idle" in sel[0] else {}),
                           "imag_vs_hold": round(float(np.mean([r["imag"] for r in sel])) / hold, 3)}
     return out
 

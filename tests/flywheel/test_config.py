@@ -16,11 +16,11 @@ def test_default_composes_to_typed_config():
     assert cfg.env.image_size == 64 and cfg.world_model.size == "tiny" and cfg.idm.window == 8
 
 
-@pytest.mark.parametrize("preset", ["demo", "full"])
+@pytest.mark.parametrize("preset", ["demo", "joints", "full"])
 def test_presets_select_consistent_sets(preset):
     cfg = OmegaConf.to_object(compose([f"preset={preset}"]))
     assert cfg.preset_name == preset
-    assert cfg.world_model.size == cfg.idm.size == ("tiny" if preset == "demo" else "full")
+    assert cfg.world_model.size == cfg.idm.size == ("full" if preset == "full" else "tiny")
     assert cfg.env.image_size == cfg.world_model.image_size
     assert cfg.idm.action_dim == cfg.world_model.action_dim == 16
 
@@ -68,3 +68,20 @@ def test_bad_override_is_one_line_naming_it(override, fragment):
     msg = str(info.value)
     assert fragment in msg
     assert "\n" not in msg
+
+
+def test_the_joints_preset_is_a_coherent_recipe_for_a_planner_that_reads_imagined_joints(tmp_path):
+    """`preset=joints` (the best CPU recipe so far): its world model imagines the joints over exactly the frames the
+    planner imagines, it trains with the weight average, and a planner built from it reads the joints without
+    text guidance, from one frame of context."""
+    from policies.idm import InverseDynamicsModel
+    from policies.imagine_then_act import ImagineThenActPolicy
+    from policies.world_model import WorldModel
+
+    cfg = OmegaConf.to_object(compose(["preset=joints", f"data_dir={tmp_path}"]))
+    assert cfg.preset_name == "joints" and cfg.world_model.imagine_joints
+    assert cfg.world_model.num_frames == cfg.policy.imagine_frames == cfg.policy.horizon + 1
+    assert cfg.train.wm_ema_decay == 0.999 and sum(s.steps for s in cfg.train.wm_stages) == 3000
+    assert cfg.policy.guidance == 1.0 and cfg.policy.caption_upsampler == "task"
+    policy = ImagineThenActPolicy(cfg, WorldModel(cfg.world_model).eval(), InverseDynamicsModel(cfg.idm).eval())
+    assert policy.from_joints and policy.context == 1
