@@ -6,7 +6,11 @@ encoder on the caption (mean-pooled) and an MLP, trained with MSE on where the j
 mean absolute arm-joint error over the next `frames - 1` frames divided by holding still's, on the training
 clips and on the held-out expert episodes' clips (each split also on its episode-start clips alone). With
 `--world-model CKPT` the world model's imagined joints (one candidate, 8 steps) are scored on the same
-held-out clips.
+held-out clips. With `--privileged` the regressor is also given what neither the caption nor a 64x64 frame says
+well: the task object's yaw (sine and cosine of 1, 2 and 4 times it: a cube looks the same every quarter turn)
+and its table position at the episode's start, read by re-simulating each episode's scene from its seed (the
+bootstrap's expert episodes draw their task from it). How far that lowers the held-out error is what a caption
+or a camera that conveyed the object's pose could buy.
 
 A regressor that fits its training clips but not the held-out ones says the store is too small for the
 mapping, whatever model learns it; one that fits neither, that the steps are too few. Prints one JSON object.
@@ -39,7 +43,7 @@ class JointRegressor(nn.Module):
     """Start frame + joints + caption -> the next `horizon` joint positions as changes in std units."""
 
     def __init__(self, text_encoder: nn.Module, text_dim: int, mean: torch.Tensor, std: torch.Tensor,
-                 horizon: int, action_dim: int = 16) -> None:
+                 horizon: int, action_dim: int = 16, extra: int = 0) -> None:
         super().__init__()
         ch = [3 + action_dim, 32, 64, 96, 128]
         layers: list[nn.Module] = []
@@ -47,27 +51,54 @@ class JointRegressor(nn.Module):
             layers += [nn.Conv2d(ch[i], ch[i + 1], 3, 2, 1), nn.GroupNorm(8, ch[i + 1]), nn.SiLU()]
         self.cnn = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(4))
         self.text = text_encoder
-        self.head = nn.Sequential(nn.Linear(128 * 16 + text_dim + action_dim, 512), nn.SiLU(), nn.Linear(512, 512),
+        self.head = nn.Sequential(nn.Linear(128 * 16 + text_dim + action_dim + extra, 512), nn.SiLU(), nn.Linear(512, 512),
                                   nn.SiLU(), nn.Linear(512, horizon * action_dim))
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
         self.horizon, self.action_dim = horizon, action_dim
 
-    def forward(self, frames: torch.Tensor, pose: torch.Tensor, captions: list[str]) -> torch.Tensor:
-        """(B, 3, H, W), (B, A) -> (B, horizon, A) standardised changes from `pose`."""
+    def forward(self, frames: torch.Tensor, pose: torch.Tensor, captions: list[str],
+                extra: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 3, H, W), (B, A) [, (B, extra)] -> (B, horizon, A) standardised changes from `pose`."""
         q = (pose - self.mean) / self.std
         x = torch.cat([frames, q[:, :, None, None].expand(-1, -1, *frames.shape[-2:])], 1)
         hidden, mask = self.text(captions)
         pooled = hidden.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
-        out = self.head(torch.cat([self.cnn(x).flatten(1), pooled, q], 1))
+        feats = [self.cnn(x).flatten(1), pooled, q] + ([] if extra is None else [extra])
+        out = self.head(torch.cat(feats, 1))
         return out.view(-1, self.horizon, self.action_dim)
 
-    def predict(self, frame: torch.Tensor, pose: torch.Tensor, caption: str) -> torch.Tensor:
+    def predict(self, frame: torch.Tensor, pose: torch.Tensor, caption: str,
+                extra: torch.Tensor | None = None) -> torch.Tensor:
         """One clip: (3, H, W), (A,) -> the next `horizon` joint positions (horizon, A)."""
-        return pose + self(frame[None], pose[None], [caption])[0] * self.std
+        return pose + self(frame[None], pose[None], [caption], None if extra is None else extra[None])[0] * self.std
 
 
-def error_vs_hold(predict, clips) -> dict:
+def object_pose_features(store, episodes, cfg) -> dict[int, torch.Tensor]:
+    """Episode id -> (8,) the task object's yaw (sin, cos of 1, 2, 4 x yaw) and x, y (x5) at the episode's start,
+    from its scene re-simulated with the episode's seed."""
+    from envs.backend import make_backend
+
+    backend = make_backend("sim", cfg.backend, cfg.env)
+    out = {}
+    try:
+        for ep in episodes:
+            row = store.get_episode(ep.id)
+            backend.reset(task=None, seed=row.seed)
+            if backend.env.task.instruction != row.instruction:
+                raise SystemExit(f"episode {ep.id}: its seed {row.seed} draws {backend.env.task.instruction!r}, not "
+                                 f"{row.instruction!r} (--privileged needs the bootstrap's expert episodes)")
+            name = (row.task or {}).get("objects", {}).get("object")
+            pos = next(o["position"] for o in backend.scene_description()["objects"] if o["name"] == name)
+            yaw = backend.env.object_yaw(name)
+            out[ep.id] = torch.tensor([f(k * yaw) for k in (1, 2, 4) for f in (np.sin, np.cos)]
+                                      + [5 * pos[0], 5 * pos[1]], dtype=torch.float32)
+    finally:
+        backend.close()
+    return out
+
+
+def error_vs_hold(predict, clips: list[dict]) -> dict:
     """Mean absolute arm-joint error of `predict(item) -> (T-1, A)` over the clips, against holding still's."""
     err, hold = [], []
     for item in clips:
@@ -87,6 +118,8 @@ def main() -> None:
     ap.add_argument("--eval-clips", type=int, default=300, help="at most this many clips scored per split")
     ap.add_argument("--world-model", default=None, help="also score this world model's imagined joints")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--privileged", action="store_true",
+                    help="also give the regressor the task object's true yaw and position (re-simulated)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of the demo preset")
     args = ap.parse_args()
     if args.steps < 1 or args.frames < 2:
@@ -105,6 +138,7 @@ def main() -> None:
     with ExperienceStore.from_config(cfg.db, cfg.data_path) as store:
         experts = [e for e in load_episodes(store, EpisodeFilter(limit=None, **MIXTURE_SOURCES["expert"]))
                    if len(e.actions)]
+        extra = object_pose_features(store, experts, cfg) if args.privileged else None
     train_eps = [e for e in experts if not is_held_out(e.id) and e.success]
     held_eps = [e for e in experts if is_held_out(e.id)]
     if not train_eps or not held_eps:
@@ -114,16 +148,21 @@ def main() -> None:
     q = np.concatenate([e.proprio[:, :16] for e in train_eps])
     text_cfg = WorldModelConfig(max_text_tokens=80)
     model = JointRegressor(SmallTextEncoder(text_cfg), text_cfg.text_dim, torch.tensor(q.mean(0)),
-                           torch.tensor(np.maximum(q.std(0), 1e-3)), args.frames - 1)
+                           torch.tensor(np.maximum(q.std(0), 1e-3)), args.frames - 1, extra=8 if extra else 0)
+
+    def clip(ds, i: int) -> dict:  # a clip, with its episode's privileged features under "extra"
+        item = ds[i]
+        return item | ({"extra": extra[ds.episodes[ds.index[i][0]].id]} if extra else {})
     opt = torch.optim.AdamW(model.parameters(), args.lr, weight_decay=0.01)
     t0, losses = time.perf_counter(), []
     for step in range(args.steps):
         for g in opt.param_groups:  # a cool-down over the last 10%, as the world model's recipe
             g["lr"] = args.lr if step < 0.9 * args.steps else 0.4 * args.lr
-        items = [starts[rng.randrange(len(starts))] if rng.random() < 0.3 else clips[rng.randrange(len(clips))]
+        items = [clip(starts, rng.randrange(len(starts))) if rng.random() < 0.3 else clip(clips, rng.randrange(len(clips)))
                  for _ in range(8)]
         poses = torch.stack([it["poses"] for it in items])
-        pred = model(torch.stack([it["video"][0] for it in items]), poses[:, 0], [it["caption"] for it in items])
+        pred = model(torch.stack([it["video"][0] for it in items]), poses[:, 0], [it["caption"] for it in items],
+                     torch.stack([it["extra"] for it in items]) if extra else None)
         loss = F.mse_loss(pred, (poses[:, 1:] - poses[:, :1]) / model.std)
         opt.zero_grad()
         loss.backward()
@@ -134,18 +173,18 @@ def main() -> None:
 
     def sample(ds, n):
         idx = sorted(random.Random(1).sample(range(len(ds)), min(n, len(ds))))
-        return [ds[i] for i in idx]
+        return [clip(ds, i) for i in idx]
 
     held, held_starts = ClipDataset(held_eps, args.frames, stride=2), ClipDataset(held_eps, args.frames, starts_only=True)
     eval_sets = {"train": sample(clips, args.eval_clips), "train_starts": sample(starts, args.eval_clips),
                  "held_out": sample(held, args.eval_clips), "held_out_starts": sample(held_starts, args.eval_clips)}
     model.eval()
     out = {"bench": "joint_regressor", "data_dir": args.data_dir, "steps": args.steps, "frames": args.frames,
-           "train_episodes": len(train_eps), "held_out_episodes": len(held_eps),
+           "privileged": args.privileged, "train_episodes": len(train_eps), "held_out_episodes": len(held_eps),
            "loss_first_500": round(float(np.mean(losses[:500])), 4), "loss_last_500": round(float(np.mean(losses[-500:])), 4),
            "train_s": round(train_s, 1)}
     with torch.no_grad():
-        out["regressor"] = {k: error_vs_hold(lambda it: model.predict(it["video"][0], it["poses"][0], it["caption"]), v)
+        out["regressor"] = {k: error_vs_hold(lambda it: model.predict(it["video"][0], it["poses"][0], it["caption"], it.get("extra")), v)
                             for k, v in eval_sets.items()}
         if args.world_model:
             from policies.world_model import WorldModel
