@@ -16,6 +16,7 @@ from envs.rendering import configure_gl
 configure_gl()  # before mujoco is imported
 
 import json
+import math
 from typing import Any
 
 import gymnasium as gym
@@ -314,7 +315,7 @@ class HumanoidTabletopEnv(gym.Env):
 
     # ------------------------------------------------------------------ scene description
     def scene_description(self) -> dict[str, Any]:
-        """Objects (name, colour, shape, position), pairwise relations and the task, for captioning."""
+        """Objects (name, colour, shape, position, yaw in degrees), pairwise relations and the task, for captioning."""
         from envs.tasks import parse_object
 
         layout = json.loads(self._layout_json)
@@ -323,7 +324,8 @@ class HumanoidTabletopEnv(gym.Env):
             colour, shape = parse_object(name)
             pos = self.data.xpos[self._slot_body[i]]
             objs.append({"name": name, "colour": colour or _FIXED_COLOUR_NAMES.get(shape, "grey"),
-                         "shape": shape, "position": [round(float(v), 3) for v in pos]})
+                         "shape": shape, "position": [round(float(v), 3) for v in pos],
+                         "yaw_deg": round(math.degrees(self.object_yaw(name)), 1)})  # about the table's normal
         rel = []
         for a in objs:
             for b in objs:

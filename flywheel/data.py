@@ -166,12 +166,14 @@ class ClipDataset(Dataset):
         }
 
 
-_SIDE = re.compile(r"\b(left|right|Left|Right|LEFT|RIGHT)\b")
-_OTHER_SIDE = {"left": "right", "right": "left", "Left": "Right", "Right": "Left", "LEFT": "RIGHT", "RIGHT": "LEFT"}
+_SIDE = re.compile(r"\b(left|right|Left|Right|LEFT|RIGHT|clockwise|counterclockwise)\b")
+_OTHER_SIDE = {"left": "right", "right": "left", "Left": "Right", "Right": "Left", "LEFT": "RIGHT", "RIGHT": "LEFT",
+               "clockwise": "counterclockwise", "counterclockwise": "clockwise"}
 
 
 def mirror_caption(caption: str) -> str:
-    """The caption of the mirror-image scene: every whole word left / right swapped (case kept)."""
+    """The caption of the mirror-image scene: every whole word left / right swapped (case kept), and clockwise /
+    counterclockwise (a mirror turns an object's yaw the other way: the `task_pose` captions)."""
     return _SIDE.sub(lambda m: _OTHER_SIDE[m.group(0)], caption)
 
 

@@ -45,6 +45,31 @@ def _describe_object(obj: dict[str, Any]) -> str:
     return words
 
 
+# a shape's rotational symmetry about the vertical in degrees (a cube looks the same every quarter turn); round
+# shapes have no yaw to tell, every other shape a full turn
+_SYMMETRY = {"cube": 90.0, "block": 90.0, "box": 180.0, "bowl": 0.0, "plate": 0.0, "ball": 0.0, "cylinder": 0.0}
+
+
+def _pose_words(obj: dict[str, Any]) -> str:
+    """", 45 cm ahead, 10 cm left, turned 30 degrees clockwise": the object's table position to 5 cm and its
+    yaw to 15 degrees (folded by its shape's symmetry), for what the expert's grasp depends on and the coarse
+    "middle left of the table" leaves out. Empty where the scene gives neither."""
+    words = []
+    pos = _position(obj)
+    if pos is not None:
+        ahead, side = 5 * round(100 * float(pos[0]) / 5), 5 * round(100 * abs(float(pos[1])) / 5)
+        words.append(f"{ahead} cm ahead")
+        words.append(f"{side} cm {'left' if float(pos[1]) >= 0 else 'right'}" if side else "centred")
+    yaw, sym = obj.get("yaw_deg"), _SYMMETRY.get(str(obj.get("shape")), 360.0)
+    if yaw is not None and sym > 0:
+        folded = (float(yaw) + sym / 2) % sym - sym / 2
+        turn = 15 * round(folded / 15)
+        # yaw is counterclockwise seen from above; mirroring the scene swaps the two words (flywheel.data)
+        words.append("square" if turn == 0 else f"turned {abs(turn)} degrees "
+                     f"{'counterclockwise' if turn > 0 else 'clockwise'}")
+    return "".join(f", {w}" for w in words)
+
+
 def _relation_text(r: Any) -> str:
     """A relation as words: the env's {"subject", "relation", "object"} dict, a (subject, relation, object)
     sequence, or text already."""
@@ -92,6 +117,17 @@ class TaskCaptionUpsampler:
 
     name = "task"
 
+    def __init__(self, pose: bool = False) -> None:
+        """`pose` (the `task_pose` upsampler): the task's objects also get their position to 5 cm and their yaw
+        to 15 degrees (`_pose_words`): the expert's grasp turns the wrist to the object's yaw, which a 64x64
+        frame barely shows (docs/BENCHMARKS.md, session 28)."""
+        self.pose = pose
+        if pose:
+            self.name = "task_pose"
+
+    def _describe(self, obj: dict[str, Any]) -> str:
+        return _describe_object(obj) + (_pose_words(obj) if self.pose else "")
+
     def upsample(self, instruction: str, scene: dict[str, Any] | None) -> str:
         scene = scene or {}
         objects = [o for o in scene.get("objects", []) if o.get("visible", True)]
@@ -105,9 +141,9 @@ class TaskCaptionUpsampler:
             ys = [float(p[1]) for o in (main, target) if o is not None and (p := _position(o)) is not None]
             hand = params.get("from") or (_hand_for(ys) if ys else None)
             reach = f"The robot reaches with its {hand} hand for" if hand else "The robot reaches for"
-            text = f"{reach} the {_describe_object(main)}"
+            text = f"{reach} the {self._describe(main)}"
             if target is not None:
-                text += f", then brings it to the {_describe_object(target)}"
+                text += f", then brings it to the {self._describe(target)}"
             parts.append(text + ".")
         others = [o for o in objects if o is not main and o is not target]
         if others:
@@ -226,11 +262,13 @@ def _reply_text(payload: Any) -> Any:
 def make_upsampler(
     name: str = "scene", url: str | None = None, model: str = "default"
 ) -> SceneCaptionUpsampler | TaskCaptionUpsampler | OpenAICaptionUpsampler:
-    """`scene` or `task` (no model), or `openai` (needs `url`; `model` is the name the server is asked for)."""
+    """`scene`, `task` or `task_pose` (no model), or `openai` (needs `url`; `model` is the name the server is asked for)."""
     if name == "scene":
         return SceneCaptionUpsampler()
     if name == "task":
         return TaskCaptionUpsampler()
+    if name == "task_pose":
+        return TaskCaptionUpsampler(pose=True)
     if name == "openai":
         return OpenAICaptionUpsampler(url or "", model=model)
     raise PolicyError(f"unknown caption upsampler {name!r}; use one of {', '.join(CAPTION_UPSAMPLERS)}")

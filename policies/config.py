@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 # the per-candidate scores policy.score_weights may weight (policies.imagine_then_act)
 SCORE_NAMES = ("success", "feasibility", "idm_spread", "consistency", "consensus")
-CAPTION_UPSAMPLERS = ("scene", "task", "openai")
+CAPTION_UPSAMPLERS = ("scene", "task", "task_pose", "openai")
 
 
 @dataclass
@@ -46,7 +46,9 @@ class PolicyConfig:
     # before the IDM reads targets off them; off, a candidate imagined past a limit is rejected for it
     clamp_imagined_joints: bool = False
     expert_noise: float = 0.0
-    caption_upsampler: str = "scene"  # "scene" or "task" (grounded, no model), or "openai" (VLM endpoint)
+    # "scene", "task" or "task_pose" (grounded, no model; task_pose adds the task objects' position and yaw), or
+    # "openai" (VLM endpoint)
+    caption_upsampler: str = "scene"
     upsampler_url: str | None = None
     upsampler_model: str = "default"  # the model name sent to the endpoint (servers that check it need theirs)
 

@@ -57,8 +57,10 @@ def test_every_family_resets_and_steps(env, family):
         assert isinstance(reward, float)
     obs2, _ = env.reset(options={"task": task.to_dict()})
     np.testing.assert_array_equal(obs2["rgb"], first)  # same seed, same first frame
-    names = {o["name"] for o in env.scene_description()["objects"]}
-    assert set(task.objects.values()) <= names
+    objects = env.scene_description()["objects"]
+    assert set(task.objects.values()) <= {o["name"] for o in objects}
+    for o in objects:  # each object's yaw, in degrees, for the task_pose captions
+        assert o["yaw_deg"] == pytest.approx(np.degrees(env.object_yaw(o["name"])), abs=0.051)
 
 
 def test_check_env_and_registration():

@@ -294,6 +294,7 @@ def test_mirrored_clips_flip_the_frames_swap_the_arms_and_the_caption():
     m = mirror_clip(item)
     assert m["caption"] == "The robot reaches with its right hand for the cube at the near left; leftover"
     assert mirror_caption("Left LEFT right") == "Right RIGHT left"
+    assert mirror_caption("10 cm left, turned 30 degrees clockwise") == "10 cm right, turned 30 degrees counterclockwise"
     assert torch.equal(m["video"], item["video"].flip(-1)) and not torch.equal(m["video"], item["video"])
     np.testing.assert_allclose(m["poses"][:, 7:14].numpy(), item["poses"][:, 0:7].numpy() * [1, -1, -1, 1, -1, 1, -1])
     np.testing.assert_allclose(m["actions"][:, 14], item["actions"][:, 15])  # the grippers swap too

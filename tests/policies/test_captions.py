@@ -56,6 +56,32 @@ def test_task_caption_leads_with_the_task_and_its_hand():
     assert "its right hand for the red cube" in up.upsample("put the red cube in the bowl", scene)
 
 
+def test_task_pose_caption_adds_the_task_objects_position_and_yaw():
+    """`task_pose`: the task's objects get their position to 5 cm and their yaw to 15 degrees, folded by the
+    shape's symmetry (a cube every quarter turn, a bowl has none); other objects and a scene without yaw keep
+    the `task` wording; `task` itself is unchanged."""
+    scene = dict(SCENE, task={"family": "place", "objects": {"object": "cube_red", "target": "bowl"}, "params": {}})
+    scene["objects"] = [dict(o) for o in SCENE["objects"]] + [
+        {"name": "cube_green", "shape": "cube", "colour": "green", "position": [0.35, 0.0, 0.8], "yaw_deg": 40.0}]
+    scene["objects"][0]["yaw_deg"] = 32.0
+    scene["objects"][1]["yaw_deg"] = 70.0
+    up = make_upsampler("task_pose")
+    assert up.name == "task_pose"
+    cap = up.upsample("put the red cube in the bowl", scene)
+    assert "the red cube at the middle left of the table, 45 cm ahead, 20 cm left, turned 30 degrees " \
+        "counterclockwise, then brings it to the white bowl at the middle right of the table, 50 cm ahead, " \
+        "20 cm right." in cap
+    assert cap.endswith("Also on the table: green cube at the near centre of the table.")  # not a task object
+    scene["objects"][0]["yaw_deg"] = 80.0  # a cube turned 80 degrees looks turned -10: 15 clockwise to 15 degrees
+    assert "turned 15 degrees clockwise," in up.upsample("put the red cube in the bowl", scene)
+    scene["objects"][0]["yaw_deg"] = 91.0
+    assert "20 cm left, square," in up.upsample("put the red cube in the bowl", scene)
+    del scene["objects"][0]["yaw_deg"]
+    assert "20 cm left, then brings" in up.upsample("put the red cube in the bowl", scene)
+    plain = make_upsampler("task").upsample("put the red cube in the bowl", scene)
+    assert "cm" not in plain and "turned" not in plain
+
+
 def test_task_caption_without_roles_or_with_a_handover():
     up = TaskCaptionUpsampler()
     cap = up.upsample("tidy up", SCENE)  # no task: no reach sentence, every visible object listed
@@ -92,14 +118,17 @@ def test_tiny_world_model_reads_whole_captions():
     from flywheel.compose import compose
     from policies.world_model.modeling_text_encoder import hash_tokenize
 
-    cfg = compose(["preset=demo"])
+    cfg, joints = compose(["preset=demo"]), compose(["preset=joints"])
     env = HumanoidTabletopEnv()
-    up = make_upsampler(cfg.policy.caption_upsampler)
+    ups = [(make_upsampler(cfg.policy.caption_upsampler), cfg.world_model.max_text_tokens),
+           (make_upsampler(joints.policy.caption_upsampler), joints.world_model.max_text_tokens),
+           (make_upsampler("task_pose"), 96)]  # preset=joints with task_pose needs world_model.max_text_tokens=96
     for seed in range(40):
         env.reset(seed=seed, options={"task": sample_task(None, seed)})
-        cap = up.upsample(env.task.instruction, env.scene_description())
-        ids = hash_tokenize([cap], 1 << 20, 10_000)[0]
-        assert int((ids != 0).sum()) < cfg.world_model.max_text_tokens, cap
+        for up, limit in ups:
+            cap = up.upsample(env.task.instruction, env.scene_description())
+            ids = hash_tokenize([cap], 1 << 20, 10_000)[0]
+            assert int((ids != 0).sum()) < limit, cap
     env.close()
 
 
