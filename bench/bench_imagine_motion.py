@@ -133,13 +133,13 @@ def main() -> None:
                          # the candidate closest to the others (what a consensus score picks), and their average
                          "joints_medoid": from_joints[medoid(acts[:, :h][..., arm])],
                          "joints_average": error(acts.mean(0))}
-                # the part of that error on the arm the expert moves less (the idle one: 7 of the 14 arm joints)
-                q0w = want - start["proprio"][:16][arm]
-                idle = slice(7, 14) if np.abs(q0w[:, :7]).sum() >= np.abs(q0w[:, 7:]).sum() else slice(0, 7)
-                extra["joints_imag_idle"] = float(np.mean([np.abs(a[:h, arm][:, idle] - want[:, idle]).mean() / 2
-                                                           for a in acts]))
                 q0 = start["proprio"][:16][arm]
                 motions.append((acts[:, :h][..., arm] - q0, want - q0))
+                # the part of that error on the arm the expert moves less (the idle one: 7 of the 14 arm joints)
+                moved = np.abs(want - q0)
+                idle = slice(7, 14) if moved[:, :7].sum() >= moved[:, 7:].sum() else slice(0, 7)
+                extra["joints_imag_idle"] = float(np.mean([np.abs(a[:h, arm][:, idle] - want[:, idle]).mean() / 2
+                                                           for a in acts]))
             if args.plan:
                 plan = wm.plan_actions(frame_to_tensor(start["rgb"]), caption, proprio[:16], n=args.n, seed=idx,
                                        num_frames=frames)

@@ -89,8 +89,8 @@ def object_pose_features(store, episodes, cfg) -> dict[int, torch.Tensor]:
                 raise SystemExit(f"episode {ep.id}: its seed {row.seed} draws {backend.env.task.instruction!r}, not "
                                  f"{row.instruction!r} (--privileged needs the bootstrap's expert episodes)")
             name = (row.task or {}).get("objects", {}).get("object")
-            pos = next(o["position"] for o in backend.scene_description()["objects"] if o["name"] == name)
-            yaw = backend.env.object_yaw(name)
+            obj = next(o for o in backend.scene_description()["objects"] if o["name"] == name)
+            yaw, pos = np.radians(obj["yaw_deg"]), obj["position"]
             out[ep.id] = torch.tensor([f(k * yaw) for k in (1, 2, 4) for f in (np.sin, np.cos)]
                                       + [5 * pos[0], 5 * pos[1]], dtype=torch.float32)
     finally:
@@ -153,6 +153,7 @@ def main() -> None:
     def clip(ds, i: int) -> dict:  # a clip, with its episode's privileged features under "extra"
         item = ds[i]
         return item | ({"extra": extra[ds.episodes[ds.index[i][0]].id]} if extra else {})
+
     opt = torch.optim.AdamW(model.parameters(), args.lr, weight_decay=0.01)
     t0, losses = time.perf_counter(), []
     for step in range(args.steps):

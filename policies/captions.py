@@ -45,9 +45,10 @@ def _describe_object(obj: dict[str, Any]) -> str:
     return words
 
 
-# a shape's rotational symmetry about the vertical in degrees (a cube looks the same every quarter turn); round
-# shapes have no yaw to tell, every other shape a full turn
-_SYMMETRY = {"cube": 90.0, "block": 90.0, "box": 180.0, "bowl": 0.0, "plate": 0.0, "ball": 0.0, "cylinder": 0.0}
+# the env's shapes' rotational symmetry about the vertical in degrees (envs/tasks.py: a cube looks the same every
+# quarter turn, a box every half turn); round shapes have no yaw to tell, any other shape (a mug) a full turn
+_SYMMETRY = {"cube": 90.0, "lunchbox": 180.0, "tissue_box": 180.0,
+             "sphere": 0.0, "cylinder": 0.0, "bowl": 0.0, "plate": 0.0}
 
 
 def _pose_words(obj: dict[str, Any]) -> str:

@@ -78,6 +78,8 @@ def test_task_pose_caption_adds_the_task_objects_position_and_yaw():
     assert "20 cm left, square," in up.upsample("put the red cube in the bowl", scene)
     del scene["objects"][0]["yaw_deg"]
     assert "20 cm left, then brings" in up.upsample("put the red cube in the bowl", scene)
+    scene["objects"][0].update(shape="sphere", yaw_deg=30.0)  # a round shape has no yaw to tell
+    assert "20 cm left, then brings" in up.upsample("put the red cube in the bowl", scene)
     plain = make_upsampler("task").upsample("put the red cube in the bowl", scene)
     assert "cm" not in plain and "turned" not in plain
 
