@@ -231,6 +231,8 @@ def main() -> None:
         store, _, wm_reg, idm_reg = champions(cfg, data_dir, train=not args.no_train)
     models = {"world_model": args.world_model or wm_reg.version, "idm": args.idm or idm_reg.version}
     results = Path(args.results) if args.results else data_dir / "bench_ttc.jsonl"
+    if not args.summary_only:  # a data dir that only holds the results may not exist yet
+        results.parent.mkdir(parents=True, exist_ok=True)
     rows = load_done(results, models, args.overrides)
     counts = {"in_distribution": args.in_dist, "new_tasks": args.other, "ood_objects": args.other}
     t_start = time.perf_counter()
