@@ -135,6 +135,7 @@ def main() -> None:
                          "joints_average": error(acts.mean(0))}
                 q0 = start["proprio"][:16][arm]
                 motions.append((acts[:, :h][..., arm] - q0, want - q0))
+                extra.update(motion_fit([motions[-1]], 1.0, per_state=True))
                 # the part of that error on the arm the expert moves less (the idle one: 7 of the 14 arm joints)
                 moved = np.abs(want - q0)
                 idle = slice(7, 14) if moved[:, :7].sum() >= moved[:, 7:].sum() else slice(0, 7)
@@ -153,7 +154,7 @@ def main() -> None:
         backend.close()
     if not rows:
         raise SystemExit("no state to measure: every expert episode ended first")
-    mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if not k.startswith("motion_")}
     print(json.dumps({
         **motion_fit(motions, mean["hold"]),
         "states": len(rows), "items": args.items, "n": args.n, "models": len(models), "steps": args.steps, "guidance": args.guidance,
@@ -183,6 +184,11 @@ def by_phase(rows: list[dict], skips: list[int]) -> dict:
                           **({"idle_arm_share": round(float(np.mean([r["joints_imag_idle"] for r in sel]))
                                                       / max(float(np.mean([r["joints_imag"] for r in sel])), 1e-12), 3)}
                              if "joints_imag_idle" in sel[0] else {}),
+                          # the imagined motion's size over the expert's and its direction (cosine), at this depth
+                          **({"motion_ratio": round(float(np.sum([r["motion_size"] for r in sel]))
+                                                    / max(float(np.sum([r["motion_want"] for r in sel])), 1e-12), 3),
+                              "motion_cosine": round(float(np.mean([r["motion_cosine"] for r in sel])), 3)}
+                             if "motion_size" in sel[0] else {}),
                           "imag_vs_hold": round(float(np.mean([r["imag"] for r in sel])) / hold, 3)}
     return out
 
@@ -197,7 +203,7 @@ class TrainItem:
         return None
 
 
-def motion_fit(motions: list[tuple[np.ndarray, np.ndarray]], hold: float) -> dict:
+def motion_fit(motions: list[tuple[np.ndarray, np.ndarray]], hold: float, per_state: bool = False) -> dict:
     """How the imagined joints' motion (from the start pose, first h targets) compares with the expert's:
     `joints_motion_ratio` is its size over the expert's (< 1: too little motion), `joints_cosine` the mean cosine
     between the two (1: the right direction), `joints_gain` the one factor that best scales every imagined
@@ -211,6 +217,9 @@ def motion_fit(motions: list[tuple[np.ndarray, np.ndarray]], hold: float) -> dic
     for mi, ri in motions:
         flat, want = mi.reshape(len(mi), -1), ri.reshape(-1)
         cos += list(flat @ want / (np.linalg.norm(flat, axis=1) * np.linalg.norm(want) + 1e-12))
+    if per_state:  # one state's figures, for `by_phase`: mean |imagined motion|, mean |expert's|, mean cosine
+        return {"motion_size": float(np.abs(m).mean()), "motion_want": float(np.abs(r).mean()),
+                "motion_cosine": float(np.mean(cos))}
     gain = float((m @ r).sum() / max(float((m * m).sum()), 1e-12))
     at_gain = float(np.abs(gain * m - r[None]).mean())
     return {"joints_motion_ratio": round(float(np.abs(m).mean() / max(np.abs(r).mean(), 1e-12)), 3),
