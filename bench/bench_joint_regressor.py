@@ -118,8 +118,10 @@ def main() -> None:
     ap.add_argument("--eval-clips", type=int, default=300, help="at most this many clips scored per split")
     ap.add_argument("--world-model", default=None, help="also score this world model's imagined joints")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--privileged", action="store_true",
-                    help="also give the regressor the task object's true yaw and position (re-simulated)")
+    ap.add_argument("--privileged", nargs="?", const="all", default=None, choices=("all", "yaw", "position"),
+                    help="also give the regressor the task object's true yaw and position (re-simulated); "
+                         "`yaw` or `position`: only that part")
+    ap.add_argument("--text-tokens", type=int, default=80, help="the text encoder's length (task_pose: 96)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of the demo preset")
     args = ap.parse_args()
     if args.steps < 1 or args.frames < 2:
@@ -139,6 +141,9 @@ def main() -> None:
         experts = [e for e in load_episodes(store, EpisodeFilter(limit=None, **MIXTURE_SOURCES["expert"]))
                    if len(e.actions)]
         extra = object_pose_features(store, experts, cfg) if args.privileged else None
+    if extra and args.privileged != "all":  # the 6 yaw features, or the 2 position ones
+        part = slice(0, 6) if args.privileged == "yaw" else slice(6, 8)
+        extra = {k: v[part] for k, v in extra.items()}
     train_eps = [e for e in experts if not is_held_out(e.id) and e.success]
     held_eps = [e for e in experts if is_held_out(e.id)]
     if not train_eps or not held_eps:
@@ -146,9 +151,9 @@ def main() -> None:
                          f"(has {len(train_eps)} and {len(held_eps)})")
     clips, starts = ClipDataset(train_eps, args.frames, stride=2), ClipDataset(train_eps, args.frames, starts_only=True)
     q = np.concatenate([e.proprio[:, :16] for e in train_eps])
-    text_cfg = WorldModelConfig(max_text_tokens=80)
+    text_cfg = WorldModelConfig(max_text_tokens=args.text_tokens)
     model = JointRegressor(SmallTextEncoder(text_cfg), text_cfg.text_dim, torch.tensor(q.mean(0)),
-                           torch.tensor(np.maximum(q.std(0), 1e-3)), args.frames - 1, extra=8 if extra else 0)
+                           torch.tensor(np.maximum(q.std(0), 1e-3)), args.frames - 1, extra=len(next(iter(extra.values()))) if extra else 0)
 
     def clip(ds, i: int) -> dict:  # a clip, with its episode's privileged features under "extra"
         item = ds[i]
@@ -181,7 +186,7 @@ def main() -> None:
                  "held_out": sample(held, args.eval_clips), "held_out_starts": sample(held_starts, args.eval_clips)}
     model.eval()
     out = {"bench": "joint_regressor", "data_dir": args.data_dir, "steps": args.steps, "frames": args.frames,
-           "privileged": args.privileged, "train_episodes": len(train_eps), "held_out_episodes": len(held_eps),
+           "privileged": args.privileged, "text_tokens": args.text_tokens, "train_episodes": len(train_eps), "held_out_episodes": len(held_eps),
            "loss_first_500": round(float(np.mean(losses[:500])), 4), "loss_last_500": round(float(np.mean(losses[-500:])), 4),
            "train_s": round(train_s, 1)}
     with torch.no_grad():
