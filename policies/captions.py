@@ -51,20 +51,20 @@ _SYMMETRY = {"cube": 90.0, "lunchbox": 180.0, "tissue_box": 180.0,
              "sphere": 0.0, "cylinder": 0.0, "bowl": 0.0, "plate": 0.0}
 
 
-def _pose_words(obj: dict[str, Any]) -> str:
-    """", 45 cm ahead, 10 cm left, turned 30 degrees clockwise": the object's table position to 5 cm and its
-    yaw to 15 degrees (folded by its shape's symmetry), for what the expert's grasp depends on and the coarse
+def _pose_words(obj: dict[str, Any], cm: int = 5, deg: int = 15) -> str:
+    """", 45 cm ahead, 10 cm left, turned 30 degrees clockwise": the object's table position to `cm` and its
+    yaw to `deg` degrees (folded by its shape's symmetry), for what the expert's grasp depends on and the coarse
     "middle left of the table" leaves out. Empty where the scene gives neither."""
     words = []
     pos = _position(obj)
     if pos is not None:
-        ahead, side = 5 * round(100 * float(pos[0]) / 5), 5 * round(100 * abs(float(pos[1])) / 5)
+        ahead, side = cm * round(100 * float(pos[0]) / cm), cm * round(100 * abs(float(pos[1])) / cm)
         words.append(f"{ahead} cm ahead")
         words.append(f"{side} cm {'left' if float(pos[1]) >= 0 else 'right'}" if side else "centred")
     yaw, sym = obj.get("yaw_deg"), _SYMMETRY.get(str(obj.get("shape")), 360.0)
     if yaw is not None and sym > 0:
         folded = (float(yaw) + sym / 2) % sym - sym / 2
-        turn = 15 * round(folded / 15)
+        turn = deg * round(folded / deg)
         # yaw is counterclockwise seen from above; mirroring the scene swaps the two words (flywheel.data)
         words.append("square" if turn == 0 else f"turned {abs(turn)} degrees "
                      f"{'counterclockwise' if turn > 0 else 'clockwise'}")
@@ -118,16 +118,19 @@ class TaskCaptionUpsampler:
 
     name = "task"
 
-    def __init__(self, pose: bool = False) -> None:
+    def __init__(self, pose: bool = False, fine: bool = False) -> None:
         """`pose` (the `task_pose` upsampler): the task's objects also get their position to 5 cm and their yaw
         to 15 degrees (`_pose_words`): the expert's grasp turns the wrist to the object's yaw, which a 64x64
-        frame barely shows (docs/BENCHMARKS.md, session 28)."""
-        self.pose = pose
-        if pose:
-            self.name = "task_pose"
+        frame barely shows (docs/BENCHMARKS.md, session 28). `fine` (`task_pose_fine`): to 1 cm and 5 degrees,
+        for a text encoder that reads numbers as values (`world_model.text_numbers`)."""
+        self.pose, self.fine = pose or fine, fine
+        if self.pose:
+            self.name = "task_pose_fine" if fine else "task_pose"
 
     def _describe(self, obj: dict[str, Any]) -> str:
-        return _describe_object(obj) + (_pose_words(obj) if self.pose else "")
+        if not self.pose:
+            return _describe_object(obj)
+        return _describe_object(obj) + (_pose_words(obj, 1, 5) if self.fine else _pose_words(obj))
 
     def upsample(self, instruction: str, scene: dict[str, Any] | None) -> str:
         scene = scene or {}
@@ -263,13 +266,15 @@ def _reply_text(payload: Any) -> Any:
 def make_upsampler(
     name: str = "scene", url: str | None = None, model: str = "default"
 ) -> SceneCaptionUpsampler | TaskCaptionUpsampler | OpenAICaptionUpsampler:
-    """`scene`, `task` or `task_pose` (no model), or `openai` (needs `url`; `model` is the name the server is asked for)."""
+    """`scene`, `task`, `task_pose` or `task_pose_fine` (no model), or `openai` (needs `url`; `model` is the name the server is asked for)."""
     if name == "scene":
         return SceneCaptionUpsampler()
     if name == "task":
         return TaskCaptionUpsampler()
     if name == "task_pose":
         return TaskCaptionUpsampler(pose=True)
+    if name == "task_pose_fine":
+        return TaskCaptionUpsampler(fine=True)
     if name == "openai":
         return OpenAICaptionUpsampler(url or "", model=model)
     raise PolicyError(f"unknown caption upsampler {name!r}; use one of {', '.join(CAPTION_UPSAMPLERS)}")

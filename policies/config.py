@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 # the per-candidate scores policy.score_weights may weight (policies.imagine_then_act)
 SCORE_NAMES = ("success", "feasibility", "idm_spread", "consistency", "consensus")
-CAPTION_UPSAMPLERS = ("scene", "task", "task_pose", "openai")
+CAPTION_UPSAMPLERS = ("scene", "task", "task_pose", "task_pose_fine", "openai")
 
 
 @dataclass
@@ -46,7 +46,8 @@ class PolicyConfig:
     # before the IDM reads targets off them; off, a candidate imagined past a limit is rejected for it
     clamp_imagined_joints: bool = False
     expert_noise: float = 0.0
-    # "scene", "task" or "task_pose" (grounded, no model; task_pose adds the task objects' position and yaw), or
+    # "scene", "task", "task_pose" or "task_pose_fine" (grounded, no model; task_pose adds the task objects' position
+    # to 5 cm and yaw to 15 degrees, task_pose_fine to 1 cm and 5 degrees), or
     # "openai" (VLM endpoint)
     caption_upsampler: str = "scene"
     upsampler_url: str | None = None

@@ -32,6 +32,10 @@ class WorldModelConfig:
     max_text_tokens: int = 32
     text_layers: int = 2  # small text encoder depth
     text_vocab_size: int = 4096  # word-hash buckets of the small text encoder
+    # the small text encoder also reads each number word as its value (sinusoidal features of it, projected and
+    # added to the word's embedding): "47 cm" lies next to "45 cm" instead of in an unrelated hash bucket, so
+    # finely quantised positions and angles (`policy.caption_upsampler=task_pose_fine`) are learnable
+    text_numbers: bool = False
     kl_block_out_channels: tuple[int, ...] = (32, 64, 64)  # kl2d: downsample 2**(len-1)
     kl_latent_channels: int = 4
     action_dim: int = 16
@@ -105,6 +109,9 @@ class WorldModelConfig:
             raise ValueError(f"world_model.vae must be identity, kl2d or wan, got {self.vae!r}")
         if self.text_encoder not in ("small", "pretrained"):
             raise ValueError(f"world_model.text_encoder must be small or pretrained, got {self.text_encoder!r}")
+        if self.text_numbers and self.text_encoder != "small":
+            raise ValueError("world_model.text_numbers needs text_encoder=small (a pretrained encoder has its own "
+                             "reading of numbers)")
         if self.caption_pool not in ("mean", "attention"):
             raise ValueError(f"world_model.caption_pool must be mean or attention, got {self.caption_pool!r}")
         if self.prediction not in ("velocity", "sample"):

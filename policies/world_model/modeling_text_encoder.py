@@ -4,6 +4,7 @@ states with padded positions zeroed (as Wan pads its T5 states) and a `(B, L)` b
 """
 from __future__ import annotations
 
+import math
 import re
 import zlib
 
@@ -29,6 +30,24 @@ def hash_tokenize(captions: list[str], vocab_size: int, max_tokens: int) -> torc
     return out
 
 
+# periods (in the numbers' own units: cm, degrees) of the sinusoidal features a number word is read with
+_NUMBER_PERIODS = (400.0, 200.0, 100.0, 50.0, 20.0, 10.0)
+NUMBER_FEATURES = 1 + 2 * len(_NUMBER_PERIODS)
+
+
+def number_features(captions: list[str], max_tokens: int) -> torch.Tensor:
+    """`(B, max_tokens, NUMBER_FEATURES)` aligned with `hash_tokenize`'s ids: for each word that is a number its
+    value / 100 and sin, cos of 2 pi value / period; zeros for every other position (BOS, words, padding)."""
+    out = torch.zeros(len(captions), max_tokens, NUMBER_FEATURES)
+    for i, text in enumerate(captions):
+        for j, w in enumerate(_WORD.findall(text.lower())[: max_tokens - 1]):
+            if w.isdigit():
+                v = float(w)
+                angles = [2 * math.pi * v / p for p in _NUMBER_PERIODS]
+                out[i, j + 1] = torch.tensor([v / 100] + [f(a) for a in angles for f in (math.sin, math.cos)])
+    return out
+
+
 class SmallTextEncoder(nn.Module):
     """Word-hash embeddings + a small pre-norm transformer; needs no weights, trains with the model."""
 
@@ -45,11 +64,15 @@ class SmallTextEncoder(nn.Module):
         )
         self.layers = nn.TransformerEncoder(layer, cfg.text_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(cfg.text_dim)
+        # `text_numbers`: a number word's value, as features, projected and added to its embedding
+        self.numbers = nn.Linear(NUMBER_FEATURES, cfg.text_dim, bias=False) if cfg.text_numbers else None
 
     def forward(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         ids = hash_tokenize(captions, self.vocab_size, self.max_tokens).to(self.tok.weight.device)  # (B, L)
         mask = ids != PAD
         h = self.tok(ids) + self.pos(torch.arange(ids.shape[1], device=ids.device))
+        if self.numbers is not None:
+            h = h + self.numbers(number_features(captions, self.max_tokens).to(h.device))
         h = self.norm(self.layers(h, src_key_padding_mask=~mask))
         return h * mask.unsqueeze(-1), mask  # (B, L, D), (B, L)
 

@@ -54,7 +54,7 @@ def test_recaption_leaves_episodes_without_a_recorded_start_alone(data_dir, caps
     rc, out, _ = _run(capsys, "episodes", "--json", f"data_dir={data_dir}")
     assert all(r["caption"] is None for r in json.loads(out))
     rc, _, err = _run(capsys, "db", "recaption", f"data_dir={data_dir}", "policy.caption_upsampler=poem")
-    assert rc == 1 and "policy.caption_upsampler must be one of scene, task, task_pose, openai, got 'poem'" in err
+    assert rc == 1 and "policy.caption_upsampler must be one of scene, task, task_pose, task_pose_fine, openai, got 'poem'" in err
 
 
 def test_episodes_filters(data_dir, capsys):

@@ -84,6 +84,20 @@ def test_task_pose_caption_adds_the_task_objects_position_and_yaw():
     assert "cm" not in plain and "turned" not in plain
 
 
+def test_task_pose_fine_caption_gives_cm_and_5_degrees():
+    """`task_pose_fine`: the same words as `task_pose`, to 1 cm and 5 degrees (folded by the same symmetry)."""
+    scene = dict(SCENE, task={"family": "pick", "objects": {"object": "cube_red"}, "params": {}})
+    scene["objects"] = [dict(o) for o in SCENE["objects"]]
+    scene["objects"][0].update(position=[0.437, 0.184, 0.8], yaw_deg=-77.0)  # a cube: -77 looks like +13
+    up = make_upsampler("task_pose_fine")
+    assert up.name == "task_pose_fine"
+    cap = up.upsample("pick up the red cube", scene)
+    assert "the red cube at the middle left of the table, 44 cm ahead, 18 cm left, turned 15 degrees " \
+        "counterclockwise." in cap, cap
+    coarse = make_upsampler("task_pose").upsample("pick up the red cube", scene)
+    assert "45 cm ahead, 20 cm left, turned 15 degrees counterclockwise" in coarse
+
+
 def test_task_caption_without_roles_or_with_a_handover():
     up = TaskCaptionUpsampler()
     cap = up.upsample("tidy up", SCENE)  # no task: no reach sentence, every visible object listed
@@ -124,7 +138,8 @@ def test_tiny_world_model_reads_whole_captions():
     env = HumanoidTabletopEnv()
     ups = [(make_upsampler(cfg.policy.caption_upsampler), cfg.world_model.max_text_tokens),
            (make_upsampler(joints.policy.caption_upsampler), joints.world_model.max_text_tokens),
-           (make_upsampler("task_pose"), 96)]  # preset=joints with task_pose needs world_model.max_text_tokens=96
+           (make_upsampler("task_pose"), 96),  # preset=joints with task_pose needs world_model.max_text_tokens=96
+           (make_upsampler("task_pose_fine"), 96)]
     for seed in range(40):
         env.reset(seed=seed, options={"task": sample_task(None, seed)})
         for up, limit in ups:

@@ -493,3 +493,37 @@ def test_churn_draws_fresh_noise_each_step_and_lands_on_the_predicted_sample():
     m._denoise = constant
     (va, ja), (vb, jb) = draw(0.0, seed=1), draw(1.0, seed=2)
     assert torch.allclose(ja[:, 1:], jb[:, 1:], atol=1e-4) and torch.allclose(va, vb, atol=1e-4)
+
+
+def test_text_numbers_read_number_words_as_values(tmp_path):
+    """`text_numbers`: each number word gets its value's features (aligned with the hash ids, BOS first), two
+    near values get near features and far ones do not, the projection trains with the model and survives a
+    round trip; without it a number is only its hash bucket. A pretrained encoder refuses it."""
+    from policies.world_model.modeling_text_encoder import number_features
+
+    feats = number_features(["reach 45 cm ahead, 20 cm left", "no numbers here"], 12)
+    assert feats.shape[:2] == (2, 12)
+    assert feats[0, 2, 0].item() == pytest.approx(0.45) and feats[0, 6, 0].item() == pytest.approx(0.20)
+    others = [i for i in range(12) if i not in (2, 6)]
+    assert feats[0, others].abs().sum() == 0 and feats[1].abs().sum() == 0
+    near = (number_features(["46"], 4)[0, 1] - number_features(["45"], 4)[0, 1]).norm()
+    far = (number_features(["70"], 4)[0, 1] - number_features(["45"], 4)[0, 1]).norm()
+    assert near < 0.5 * far
+
+    torch.manual_seed(0)
+    m = WorldModel(tiny_cfg(text_numbers=True))
+    assert m.text_encoder.numbers is not None and WorldModel(tiny_cfg()).text_encoder.numbers is None
+    h45, _ = m.text_encoder(["at 45 cm"])
+    h46, _ = m.text_encoder(["at 46 cm"])
+    assert not torch.equal(h45, h46)
+    m.train()
+    b = batch()
+    b["caption"] = ["pick the cube 45 cm ahead", "pick the cube 20 cm ahead"]
+    m(b)[0].backward()
+    assert m.text_encoder.numbers.weight.grad is not None and m.text_encoder.numbers.weight.grad.abs().sum() > 0
+    m.eval()
+    m.save_pretrained(tmp_path / "wm")
+    loaded = WorldModel.from_pretrained(tmp_path / "wm")
+    assert loaded.cfg.text_numbers and torch.equal(loaded.text_encoder.numbers.weight, m.text_encoder.numbers.weight)
+    with pytest.raises(ValueError, match="text_numbers"):
+        WorldModelConfig(text_numbers=True, text_encoder="pretrained")
