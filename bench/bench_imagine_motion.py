@@ -53,6 +53,9 @@ def main() -> None:
     ap.add_argument("--plan", action="store_true",
                     help="imagine with plan=True (a world model with an action head: decide, then draw); also "
                          "scores the head's plan itself (plan_vs_hold)")
+    ap.add_argument("--skips", default="0,8,16",
+                    help="the states measured, as expert steps into the episode; `hover`: the step the expert's "
+                         "hand first comes within 11.5 cm of the task object (where it pauses before the descent)")
     ap.add_argument("--strips", default=None, help="a folder for one PNG per state: real future over imagined ones")
     ap.add_argument("overrides", nargs="*",
                     help="Hydra overrides of the demo preset, e.g. policy.caption_upsampler=task (the captions the "
@@ -82,6 +85,7 @@ def main() -> None:
     h = args.horizon
     upsampler = make_upsampler(cfg.policy.caption_upsampler, cfg.policy.upsampler_url)  # the planner's captions
 
+    skip_list = [s if s == "hover" else int(s) for s in args.skips.split(",")]
     rows, skips = [], []  # skips: how many expert steps into its episode each state is
     motions: list[tuple[np.ndarray, np.ndarray]] = []  # (imagined (N, h, arm), expert's (h, arm)) motion from the start
     frames = args.frames or wm.cfg.num_frames
@@ -90,14 +94,19 @@ def main() -> None:
     items = (ci_subset("in_distribution", args.items) if args.split == "in_distribution"
              else [TrainItem(BOOTSTRAP_EXPERT_SEED + i) for i in range(args.items)])
     for idx, item in enumerate(items):
-        for skip in (0, 8, 16):
+        for skip in skip_list:
             obs = backend.reset(task=item.task(), seed=item.seed)
             caption = upsampler.upsample(backend.env.task.instruction, backend.scene_description())
             expert = ScriptedExpert(backend.env, seed=item.seed)
             expert.reset(backend.env.task)
             try:
-                for _ in range(skip):
+                for _ in range(HOVER_MAX if skip == "hover" else skip):
+                    if skip == "hover" and hand_to_object(backend.env, expert) < HOVER_M:
+                        break
                     obs = backend.step(np.asarray(expert.act(obs), np.float32)[None]).observations[-1]
+                else:
+                    if skip == "hover":  # never came near (the task has no object to reach)
+                        continue
                 start, real, targets, real_q = obs, [obs["rgb"]], [], [obs["proprio"][:16]]
                 for _ in range(8):
                     a = np.asarray(expert.act(obs), np.float32)
@@ -171,11 +180,22 @@ def main() -> None:
     }))
 
 
-def by_phase(rows: list[dict], skips: list[int]) -> dict:
+HOVER_M, HOVER_MAX = 0.115, 40  # `--skips hover`: within 11.5 cm, looked for over at most 40 expert steps
+
+
+def hand_to_object(env, expert) -> float:
+    """The distance from the expert's nearest commanded hand to the task's object (inf without one)."""
+    name = (env.task.objects or {}).get("object")
+    if not name or not getattr(expert, "cmd", None):
+        return float("inf")
+    return min(float(np.linalg.norm(pos - env.object_pos(name))) for pos, _ in expert.cmd.values())
+
+
+def by_phase(rows: list[dict], skips: list) -> dict:
     """The imagined joints' error over holding still's for the states at each depth into the expert's episode
     (0: the arm at rest before the reach; 8, 16: mid-reach, near the grasp): where a model's error lies."""
     out = {}
-    for skip in sorted(set(skips)):
+    for skip in sorted(set(skips), key=str):
         sel = [r for r, s in zip(rows, skips) if s == skip]
         hold = float(np.mean([r["hold"] for r in sel]))
         out[str(skip)] = {"states": len(sel), "hold_rad": round(hold, 4),
