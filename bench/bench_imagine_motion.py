@@ -144,7 +144,7 @@ def main() -> None:
                          "joints_average": error(acts.mean(0))}
                 q0 = start["proprio"][:16][arm]
                 motions.append((acts[:, :h][..., arm] - q0, want - q0))
-                extra.update(motion_fit([motions[-1]], 1.0, per_state=True))
+                extra.update(state_motion(*motions[-1]))
                 # the part of that error on the arm the expert moves less (the idle one: 7 of the 14 arm joints)
                 moved = np.abs(want - q0)
                 idle = slice(7, 14) if moved[:, :7].sum() >= moved[:, 7:].sum() else slice(0, 7)
@@ -184,7 +184,9 @@ HOVER_M, HOVER_MAX = 0.115, 40  # `--skips hover`: within 11.5 cm, looked for ov
 
 
 def hand_to_object(env, expert) -> float:
-    """The distance from the expert's nearest commanded hand to the task's object (inf without one)."""
+    """The distance from the expert's nearest commanded hand to the task's object (inf without one): where the
+    expert means the hand to be, not where it has got to (`flywheel.evaluation.progress.hand_distances`), so the
+    hover is the plateau of its plan."""
     name = (env.task.objects or {}).get("object")
     if not name or not getattr(expert, "cmd", None):
         return float("inf")
@@ -223,7 +225,19 @@ class TrainItem:
         return None
 
 
-def motion_fit(motions: list[tuple[np.ndarray, np.ndarray]], hold: float, per_state: bool = False) -> dict:
+def cosines(imagined: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """Each candidate's cosine `(N,)` between its imagined motion `(N, ...)` and the expert's `want`."""
+    flat, want = imagined.reshape(len(imagined), -1), want.reshape(-1)
+    return flat @ want / (np.linalg.norm(flat, axis=1) * np.linalg.norm(want) + 1e-12)
+
+
+def state_motion(imagined: np.ndarray, want: np.ndarray) -> dict:
+    """One state's figures for `by_phase`: mean |imagined motion|, mean |expert's|, the candidates' mean cosine."""
+    return {"motion_size": float(np.abs(imagined).mean()), "motion_want": float(np.abs(want).mean()),
+            "motion_cosine": float(cosines(imagined, want).mean())}
+
+
+def motion_fit(motions: list[tuple[np.ndarray, np.ndarray]], hold: float) -> dict:
     """How the imagined joints' motion (from the start pose, first h targets) compares with the expert's:
     `joints_motion_ratio` is its size over the expert's (< 1: too little motion), `joints_cosine` the mean cosine
     between the two (1: the right direction), `joints_gain` the one factor that best scales every imagined
@@ -235,11 +249,7 @@ def motion_fit(motions: list[tuple[np.ndarray, np.ndarray]], hold: float, per_st
     r = np.concatenate([ri.reshape(-1) for _, ri in motions])
     cos = []
     for mi, ri in motions:
-        flat, want = mi.reshape(len(mi), -1), ri.reshape(-1)
-        cos += list(flat @ want / (np.linalg.norm(flat, axis=1) * np.linalg.norm(want) + 1e-12))
-    if per_state:  # one state's figures, for `by_phase`: mean |imagined motion|, mean |expert's|, mean cosine
-        return {"motion_size": float(np.abs(m).mean()), "motion_want": float(np.abs(r).mean()),
-                "motion_cosine": float(np.mean(cos))}
+        cos += list(cosines(mi, ri))
     gain = float((m @ r).sum() / max(float((m * m).sum()), 1e-12))
     at_gain = float(np.abs(gain * m - r[None]).mean())
     return {"joints_motion_ratio": round(float(np.abs(m).mean() / max(np.abs(r).mean(), 1e-12)), 3),

@@ -123,14 +123,12 @@ class TaskCaptionUpsampler:
         to 15 degrees (`_pose_words`): the expert's grasp turns the wrist to the object's yaw, which a 64x64
         frame barely shows (docs/BENCHMARKS.md, session 28). `fine` (`task_pose_fine`): to 1 cm and 5 degrees,
         for a text encoder that reads numbers as values (`world_model.text_numbers`)."""
-        self.pose, self.fine = pose or fine, fine
-        if self.pose:
+        self.pose_steps = (1, 5) if fine else (5, 15) if pose else None  # (cm, degrees) the pose is given to
+        if self.pose_steps:
             self.name = "task_pose_fine" if fine else "task_pose"
 
     def _describe(self, obj: dict[str, Any]) -> str:
-        if not self.pose:
-            return _describe_object(obj)
-        return _describe_object(obj) + (_pose_words(obj, 1, 5) if self.fine else _pose_words(obj))
+        return _describe_object(obj) + (_pose_words(obj, *self.pose_steps) if self.pose_steps else "")
 
     def upsample(self, instruction: str, scene: dict[str, Any] | None) -> str:
         scene = scene or {}

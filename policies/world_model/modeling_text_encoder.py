@@ -18,11 +18,16 @@ _WORD = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
 PAD, BOS = 0, 1
 
 
+def _words(text: str) -> list[str]:
+    """A caption's words and punctuation marks, lower-cased: what each token after BOS is."""
+    return _WORD.findall(text.lower())
+
+
 def hash_tokenize(captions: list[str], vocab_size: int, max_tokens: int) -> torch.Tensor:
     """Word-hash token ids `(B, max_tokens)`: BOS, crc32(word) buckets, 0-padded. No vocabulary file."""
     rows = []
     for text in captions:
-        ids = [BOS] + [2 + zlib.crc32(w.encode()) % (vocab_size - 2) for w in _WORD.findall(text.lower())]
+        ids = [BOS] + [2 + zlib.crc32(w.encode()) % (vocab_size - 2) for w in _words(text)]
         rows.append(ids[:max_tokens])
     out = torch.full((len(rows), max_tokens), PAD, dtype=torch.long)
     for i, r in enumerate(rows):
@@ -40,7 +45,7 @@ def number_features(captions: list[str], max_tokens: int) -> torch.Tensor:
     value / 100 and sin, cos of 2 pi value / period; zeros for every other position (BOS, words, padding)."""
     out = torch.zeros(len(captions), max_tokens, NUMBER_FEATURES)
     for i, text in enumerate(captions):
-        for j, w in enumerate(_WORD.findall(text.lower())[: max_tokens - 1]):
+        for j, w in enumerate(_words(text)[: max_tokens - 1]):
             if w.isdigit():
                 v = float(w)
                 angles = [2 * math.pi * v / p for p in _NUMBER_PERIODS]
