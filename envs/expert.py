@@ -415,6 +415,71 @@ class PerturbedExpert:
         return a
 
 
+class RecoveryExpert:
+    """The expert taking over from a robot that went wrong (DAgger-style recovery data, Ross et al. 2011).
+
+    Each episode starts with a detour: for `detour_steps` steps (drawn from the range) the arm the expert
+    would use moves, at the expert's speed, towards a wrong grasp pose near the task's object: `offset` m
+    beside it (drawn from the range, in a random direction), `lift` m above it, the hand's yaw off by up to
+    `yaw` rad. That is where the imagine-then-act planner's hand ends up when it fails (docs/BENCHMARKS.md,
+    session 29: 4-12 cm beside the object, a few cm above it). Then a fresh `ScriptedExpert` plans from the
+    robot's current commanded pose and finishes the task. `takeover_step` is the number of detour actions: the
+    episode's frames from that index on, with the actions after it, are the expert's correction (what the
+    world model trains on: `flywheel.data.LoadedEpisode.first_step`). The same `act` / `reset` API as
+    ScriptedExpert."""
+
+    def __init__(self, env, noise: float = 0.0, seed: int = 0, detour_steps: tuple[int, int] = (4, 14),
+                 offset: tuple[float, float] = (0.04, 0.12), lift: tuple[float, float] = (0.03, 0.10),
+                 yaw: float = 0.6) -> None:
+        if not 0 <= detour_steps[0] <= detour_steps[1] or not 0.0 <= offset[0] <= offset[1] \
+                or not 0.0 <= lift[0] <= lift[1] or yaw < 0:
+            raise EnvError(f"RecoveryExpert needs 0 <= detour_steps[0] <= detour_steps[1], ordered non-negative "
+                           f"offset and lift ranges and yaw >= 0; got {detour_steps}, {offset}, {lift}, {yaw}")
+        self.env = env.unwrapped if hasattr(env, "unwrapped") else env
+        self.noise, self.seed = float(noise), int(seed)
+        self.rng = np.random.default_rng(seed + 4_242_424)
+        self.detour_steps, self.offset, self.lift, self.yaw = detour_steps, offset, lift, float(yaw)
+        self.expert: ScriptedExpert | None = None
+        self.takeover_step = 0
+        self.detour_goal: np.ndarray | None = None  # where the detour's grasp site was sent (m)
+        self._detour: Iterator[np.ndarray] | None = None
+        self._steps = 0
+        self._last = HOME_QPOS.astype(np.float32)
+
+    def reset(self, task: TaskInstance | dict | None = None) -> None:
+        planner = ScriptedExpert(self.env, noise=0.0, seed=self.seed)  # its helpers plan the detour
+        planner.reset(task)
+        task_obj = planner.task
+        name = task_obj.objects["object"]
+        gp, _ = planner._grasp_pose(name)
+        side = task_obj.params.get("from") if task_obj.family == "handover" else planner._best_arm(gp)
+        ang = self.rng.uniform(-np.pi, np.pi)
+        r = self.rng.uniform(*self.offset)
+        goal = gp + np.array([r * np.cos(ang), r * np.sin(ang), self.rng.uniform(*self.lift)])
+        goal_yaw = self.env.object_yaw(name) + self.rng.uniform(-self.yaw, self.yaw)
+        self.detour_goal = goal
+        self.takeover_step = int(self.rng.integers(self.detour_steps[0], self.detour_steps[1] + 1))
+        self._detour = planner._move({side: (goal, grasp_quat(goal_yaw))}, FAST, grips={side: GRIPPER_OPEN},
+                                     settle=self.takeover_step)
+        self._steps, self.expert = 0, None
+        self._task = task
+        self._last = planner._last.copy()
+
+    def act(self, obs: dict | None = None) -> np.ndarray:
+        if self._detour is None:
+            raise EnvError("reset the recovery expert before act")
+        if self._steps < self.takeover_step:
+            self._last = next(self._detour, self._last)
+            self._steps += 1
+            return self._last.copy()
+        if self.expert is None:  # take over from where the robot is now (its commanded joints)
+            self.expert = ScriptedExpert(self.env, noise=self.noise, seed=self.seed)
+            self.expert.reset(self._task)
+        self._steps += 1
+        self._last = self.expert.act(obs)
+        return self._last.copy()
+
+
 def _half_height(name: str) -> float:
     _, shape = parse_object(name)
     return (SLOT_BY_NAME.get(shape) or SLOT_BY_NAME[f"{shape}_0"]).half_height

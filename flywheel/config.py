@@ -100,6 +100,8 @@ class FlywheelConfig:
     bootstrap_expert_episodes: int = 40
     bootstrap_play_episodes: int = 20
     bootstrap_perturbed_episodes: int = 0  # the expert pushed off its path (policy perturbed_expert): IDM data
+    # a detour, then the expert taking over (policy recovery_expert): the world model's `recovery` component
+    bootstrap_recovery_episodes: int = 0
     episodes_per_iteration: int = 16
     retrain_every: int = 16  # K: retrain after this many new episodes
     eval_split_subset: int = 8  # episodes per split in the CI regression suite

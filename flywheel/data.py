@@ -22,11 +22,13 @@ from flywheel.errors import FlywheelError
 # mixture component name -> episode filters
 MIXTURE_SOURCES: dict[str, dict[str, Any]] = {
     "all": {},
-    "play": {"source": "play"},
+    "play": {"source": "play", "exclude_policies": ("recovery_expert",)},
     "expert": {"source": "expert"},
     "rollouts": {"source": "rollout"},
     "successes": {"success": True},
     "failures": {"success": False},
+    # the expert's corrections after a detour (policy recovery_expert, stored as play): clips from the takeover on
+    "recovery": {"policy": "recovery_expert"},
 }
 
 
@@ -46,6 +48,8 @@ class EpisodeFilter:
     success: bool | None = None
     backend: str | None = None
     source: str | None = None
+    policy: str | None = None
+    exclude_policies: tuple[str, ...] = ()  # episodes of these policies are left out
     split: str | None = None
     world_model_version: int | None = None
     since: datetime | None = None
@@ -53,7 +57,8 @@ class EpisodeFilter:
     limit: int | None = None
 
     def query(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None or k == "limit"}
+        """The store's `episodes` filters (`exclude_policies` is applied to the rows it returns)."""
+        return {k: v for k, v in asdict(self).items() if (v is not None or k == "limit") and k != "exclude_policies"}
 
 
 @dataclass
@@ -68,6 +73,7 @@ class LoadedEpisode:
     actions: np.ndarray
     source: str
     task_family: str
+    first_step: int = 0  # clips start here: a recovery episode's takeover (its detour before is not the task's motion)
 
     def as_dict(self) -> dict[str, Any]:
         return {"frames": self.frames, "proprio": self.proprio, "actions": self.actions,
@@ -79,7 +85,7 @@ def load_episodes(store: Any, flt: EpisodeFilter | None = None) -> list[LoadedEp
     flt = flt or EpisodeFilter()
     out = []
     for row in store.episodes(**flt.query()):
-        if row.artifact_uri is None:
+        if row.artifact_uri is None or row.policy in flt.exclude_policies:
             continue
         arr = store.load_arrays(row.id)
         missing = {"frames", "proprio", "actions"} - set(arr)
@@ -88,9 +94,18 @@ def load_episodes(store: Any, flt: EpisodeFilter | None = None) -> list[LoadedEp
         out.append(LoadedEpisode(
             id=row.id, caption=row.caption or row.instruction, success=bool(row.success),
             frames=arr["frames"], proprio=arr["proprio"], actions=arr["actions"],
-            source=row.source, task_family=row.task_family,
+            source=row.source, task_family=row.task_family, first_step=first_step(row),
         ))
     return out
+
+
+def first_step(row: Any) -> int:
+    """Where an episode's clips start: the `takeover_step` its policy logged (the recovery expert's), else 0."""
+    logs = ((row.meta or {}).get("policy_logs") or {}) if isinstance(row.meta, dict) else {}
+    step = logs.get("takeover_step", 0) if isinstance(logs, dict) else 0
+    if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step <= max(0, row.length):
+        raise FlywheelError(f"episode {row.id}: takeover_step must be an integer in [0, {row.length}], got {step!r}")
+    return step
 
 
 def recaption(store: Any, backend: Any, upsampler: Any) -> dict[str, int]:
@@ -129,17 +144,18 @@ class ClipDataset(Dataset):
     def __init__(self, episodes: Sequence[LoadedEpisode], num_frames: int, stride: int = 1,
                  starts_only: bool = False):
         """`starts_only`: only the clip that starts on each episode's first frame (where the robot, at rest,
-        has to decide what to do; `train.wm_start_clips`)."""
+        has to decide what to do; `train.wm_start_clips`). Clips start at each episode's `first_step`: a
+        recovery episode's first clip is where the expert took over."""
         if num_frames < 2:
             raise FlywheelError(f"num_frames must be >= 2, got {num_frames}")
         self.episodes = list(episodes)
         self.num_frames = num_frames
         self.index: list[tuple[int, int]] = []  # (episode, start)
         for e, ep in enumerate(self.episodes):
-            n = len(ep.frames)
-            if n < num_frames:
+            n, first = len(ep.frames), ep.first_step
+            if n - first < num_frames:
                 continue
-            starts = [0] if starts_only else list(range(0, n - num_frames + 1, stride))
+            starts = [first] if starts_only else list(range(first, n - num_frames + 1, stride))
             if not starts_only and starts[-1] != n - num_frames:
                 starts.append(n - num_frames)  # always include the clip that ends on the outcome
             self.index += [(e, s) for s in starts]

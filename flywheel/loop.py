@@ -89,12 +89,14 @@ class Flywheel:
     def bootstrap(self) -> None:
         """Expert demonstrations and play data, the first models (multi-stage recipe), champions, baseline eval."""
         f = self.fcfg
-        self.say(f"bootstrap: collecting {f.bootstrap_expert_episodes} expert, {f.bootstrap_play_episodes} play and "
-                 f"{f.bootstrap_perturbed_episodes} perturbed-expert episodes")
+        self.say(f"bootstrap: collecting {f.bootstrap_expert_episodes} expert, {f.bootstrap_play_episodes} play, "
+                 f"{f.bootstrap_perturbed_episodes} perturbed-expert and {f.bootstrap_recovery_episodes} "
+                 f"recovery-expert episodes")
         expert = [{"policy": "scripted_expert", "seed": BOOTSTRAP_EXPERT_SEED + i}
                   for i in range(f.bootstrap_expert_episodes)]
         play = [{"policy": "play", "seed": 20_000 + i} for i in range(f.bootstrap_play_episodes)]
         play += [{"policy": "perturbed_expert", "seed": 30_000 + i} for i in range(f.bootstrap_perturbed_episodes)]
+        play += [{"policy": "recovery_expert", "seed": 40_000 + i} for i in range(f.bootstrap_recovery_episodes)]
         results = self.run_episodes(expert + play, key="bootstrap:data")
         ok = sum(1 for r in results[: len(expert)] if r.get("success"))
         self.say(f"bootstrap: expert success {ok}/{len(expert)}")

@@ -62,6 +62,7 @@ POLICY_REGISTRY: dict[str, str] = {
     "scripted_expert": "policies.simple:ScriptedExpertPolicy",
     "play": "policies.simple:PlayPolicyAdapter",
     "perturbed_expert": "policies.simple:PerturbedExpertPolicy",
+    "recovery_expert": "policies.simple:RecoveryExpertPolicy",
     "imagine_then_act": "policies.imagine_then_act:ImagineThenActPolicy",
 }
 

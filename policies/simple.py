@@ -48,7 +48,7 @@ class ScriptedExpertPolicy(Policy):
     name = "scripted_expert"
 
     def __init__(self, cfg: Any, env: Any = None, state_fn: Callable[[], dict] | None = None, seed: int = 0,
-                 play: bool = False, perturbed: bool = False, **_: Any):
+                 play: bool = False, perturbed: bool = False, recovery: bool = False, **_: Any):
         if env is not None:
             state_fn = None  # the expert reads the sim it drives: nothing to sync
         else:
@@ -63,6 +63,10 @@ class ScriptedExpertPolicy(Policy):
             from envs.play import PlayPolicy
 
             self.impl = PlayPolicy(env, seed=seed)
+        elif recovery:
+            from envs.expert import RecoveryExpert
+
+            self.impl = RecoveryExpert(env, noise=float(cfg.policy.expert_noise), seed=seed)
         elif perturbed:
             from envs.expert import PerturbedExpert
 
@@ -102,3 +106,20 @@ class PerturbedExpertPolicy(ScriptedExpertPolicy):
 
     def __init__(self, cfg: Any, **kw: Any):
         super().__init__(cfg, perturbed=True, **kw)
+
+
+class RecoveryExpertPolicy(ScriptedExpertPolicy):
+    """A detour towards a wrong grasp pose near the object, then the expert taking over and finishing the task
+    (`envs.expert.RecoveryExpert`, DAgger-style): the corrections the planner's own mistakes call for. Stored
+    like play (source "play"), with `takeover_step` in its logs; the world model trains on what follows the
+    takeover (the `recovery` mixture component), the IDM on all of it."""
+
+    name = "recovery_expert"
+
+    def __init__(self, cfg: Any, **kw: Any):
+        super().__init__(cfg, recovery=True, **kw)
+
+    def logs(self) -> dict[str, Any]:
+        goal = self.impl.detour_goal
+        return {"takeover_step": int(self.impl.takeover_step),
+                "detour_goal": None if goal is None else [round(float(v), 4) for v in goal]}

@@ -110,7 +110,7 @@ def build_policy(cfg: Any, payload: EpisodePayload, backend: Any, store: Any = N
 
     full = full_config(cfg)
     name = payload.policy
-    if name in ("scripted_expert", "play", "perturbed_expert"):
+    if name in ("scripted_expert", "play", "perturbed_expert", "recovery_expert"):
         return make_policy(name, full, env=getattr(backend, "env", None), state_fn=backend.get_state,
                            seed=payload.seed), {}
     if name == "random":

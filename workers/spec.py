@@ -37,10 +37,10 @@ FAMILIES = ("pick", "place", "push", "drawer", "tissue", "handover")
 SPLITS = ("in_distribution", "new_tasks", "ood_objects")
 BACKEND_RE = re.compile(r"^(sim|neo:[A-Za-z0-9_-]{1,64})$")
 MODEL_KINDS = ("world_model", "idm", "policy")
-LOCAL_POLICIES = ("scripted_expert", "play", "perturbed_expert", "random")
+LOCAL_POLICIES = ("scripted_expert", "play", "perturbed_expert", "recovery_expert", "random")
 # The store's source of the episodes of the data policies (the rest are "rollout"): the perturbed expert's
-# episodes are unfiltered motion data like play, not demonstrations.
-DATA_SOURCES = {"scripted_expert": "expert", "play": "play", "perturbed_expert": "play"}  # model-free policies (policies/simple.py)
+# and the recovery expert's episodes are motion data like play, not demonstrations (each begins with a detour).
+DATA_SOURCES = {"scripted_expert": "expert", "play": "play", "perturbed_expert": "play", "recovery_expert": "play"}  # model-free policies (policies/simple.py)
 MODEL_POLICIES = {"imagine_then_act": ("world_model", "idm")}  # policy -> the model kinds it runs with
 
 _Tag = Field(default_factory=list, max_length=32)

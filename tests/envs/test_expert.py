@@ -6,7 +6,7 @@ import pytest
 
 from envs.config import EnvConfig
 from envs.errors import EnvError
-from envs.expert import PerturbedExpert, ScriptedExpert
+from envs.expert import PerturbedExpert, RecoveryExpert, ScriptedExpert
 from envs.play import PlayPolicy, collect_episode
 from envs.robot import ACTION_HIGH, ACTION_LOW, ARM_SLICE, HOME_QPOS
 from envs.splits import ci_subset
@@ -104,3 +104,29 @@ def test_perturbed_expert_disturbs_recovers_and_respects_the_step_limit(env):
     assert np.abs(np.diff(ep.actions[:, :14], axis=0)).max() <= 0.24 + 1e-5
     with pytest.raises(EnvError, match="rate"):
         PerturbedExpert(env, rate=2.0)
+
+
+def test_recovery_expert_detours_then_the_expert_finishes(env):
+    """A detour towards a wrong grasp pose beside the object, then the expert takes over from there and (mostly)
+    succeeds; the takeover step is logged and the actions stay within the limits and the joint-step bound."""
+    items = ci_subset("in_distribution", 4) + ci_subset("new_tasks", 4)
+    wins = 0
+    for i, item in enumerate(items):
+        ex = RecoveryExpert(env, seed=i)
+        ep = collect_episode(env, ex, item.task(), seed=0)
+        k = ex.takeover_step
+        assert 4 <= k <= 14 and ep.length > k
+        goal = ex.detour_goal
+        env.reset(options={"state": ep.initial_state})  # where the object was when the detour was planned
+        beside = np.linalg.norm((goal - env.object_pos(item.task().objects["object"]))[:2])
+        assert 0.04 - 0.02 <= beside <= 0.12 + 0.02  # the grasp point is the object's centre, give or take
+        # the detour moved the arm away from home (towards its goal) before the takeover
+        assert np.abs(ep.actions[k - 1, :14] - HOME_QPOS[:14]).max() > 0.05
+        assert np.all(ep.actions >= ACTION_LOW) and np.all(ep.actions <= ACTION_HIGH)
+        assert np.abs(np.diff(ep.actions[:, :14], axis=0)).max() <= 0.24 + 1e-5
+        wins += ep.success
+    assert wins >= 6, f"the expert recovered in {wins} of {len(items)} episodes"
+    with pytest.raises(EnvError, match="detour_steps"):
+        RecoveryExpert(env, detour_steps=(5, 2))
+    with pytest.raises(EnvError, match="reset the recovery expert"):
+        RecoveryExpert(env).act()

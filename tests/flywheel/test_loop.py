@@ -136,5 +136,7 @@ def test_interrupted_run_continues_without_duplicates(tmp_path):
     with _store(data) as store:
         _check_finished_run(data, store)
         assert len(store.episodes(source="expert", limit=None)) == 4  # the smoke preset's bootstrap, once
-        play = store.episodes(source="play", limit=None)  # 2 play + 1 perturbed expert
-        assert sorted(e.policy for e in play) == ["perturbed_expert", "play", "play"]
+        play = store.episodes(source="play", limit=None)  # 2 play + 1 perturbed expert + 1 recovery expert
+        assert sorted(e.policy for e in play) == ["perturbed_expert", "play", "play", "recovery_expert"]
+        (rec,) = [e for e in play if e.policy == "recovery_expert"]
+        assert 4 <= rec.meta["policy_logs"]["takeover_step"] < rec.length  # where its clips start

@@ -185,3 +185,36 @@ def test_mirrored_training_clips_and_their_units(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="wm_mirror"):
         TrainConfig(wm_mirror=1.5)
     store.close()
+
+
+def test_recovery_episodes_train_from_their_takeover_and_stay_out_of_play(tmp_path):
+    """The recovery expert's episodes (stored as play) are the `recovery` mixture component only, and their clips
+    start where the expert took over (`takeover_step` in the policy's logs); a malformed step is one clear error."""
+    from flywheel.data import MIXTURE_SOURCES, ClipDataset, EpisodeFilter, load_episodes
+    from flywheel.errors import FlywheelError
+
+    store = ExperienceStore.from_config(_config(tmp_path).db, tmp_path, create=True)
+    _fill(store, n=4)
+    t = 10
+    arrays = {"frames": np.zeros((t + 1, S, S, 3), np.uint8), "proprio": np.zeros((t + 1, 32), np.float32),
+              "actions": np.zeros((t, 16), np.float32)}
+
+    def recovery(step: object) -> int:
+        rec = EpisodeRecord(source="play", task_family="pick", instruction="pick up the red cube",
+                            policy="recovery_expert", success=True, length=t, seed=7,
+                            meta={"policy_logs": {"takeover_step": step}})
+        return store.record_episode(rec, arrays)
+
+    eid = recovery(6)
+    play = load_episodes(store, EpisodeFilter(limit=None, **MIXTURE_SOURCES["play"]))
+    assert len(store.episodes(source="play", limit=None)) == 2 and len(play) == 1 and play[0].id != eid
+    (ep,) = load_episodes(store, EpisodeFilter(limit=None, **MIXTURE_SOURCES["recovery"]))
+    assert ep.id == eid and ep.first_step == 6
+    assert [s for _, s in ClipDataset([ep], 3, stride=2).index] == [6, 8]  # never the detour's frames
+    assert [s for _, s in ClipDataset([ep], 3, starts_only=True).index] == [6]
+    assert len(ClipDataset([ep], 6)) == 0  # fewer than 6 frames after the takeover
+    assert {e.first_step for e in load_episodes(store, EpisodeFilter(limit=None)) if e.id != eid} == {0}
+    recovery(t + 5)
+    with pytest.raises(FlywheelError, match="takeover_step"):
+        load_episodes(store, EpisodeFilter(limit=None, **MIXTURE_SOURCES["recovery"]))
+    store.close()
