@@ -55,7 +55,10 @@ def main() -> None:
                          "scores the head's plan itself (plan_vs_hold)")
     ap.add_argument("--skips", default="0,8,16",
                     help="the states measured, as expert steps into the episode; `hover`: the step the expert's "
-                         "hand first comes within 11.5 cm of the task object (where it pauses before the descent)")
+                         "hand first comes within 11.5 cm of the task object (where it pauses before the descent); "
+                         "`detour`: where the recovery expert takes over after its detour to a wrong grasp pose beside "
+                         "the object (envs.expert.RecoveryExpert: a state like the failing planner's), the future its "
+                         "correction")
     ap.add_argument("--strips", default=None, help="a folder for one PNG per state: real future over imagined ones")
     ap.add_argument("overrides", nargs="*",
                     help="Hydra overrides of the demo preset, e.g. policy.caption_upsampler=task (the captions the "
@@ -65,7 +68,7 @@ def main() -> None:
 
     from envs.backend import make_backend
     from envs.errors import EnvError
-    from envs.expert import ScriptedExpert
+    from envs.expert import RecoveryExpert, ScriptedExpert
     from envs.splits import ci_subset
     from flywheel.compose import compose, to_object
     from flywheel.loop import BOOTSTRAP_EXPERT_SEED
@@ -85,7 +88,7 @@ def main() -> None:
     h = args.horizon
     upsampler = make_upsampler(cfg.policy.caption_upsampler, cfg.policy.upsampler_url)  # the planner's captions
 
-    skip_list = [s if s == "hover" else int(s) for s in args.skips.split(",")]
+    skip_list = [s if s in ("hover", "detour") else int(s) for s in args.skips.split(",")]
     rows, skips = [], []  # skips: how many expert steps into its episode each state is
     motions: list[tuple[np.ndarray, np.ndarray]] = []  # (imagined (N, h, arm), expert's (h, arm)) motion from the start
     frames = args.frames or wm.cfg.num_frames
@@ -97,10 +100,16 @@ def main() -> None:
         for skip in skip_list:
             obs = backend.reset(task=item.task(), seed=item.seed)
             caption = upsampler.upsample(backend.env.task.instruction, backend.scene_description())
-            expert = ScriptedExpert(backend.env, seed=item.seed)
-            expert.reset(backend.env.task)
+            if skip == "detour":
+                expert = RecoveryExpert(backend.env, seed=item.seed)
+                expert.reset(backend.env.task)
+                before = expert.takeover_step
+            else:
+                expert = ScriptedExpert(backend.env, seed=item.seed)
+                expert.reset(backend.env.task)
+                before = HOVER_MAX if skip == "hover" else skip
             try:
-                for _ in range(HOVER_MAX if skip == "hover" else skip):
+                for _ in range(before):
                     if skip == "hover" and hand_to_object(backend.env, expert) < HOVER_M:
                         break
                     obs = backend.step(np.asarray(expert.act(obs), np.float32)[None]).observations[-1]
