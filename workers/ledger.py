@@ -35,11 +35,24 @@ def create_runs(
                               max_attempts=max_attempts, deadline=deadline, state="queued", attempts=0)
                 s.add(run)
             elif retry_failed and run.state in ("failed", "dead", "cancelled"):
-                run.state, run.attempts, run.worker, run.error, run.result = "queued", 0, None, None, None
+                # what its aborted attempts left stays pointed at (the next finish carries it on)
+                run.result = with_earlier_partials(run.result, None) or None
+                run.state, run.attempts, run.worker, run.error = "queued", 0, None, None
                 run.finished_at, run.updated_at = None, utcnow()
             runs.append(run)
         s.flush()
         return [from_orm(TaskRunRow, r) for r in runs]
+
+
+def with_earlier_partials(previous: dict[str, Any] | None, result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`result` plus, under `earlier_partials`, the partial attempts `previous` (the run's result until now) pointed
+    at: its own `partial` (an aborted attempt's arrays, kept by the episode task) and the ones it carried. A run
+    retried after an aborted attempt keeps the way to that attempt's evidence, whatever the next attempt writes."""
+    prev = previous if isinstance(previous, dict) else {}
+    earlier = [p for p in [*(prev.get("earlier_partials") or []), prev.get("partial")] if p]
+    if not earlier:
+        return result
+    return {**(result or {}), "earlier_partials": earlier}
 
 
 def states(store: Any, run_ids: Sequence[int]) -> dict[int, str]:
@@ -91,6 +104,7 @@ def _statements() -> dict[str, Any]:
         _STATEMENTS["claim"] = update(t).where(c.id == bindparam("rid"), c.state == "queued").values(
             state="running", attempts=c.attempts + 1, worker=bindparam("w"), celery_task_id=bindparam("cid"),
             started_at=bindparam("now"), heartbeat_at=bindparam("now"), error=None, updated_at=bindparam("now"))
+        _STATEMENTS["result"] = select(c.result).where(c.id == bindparam("rid"))
         _STATEMENTS["finish"] = update(t).where(c.id == bindparam("rid"), c.state == "running").values(
             state=bindparam("st"), error=bindparam("err"), result=bindparam("res"), finished_at=bindparam("now"),
             updated_at=bindparam("now"))
@@ -127,6 +141,7 @@ def finish(store: Any, run_id: int, state: str, *, error: str | None = None,
 
     assert state in TERMINAL_STATES, state
     with store.engine.begin() as conn:
-        res = conn.execute(_statements()["finish"], {"rid": run_id, "st": state, "err": error, "res": result,
-                                                     "now": utcnow()})
+        previous = conn.execute(_statements()["result"], {"rid": run_id}).scalar()
+        res = conn.execute(_statements()["finish"], {"rid": run_id, "st": state, "err": error,
+                                                     "res": with_earlier_partials(previous, result), "now": utcnow()})
     return res.rowcount == 1

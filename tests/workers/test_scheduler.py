@@ -271,3 +271,32 @@ def test_set_captions_refuses_an_unknown_id_or_an_empty_caption(cfg):
     with pytest.raises(StoreError, match="non-empty"):
         store.set_captions({ep.id: "  "})
     assert store.get_episode(ep.id).caption == ep.caption  # the first, valid caption was not written either
+
+
+def test_a_retried_run_keeps_the_way_to_its_aborted_attempts(cfg):
+    """An attempt that broke off leaves `partial` in the run's result; when the run is retried (the sweeper's
+    requeue, or enqueued again with `retry_failed`), whatever the next attempts write, the earlier partials stay
+    in `earlier_partials`, in order."""
+    from workers import ledger
+
+    store = Scheduler(cfg, inline=True).store
+    [run] = ledger.create_runs(store, "flywheel.run_episode", ["k:0:0"], [{"seed": 1}], queue="sim", priority=0,
+                               max_attempts=3, deadline=None)
+
+    def attempt(state: str, result: dict | None) -> dict | None:
+        _, claimed = ledger.read_and_claim(store, run.id, "w", None, lambda row: True)
+        assert claimed and ledger.finish(store, run.id, state, error=None if state == "succeeded" else "x",
+                                         result=result)
+        return store.get_task_run(run.id).result
+
+    first = {"arrays_uri": "a1", "length": 3}
+    assert attempt("failed", {"partial": first}) == {"partial": first}  # nothing earlier: unchanged
+    assert store.requeue(run.id).state == "queued"
+    second = {"arrays_uri": "a2", "length": 5}
+    assert attempt("failed", {"partial": second}) == {"partial": second, "earlier_partials": [first]}
+    [again] = ledger.create_runs(store, "flywheel.run_episode", ["k:0:0"], [{"seed": 1}], queue="sim", priority=0,
+                                 max_attempts=3, deadline=None, retry_failed=True)
+    assert again.state == "queued" and again.attempts == 0 and again.result == {"earlier_partials": [first, second]}
+    done = attempt("succeeded", {"episode_id": 7, "success": True})
+    assert done == {"episode_id": 7, "success": True, "earlier_partials": [first, second]}
+    assert ledger.with_earlier_partials(None, {"episode_id": 1}) == {"episode_id": 1}
