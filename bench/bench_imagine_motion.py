@@ -100,14 +100,9 @@ def main() -> None:
         for skip in skip_list:
             obs = backend.reset(task=item.task(), seed=item.seed)
             caption = upsampler.upsample(backend.env.task.instruction, backend.scene_description())
-            if skip == "detour":
-                expert = RecoveryExpert(backend.env, seed=item.seed)
-                expert.reset(backend.env.task)
-                before = expert.takeover_step
-            else:
-                expert = ScriptedExpert(backend.env, seed=item.seed)
-                expert.reset(backend.env.task)
-                before = HOVER_MAX if skip == "hover" else skip
+            expert = (RecoveryExpert if skip == "detour" else ScriptedExpert)(backend.env, seed=item.seed)
+            expert.reset(backend.env.task)
+            before = expert.takeover_step if skip == "detour" else HOVER_MAX if skip == "hover" else skip
             try:
                 for _ in range(before):
                     if skip == "hover" and hand_to_object(backend.env, expert) < HOVER_M:

@@ -443,6 +443,7 @@ class RecoveryExpert:
         self.takeover_step = 0
         self.detour_goal: np.ndarray | None = None  # where the detour's grasp site was sent (m)
         self._detour: Iterator[np.ndarray] | None = None
+        self._task: TaskInstance | dict | None = None
         self._steps = 0
         self._last = HOME_QPOS.astype(np.float32)
 
@@ -461,8 +462,7 @@ class RecoveryExpert:
         self.takeover_step = int(self.rng.integers(self.detour_steps[0], self.detour_steps[1] + 1))
         self._detour = planner._move({side: (goal, grasp_quat(goal_yaw))}, FAST, grips={side: GRIPPER_OPEN},
                                      settle=self.takeover_step)
-        self._steps, self.expert = 0, None
-        self._task = task
+        self._steps, self.expert, self._task = 0, None, task
         self._last = planner._last.copy()
 
     def act(self, obs: dict | None = None) -> np.ndarray:

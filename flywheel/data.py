@@ -103,7 +103,7 @@ def first_step(row: Any) -> int:
     """Where an episode's clips start: the `takeover_step` its policy logged (the recovery expert's), else 0."""
     logs = ((row.meta or {}).get("policy_logs") or {}) if isinstance(row.meta, dict) else {}
     step = logs.get("takeover_step", 0) if isinstance(logs, dict) else 0
-    if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step <= max(0, row.length):
+    if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step <= row.length:
         raise FlywheelError(f"episode {row.id}: takeover_step must be an integer in [0, {row.length}], got {step!r}")
     return step
 

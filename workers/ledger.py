@@ -36,7 +36,7 @@ def create_runs(
                 s.add(run)
             elif retry_failed and run.state in ("failed", "dead", "cancelled"):
                 # what its aborted attempts left stays pointed at (the next finish carries it on)
-                run.result = with_earlier_partials(run.result, None) or None
+                run.result = with_earlier_partials(run.result, None)
                 run.state, run.attempts, run.worker, run.error = "queued", 0, None, None
                 run.finished_at, run.updated_at = None, utcnow()
             runs.append(run)
