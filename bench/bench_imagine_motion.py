@@ -69,6 +69,7 @@ def main() -> None:
     from envs.backend import make_backend
     from envs.errors import EnvError
     from envs.expert import RecoveryExpert, ScriptedExpert
+    from envs.goals import grasp_goal
     from envs.splits import ci_subset
     from flywheel.compose import compose, to_object
     from flywheel.loop import BOOTSTRAP_EXPERT_SEED
@@ -99,7 +100,9 @@ def main() -> None:
     for idx, item in enumerate(items):
         for skip in skip_list:
             obs = backend.reset(task=item.task(), seed=item.seed)
-            caption = upsampler.upsample(backend.env.task.instruction, backend.scene_description())
+            scene = backend.scene_description()
+            caption = upsampler.upsample(backend.env.task.instruction, scene)
+            goal = grasp_goal(scene, cfg.env.control_hz)  # from the start, as the planner computes it at its reset
             expert = (RecoveryExpert if skip == "detour" else ScriptedExpert)(backend.env, seed=item.seed)
             expert.reset(backend.env.task)
             before = expert.takeover_step if skip == "detour" else HOVER_MAX if skip == "hover" else skip
@@ -130,7 +133,8 @@ def main() -> None:
             joint_model = bool(getattr(wm.cfg, "imagine_joints", False))
             drawn = [m.imagine_joints(frame_to_tensor(start["rgb"]), caption, n=args.n, steps=args.steps,
                                       guidance=args.guidance, seed=idx, num_frames=frames, plan=args.plan,
-                                      pose=proprio[:16] if args.plan or joint_model else None, churn=args.churn)
+                                      pose=proprio[:16] if args.plan or joint_model else None, churn=args.churn,
+                                      goal=goal if getattr(m.cfg, "goal_joints", False) else None)
                      for m in models]
             videos = torch.cat([v for v, _ in drawn])
             joints = None if drawn[0][1] is None else torch.cat([j for _, j in drawn])

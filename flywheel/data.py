@@ -74,16 +74,19 @@ class LoadedEpisode:
     source: str
     task_family: str
     first_step: int = 0  # clips start here: a recovery episode's takeover (its detour before is not the task's motion)
+    goal: np.ndarray | None = None  # (A,) the expert's grasp joints from the episode's start (`goals=True`), or None
 
     def as_dict(self) -> dict[str, Any]:
         return {"frames": self.frames, "proprio": self.proprio, "actions": self.actions,
                 "success": self.success, "caption": self.caption, "id": self.id}
 
 
-def load_episodes(store: Any, flt: EpisodeFilter | None = None) -> list[LoadedEpisode]:
-    """Read episodes matching `flt` with their arrays. Episodes without arrays are skipped."""
+def load_episodes(store: Any, flt: EpisodeFilter | None = None, goals: bool = False) -> list[LoadedEpisode]:
+    """Read episodes matching `flt` with their arrays. Episodes without arrays are skipped. `goals`: also each
+    episode's grasp goal (`episode_goal`), for a world model with `goal_joints`."""
     flt = flt or EpisodeFilter()
     out = []
+    goal_env = None
     for row in store.episodes(**flt.query()):
         if row.artifact_uri is None or row.policy in flt.exclude_policies:
             continue
@@ -96,7 +99,34 @@ def load_episodes(store: Any, flt: EpisodeFilter | None = None) -> list[LoadedEp
             frames=arr["frames"], proprio=arr["proprio"], actions=arr["actions"],
             source=row.source, task_family=row.task_family, first_step=first_step(row),
         ))
+        if goals:
+            goal_env = goal_env or _goal_env()
+            out[-1].goal = episode_goal(store, row, goal_env)
     return out
+
+
+def _goal_env() -> Any:
+    """A sim env to restore episodes' recorded starts on (for their scene descriptions; it renders nothing)."""
+    from envs.config import EnvConfig
+    from envs.tabletop import HumanoidTabletopEnv
+
+    return HumanoidTabletopEnv(EnvConfig(action_space="joint", render=False))
+
+
+def episode_goal(store: Any, row: Any, env: Any) -> np.ndarray | None:
+    """The grasp goal (`envs.goals.grasp_goal`) of a stored episode: from the scene at its recorded start, restored
+    on the sim env `env`, as the planner computes it from the scene it is given. None for an episode without a
+    recorded start, or a task family without a goal. A start that cannot be restored is an error naming the
+    episode."""
+    from envs.goals import GOAL_FAMILIES, grasp_goal
+
+    if row.initial_state_uri is None or row.task_family not in GOAL_FAMILIES:
+        return None
+    try:
+        env.set_state(store.load_initial_state(row.id))
+        return grasp_goal(env.scene_description(), env.cfg.control_hz)
+    except Exception as exc:
+        raise FlywheelError(f"the grasp goal of episode {row.id} could not be computed: {exc}") from exc
 
 
 def first_step(row: Any) -> int:
@@ -179,6 +209,9 @@ class ClipDataset(Dataset):
             "start_pose": torch.from_numpy(np.ascontiguousarray(ep.proprio[s, : ep.actions.shape[1]], dtype=np.float32)),
             # every frame's joint positions (T, A): the joint channels of a world model with imagine_joints
             "poses": torch.from_numpy(np.ascontiguousarray(ep.proprio[s : s + t, : ep.actions.shape[1]], dtype=np.float32)),
+            # the episode's grasp goal (A,), NaN for none: the conditioning of a world model with goal_joints
+            "goal": torch.from_numpy(np.asarray(ep.goal, dtype=np.float32)) if ep.goal is not None
+            else torch.full((ep.actions.shape[1],), math.nan),
         }
 
 
@@ -200,7 +233,9 @@ def mirror_clip(item: dict[str, Any]) -> dict[str, Any]:
     from envs.robot import ACTION_DIM, mirror_joints
 
     out = dict(item)
-    for key in ("actions", "start_pose", "poses"):
+    for key in ("actions", "start_pose", "poses", "goal"):
+        if key not in item:
+            continue
         v = item[key]
         if v.shape[-1] != ACTION_DIM:
             raise FlywheelError(f"mirroring needs {ACTION_DIM} joints per {key} vector, got shape {tuple(v.shape)}")

@@ -132,6 +132,10 @@ class ImagineThenActPolicy(Policy):
                               f"policy.context_frames must be 1, got {self.context}")
         self.from_joints = self.pcfg.extract_from == "joints" or (self.pcfg.extract_from == "auto" and imagines_joints)
         self.imagines_joints = imagines_joints
+        # a world model conditioned on the grasp goal (world_model.goal_joints) gets it from the scene at reset
+        self.uses_goal = bool(getattr(wm_cfg, "goal_joints", False))
+        self.control_hz = float(hz or 10.0)
+        self.goal: np.ndarray | None = None
         if self.pcfg.imagine_plan and not getattr(wm_cfg, "imagine_action_loss", 0):
             raise PolicyError("policy.imagine_plan needs a world model with an action head (trained with "
                               "world_model.imagine_action_loss > 0)")
@@ -141,6 +145,14 @@ class ImagineThenActPolicy(Policy):
 
     def reset(self, task: dict[str, Any], instruction: str, scene: dict[str, Any] | None = None) -> None:
         self.caption = self.upsampler.upsample(instruction, scene)
+        self.goal = None
+        if self.uses_goal and scene is not None:
+            from envs.goals import grasp_goal
+
+            try:
+                self.goal = grasp_goal(scene, self.control_hz)
+            except Exception as exc:  # a scene the goal cannot be computed from: one clear error before anything moves
+                raise PolicyError(f"the grasp goal for {instruction!r} could not be computed from the scene: {exc}") from exc
         self.plan_step = 0
         self.last_target = None
         self.recent.clear()
@@ -227,6 +239,8 @@ class ImagineThenActPolicy(Policy):
         p = self.pcfg
         pose = torch.from_numpy(proprio[: len(proprio) // 2].copy())
         kw = {"plan": True, "pose": pose} if p.imagine_plan else {"pose": pose} if self.imagines_joints else {}
+        if self.goal is not None:
+            kw["goal"] = torch.from_numpy(self.goal)
         t0 = time.perf_counter()
         frames = start[0] if self.context == 1 else start
         joints = None
@@ -346,7 +360,8 @@ class ImagineThenActPolicy(Policy):
             held = torch.as_tensor(proprio[: future.shape[2]]).expand(len(ok), self.context - 1, -1)  # the past
             actions = torch.cat([held, future], dim=1)  # (M, T-1, A)
             pose = torch.from_numpy(proprio[: future.shape[2]].copy()) if self.imagines_joints else None
-            pred = self.wm.predict_many(start, actions, self.caption, seed=seed, pose=pose)  # its predict_steps
+            goal = None if self.goal is None else torch.from_numpy(self.goal)
+            pred = self.wm.predict_many(start, actions, self.caption, seed=seed, pose=pose, goal=goal)  # predict_steps
             pred = pred[:, self.context - 1:]  # (M, T, 3, H, W), from the current frame on
             imag = videos[[c.index - first for c in ok]]
             mse = (pred[:, 1:] - imag[:, 1:]).nan_to_num(1.0).pow(2).flatten(1).mean(1).clamp_min(1e-10)
@@ -357,4 +372,5 @@ class ImagineThenActPolicy(Policy):
         self.timings["consistency_s"] += time.perf_counter() - t0
 
     def logs(self) -> dict[str, Any]:
-        return {"caption": self.caption, "plan_steps": self.plan_step}
+        return {"caption": self.caption, "plan_steps": self.plan_step,
+                **({"grasp_goal": [round(float(v), 4) for v in self.goal]} if self.goal is not None else {})}

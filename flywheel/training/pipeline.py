@@ -51,7 +51,8 @@ class StoreTrainer:
         if name not in MIXTURE_SOURCES:
             raise FlywheelError(f"unknown mixture component {name!r}; known: {', '.join(MIXTURE_SOURCES)}")
         if name not in self._episodes:
-            eps = load_episodes(self.store, EpisodeFilter(limit=None, **MIXTURE_SOURCES[name]))
+            eps = load_episodes(self.store, EpisodeFilter(limit=None, **MIXTURE_SOURCES[name]),
+                                goals=self.cfg.world_model.goal_joints)
             # held-out episodes stay out of training; an episode that never moved has nothing to learn
             self._episodes[name] = [e for e in eps if not is_held_out(e.id) and len(e.actions) > 0]
         return self._episodes[name]

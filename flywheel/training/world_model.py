@@ -73,6 +73,8 @@ def collate_clips(items: list[dict]) -> dict:
            if all("start_pose" in it for it in items) else {}),
         **({"poses": torch.stack([torch.as_tensor(it["poses"], dtype=torch.float32) for it in items])}
            if all("poses" in it for it in items) else {}),
+        **({"goal": torch.stack([torch.as_tensor(it["goal"], dtype=torch.float32) for it in items])}
+           if all("goal" in it for it in items) else {}),
     }
 
 

@@ -81,6 +81,13 @@ class WorldModelConfig:
     # training never had to decide where the joints go (the model read it off its noisy input; from pure noise
     # at sampling it had learned nothing to go on: session 20, docs/BENCHMARKS.md)
     joint_noise: str = "frame"
+    # the planner also gives the joints at which the scripted expert would grasp the task's object (computed from
+    # the scene description and the robot's kinematics: `envs.goals.grasp_goal`) as `action_dim` more
+    # conditioning channels, standardised as the joint channels and constant over the clip, plus a flag channel
+    # (0 where a task has no such goal, or training dropped it: `goal_dropout`). Needs imagine_joints (their
+    # units); training clips need the batch's `goal` (B, A), NaN rows for none (session 31, docs/BENCHMARKS.md)
+    goal_joints: bool = False
+    goal_dropout: float = 0.1
     success_head: bool = True
     success_hidden: int = 64
     success_loss_weight: float = 0.5
@@ -152,7 +159,9 @@ class WorldModelConfig:
             raise ValueError(f"world_model.predict_steps must be >= 1, got {self.predict_steps}")
         if self.action_layers < 1:
             raise ValueError(f"world_model.action_layers must be >= 1, got {self.action_layers}")
-        for name in ("action_dropout", "text_dropout"):
+        if self.goal_joints and not self.imagine_joints:
+            raise ValueError("world_model.goal_joints needs imagine_joints (the goal is given in the joint channels' units)")
+        for name in ("action_dropout", "text_dropout", "goal_dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"world_model.{name} must be in [0, 1], got {getattr(self, name)}")
 

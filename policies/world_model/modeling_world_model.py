@@ -190,7 +190,8 @@ class WorldModel(nn.Module):
         self.joint_channels = cfg.action_dim if cfg.imagine_joints else 0
         c = self.video_channels + self.joint_channels  # the diffused latent: the video's channels, then the joints'
         self.action_channels = cfg.temporal_factor * cfg.action_dim + 1 if cfg.action_conditioning else 0
-        in_channels = 2 * c + 1  # + action channels, embedded by PatchEmbedWithActions
+        self.goal_channels = cfg.action_dim + 1 if cfg.goal_joints else 0  # the grasp goal's planes and its flag
+        in_channels = 2 * c + 1 + self.goal_channels  # + action channels, embedded by PatchEmbedWithActions
         if cfg.action_conditioning and cfg.patch_size[0] != 1:
             raise PolicyError(f"action conditioning needs a temporal patch of 1, got {cfg.patch_size}")
         if transformer_config is not None:  # rebuilding one of our own checkpoints
@@ -266,6 +267,28 @@ class WorldModel(nn.Module):
         """Joint positions `(B, t, A)` -> standardised channels `(B, A, t, h, w)`, constant over each frame."""
         q = (poses.to(self.device, torch.float32) - self.joint_mean) / self.joint_std
         return q.permute(0, 2, 1)[..., None, None].expand(-1, -1, -1, h, w)
+
+    def _check_goal(self, goal: torch.Tensor | np.ndarray | None) -> torch.Tensor | None:
+        """A sampling call's grasp goal `(A,)` (`goal_joints`): finite joint positions, or None for a task without
+        one. A model without goal channels refuses a goal rather than ignore it."""
+        if goal is None:
+            return None
+        if not self.goal_channels:
+            raise PolicyError("this world model was trained without goal_joints: it takes no goal")
+        goal = torch.as_tensor(goal, dtype=torch.float32).to(self.device)
+        if goal.shape != (self.cfg.action_dim,) or not torch.isfinite(goal).all():
+            raise PolicyError(f"goal must be {self.cfg.action_dim} finite joint positions, got {tuple(goal.shape)}")
+        return goal
+
+    def _goal_planes(self, goal: torch.Tensor | None, b: int, t: int, h: int, w: int) -> torch.Tensor:
+        """Grasp goals `(B, A)` (a row of NaN, or None for all: no goal) -> `(B, A + 1, t, h, w)`: the goal in the
+        joint channels' units (0 where there is none) and a flag plane, constant over the clip."""
+        g = torch.full((b, self.cfg.action_dim), float("nan"), device=self.device) if goal is None \
+            else goal.to(self.device, torch.float32)
+        known = torch.isfinite(g).all(1, keepdim=True)
+        q = torch.where(known, (torch.nan_to_num(g) - self.joint_mean) / self.joint_std, torch.zeros_like(g))
+        v = torch.cat([q, known.float()], 1)
+        return v[:, :, None, None, None].expand(-1, -1, t, h, w)
 
     def _frame_joint_noise(self, noise: torch.Tensor) -> torch.Tensor:
         """Noise `(B, C, t, h, w)` with each joint channel's draw held over its frame (`joint_noise=frame`): the
@@ -353,10 +376,12 @@ class WorldModel(nn.Module):
         return z, n_cond
 
     def _cond_channels(self, cond: torch.Tensor, n_cond: int, actions: torch.Tensor | None,
-                       present: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`(B, C + 1, t, h, w)` start latent and mask channels, and the per-frame action vectors
-        `(B, t, action_channels)` (actions, flag) that the patch embedding adds to every token of
-        their frame (None without action conditioning). The actions are not broadcast over pixels."""
+                       present: torch.Tensor | None,
+                       goal: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`(B, C + 1, t, h, w)` start latent and mask channels (and with `goal_joints` the goal's planes, from
+        `goal (B, A)`), and the per-frame action vectors `(B, t, action_channels)` (actions, flag) that the patch
+        embedding adds to every token of their frame (None without action conditioning). The actions are not
+        broadcast over pixels."""
         b, _, t, h, w = cond.shape
         mask = torch.zeros(b, 1, t, h, w, device=cond.device, dtype=cond.dtype)
         mask[:, :, :n_cond] = 1.0
@@ -372,7 +397,10 @@ class WorldModel(nn.Module):
                     actions = (actions - self.action_mean) / self.action_std
                 a[:, 1:, :-1] = actions.to(cond.dtype).reshape(b, t - 1, r * ad) * keep
                 a[:, :, -1:] = keep
-        return torch.cat([cond, mask], dim=1), a
+        parts = [cond, mask]
+        if self.goal_channels:
+            parts.append(self._goal_planes(goal, b, t, h, w).to(cond.dtype))
+        return torch.cat(parts, dim=1), a
 
     def _denoise(self, x: torch.Tensor, timestep: torch.Tensor, ehs: torch.Tensor,
                  frame_actions: torch.Tensor | None) -> torch.Tensor:
@@ -427,7 +455,17 @@ class WorldModel(nn.Module):
             ok = batch.get("episode_success")
             if cfg.imagine_from_success and ok is not None:  # imagine mode learns only what succeeded
                 present |= ~torch.as_tensor(ok, device=dev).bool()
-        chans, frame_actions = self._cond_channels(cond, n_cond, actions, present)
+        goal = None
+        if self.goal_channels:  # the grasp goal (NaN rows: none), dropped at `goal_dropout`
+            goal = batch.get("goal")
+            if goal is None:
+                raise PolicyError("a world model with goal_joints trains on each clip's grasp goal: the batch needs "
+                                  f"goal (B, {cfg.action_dim}), NaN rows for clips without one")
+            goal = torch.as_tensor(goal, dtype=torch.float32, device=dev).clone()
+            if goal.shape != (b, cfg.action_dim):
+                raise PolicyError(f"goal must be (B, {cfg.action_dim}), got {tuple(goal.shape)}")
+            goal[torch.rand(b, device=dev) < cfg.goal_dropout] = float("nan")
+        chans, frame_actions = self._cond_channels(cond, n_cond, actions, present, goal)
 
         hidden, pooled = self._text(list(batch["caption"]))
         null, _ = self._text([""])
@@ -496,7 +534,8 @@ class WorldModel(nn.Module):
         return frames.to(self.device, torch.float32)
 
     def _start(self, start: torch.Tensor, caption: str, n: int, seed: int, num_frames: int,
-               actions: torch.Tensor | None, pose: torch.Tensor | None = None) -> tuple:
+               actions: torch.Tensor | None, pose: torch.Tensor | None = None,
+               goal: torch.Tensor | None = None) -> tuple:
         """What a sampling batch of `n` starts from: the held start latents `(n, C, t, h, w)` and how many latent
         frames they fix, the conditioning channels and per-frame actions, the caption's hidden states `(1, L, D)`,
         the starting noise (seeded, drawn on the CPU, the fixed frames written in) and those fixed frames."""
@@ -506,7 +545,9 @@ class WorldModel(nn.Module):
         cond, n_cond = self._cond_latents(start[None], num_frames, pose=None if pose is None else pose[None])
         cond = cond.expand(n, -1, -1, -1, -1)
         present = torch.ones(n, dtype=torch.bool, device=self.device) if actions is not None else None
-        chans, frame_actions = self._cond_channels(cond, n_cond, actions, present)
+        goal = self._check_goal(goal)
+        chans, frame_actions = self._cond_channels(cond, n_cond, actions, present,
+                                                   None if goal is None else goal[None].expand(n, -1))
         hidden, _ = self._text([caption])
         x = self._frame_joint_noise(torch.randn(cond.shape, generator=torch.Generator().manual_seed(int(seed))))
         x = x.to(self.device)
@@ -517,7 +558,8 @@ class WorldModel(nn.Module):
     @torch.no_grad()
     def _sample(self, start: torch.Tensor, caption: str, n: int, steps: int, guidance: float, seed: int,
                 num_frames: int, actions: torch.Tensor | None = None, action_guidance: float = 1.0,
-                pose: torch.Tensor | None = None, churn: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+                pose: torch.Tensor | None = None, churn: float = 0.0,
+                goal: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`n` futures: videos `(n, T, 3, H, W)` and, with joint channels, their joint positions `(n, t, A)`.
 
         `churn` in [0, 1]: how much of the noise left after each sampling step is drawn fresh (seeded by `seed`)
@@ -530,7 +572,7 @@ class WorldModel(nn.Module):
         if self.joint_channels:
             pose = self._check_pose(pose, "sampling")
         cond, n_cond, chans, frame_actions, hidden, x, clean = self._start(start, caption, n, seed, num_frames, actions,
-                                                                           pose)
+                                                                           pose, goal)
         ehs = hidden.expand(n, -1, -1)
         # classifier-free guidance: on the caption (against the empty one) and on the actions (against none,
         # which training's action dropout teaches): one extra batch branch each
@@ -574,19 +616,21 @@ class WorldModel(nn.Module):
 
     def imagine(self, frames: torch.Tensor, caption: str, n: int = 4, steps: int = 8, guidance: float = 2.0,
                 seed: int = 0, num_frames: int | None = None, plan: bool = False,
-                pose: torch.Tensor | None = None, churn: float = 0.0) -> torch.Tensor:
+                pose: torch.Tensor | None = None, churn: float = 0.0, goal: torch.Tensor | None = None) -> torch.Tensor:
         """Imagine `n` futures from start frame(s) `(3, H, W)` or `(T0, 3, H, W)` in one batch.
         Returns `(n, T, 3, H, W)` in [0, 1] on the CPU; the start frames come back unchanged.
 
         `plan` (needs the action head, `imagine_action_loss` > 0, and the measured joint positions `pose (A,)`):
         decide, then draw. One imagine-mode call on each candidate's starting noise reads where the joints go
         off the action head (`plan_actions`), and the future is drawn in evaluation mode under that plan.
-        `churn`: fresh noise at every sampling step (`_sample`); 0 is the deterministic sampler."""
-        return self.imagine_joints(frames, caption, n, steps, guidance, seed, num_frames, plan, pose, churn)[0]
+        `churn`: fresh noise at every sampling step (`_sample`); 0 is the deterministic sampler. `goal (A,)`: the
+        grasp goal of a `goal_joints` model (`envs.goals.grasp_goal`; None: the task has none)."""
+        return self.imagine_joints(frames, caption, n, steps, guidance, seed, num_frames, plan, pose, churn, goal)[0]
 
     def imagine_joints(self, frames: torch.Tensor, caption: str, n: int = 4, steps: int = 8, guidance: float = 2.0,
                        seed: int = 0, num_frames: int | None = None, plan: bool = False,
-                       pose: torch.Tensor | None = None, churn: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+                       pose: torch.Tensor | None = None, churn: float = 0.0,
+                       goal: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`imagine`, and with `imagine_joints` the imagined joint positions `(n, T, A)` of every frame (the first
         is `pose`, the measured ones the model is given); None for a model without joint channels."""
         start = self._check_frames(frames)
@@ -595,9 +639,9 @@ class WorldModel(nn.Module):
         if plan:
             if pose is None:
                 raise PolicyError("imagine(plan=True) needs pose: the measured joint positions the plan starts from")
-            actions = self._plan(start, caption, pose, n, seed, num_frames)
+            actions = self._plan(start, caption, pose, n, seed, num_frames, goal)
         video, joints = self._sample(start, caption, n, steps, guidance, seed, num_frames, actions, pose=pose,
-                                     churn=churn)
+                                     churn=churn, goal=goal)
         return video.cpu(), None if joints is None else joints.cpu()
 
     @torch.no_grad()
@@ -610,12 +654,12 @@ class WorldModel(nn.Module):
 
     @torch.no_grad()
     def _plan(self, start: torch.Tensor, caption: str, pose: torch.Tensor, n: int, seed: int,
-              num_frames: int) -> torch.Tensor:
+              num_frames: int, goal: torch.Tensor | None = None) -> torch.Tensor:
         if self.action_head is None:
             raise PolicyError("this world model has no action head (train it with world_model.imagine_action_loss > 0)")
         pose = self._check_pose(pose, "a plan")
         cond, _, chans, frame_actions, hidden, x, _ = self._start(start, caption, n, seed, num_frames, None,
-                                                                  pose if self.joint_channels else None)
+                                                                  pose if self.joint_channels else None, goal)
         self._tap_now = True
         try:
             self._denoise(torch.cat([x, chans], 1), torch.full((n,), 1000.0, device=self.device),
@@ -627,7 +671,8 @@ class WorldModel(nn.Module):
 
     def predict(self, frames: torch.Tensor, actions: torch.Tensor, caption: str = "", seed: int = 0,
                 steps: int | None = None, guidance: float = 1.0,
-                action_guidance: float = 1.0, pose: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+                action_guidance: float = 1.0, pose: torch.Tensor | None = None,
+                goal: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
         """Evaluation mode: what happens under exactly these `actions (T-1, A)`. Returns the video
         `(T, 3, H, W)` and the success head's probability on its final frame (NaN without a head).
         `steps=None` takes the config's `predict_steps`; `pose`: the start frame's joint positions (needed with
@@ -635,14 +680,14 @@ class WorldModel(nn.Module):
         actions = torch.as_tensor(actions, dtype=torch.float32)
         if actions.ndim != 2:
             raise PolicyError(f"actions must be (T-1, {self.cfg.action_dim}), got {tuple(actions.shape)}")
-        video = self.predict_many(frames, actions[None], caption, seed, steps, guidance, action_guidance, pose)
+        video = self.predict_many(frames, actions[None], caption, seed, steps, guidance, action_guidance, pose, goal)
         p = float(self.success_probs(video, caption)[0]) if self.success_head is not None else float("nan")
         return video[0], p
 
     @torch.no_grad()
     def predict_many(self, frames: torch.Tensor, actions: torch.Tensor, caption: str = "", seed: int = 0,
                      steps: int | None = None, guidance: float = 1.0, action_guidance: float = 1.0,
-                     pose: torch.Tensor | None = None) -> torch.Tensor:
+                     pose: torch.Tensor | None = None, goal: torch.Tensor | None = None) -> torch.Tensor:
         """Evaluation mode for N action sequences from the same start frame(s), as one batch: `actions
         (N, T-1, A)` (action t leads from frame t to t+1; with T0 start frames the first T0-1 are the
         past ones) -> videos `(N, T, 3, H, W)` on the CPU. `guidance` is classifier-free guidance on the
@@ -657,7 +702,7 @@ class WorldModel(nn.Module):
         t_frames = actions.shape[1] + 1
         steps = self.cfg.predict_steps if steps is None else int(steps)
         return self._sample(start, caption, actions.shape[0], steps, guidance, seed, t_frames,
-                            actions.to(self.device), action_guidance, pose=pose)[0].cpu()
+                            actions.to(self.device), action_guidance, pose=pose, goal=goal)[0].cpu()
 
     @torch.no_grad()
     def success_probs(self, videos: torch.Tensor, caption: str) -> torch.Tensor:

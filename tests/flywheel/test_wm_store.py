@@ -218,3 +218,57 @@ def test_recovery_episodes_train_from_their_takeover_and_stay_out_of_play(tmp_pa
     with pytest.raises(FlywheelError, match="takeover_step"):
         load_episodes(store, EpisodeFilter(limit=None, **MIXTURE_SOURCES["recovery"]))
     store.close()
+
+
+def test_goal_joints_train_on_each_episodes_grasp_goal_from_its_recorded_start(tmp_path):
+    """`world_model.goal_joints`: the trainer reads each episode's grasp goal from the scene at its recorded start
+    (restored on a sim env), as the planner computes it at reset; an episode of a family without a goal gives NaN;
+    a start that cannot be restored is one error naming the episode."""
+    from envs.config import EnvConfig
+    from envs.goals import grasp_goal
+    from envs.splits import ci_subset
+    from envs.tabletop import HumanoidTabletopEnv
+    from flywheel.data import ClipDataset, EpisodeFilter, load_episodes
+    from flywheel.errors import FlywheelError
+
+    cfg = _config(tmp_path)
+    cfg.world_model = WorldModelConfig(**{**cfg.world_model.__dict__, "imagine_joints": True, "goal_joints": True})
+    store = ExperienceStore.from_config(cfg.db, tmp_path, create=True)
+    env = HumanoidTabletopEnv(EnvConfig(render=False))
+    items = ci_subset("in_distribution", 1) + [it for it in ci_subset("new_tasks", 8) if it.family == "drawer"][:1]
+    goals = {}
+    for item in items:
+        env.reset(seed=item.seed, options={"task": item.task()})
+        t = 4
+        proprio = np.zeros((t + 1, 32), np.float32)
+        proprio[:, :16] = np.arange(t + 1)[:, None] / 100
+        rec = EpisodeRecord(source="expert" if item.family == "pick" else "play", task_family=item.family,
+                            instruction=item.instruction,
+                            policy="scripted_expert", success=True, length=t, seed=item.seed)
+        eid = store.record_episode(rec, {"frames": np.zeros((t + 1, S, S, 3), np.uint8), "proprio": proprio,
+                                         "actions": np.zeros((t, 16), np.float32)}, initial_state=env.get_state())
+        goals[eid] = grasp_goal(env.scene_description(), env.cfg.control_hz)
+    env.close()
+    eps = {e.id: e for e in load_episodes(store, EpisodeFilter(limit=None), goals=True)}
+    (pick,) = [i for i, g in goals.items() if g is not None]
+    assert np.array_equal(eps[pick].goal, goals[pick])
+    items = {e.id: ClipDataset([e], 3)[0]["goal"] for e in eps.values()}
+    assert torch.equal(items[pick], torch.from_numpy(goals[pick]))
+    assert all(torch.isnan(g).all() for i, g in items.items() if i != pick)  # the drawer: no goal
+    assert all(e.goal is None for e in load_episodes(store, EpisodeFilter(limit=None)))  # only when asked
+
+    registry = ModelRegistry(store, tmp_path)
+    trainer = StoreTrainer(cfg, store, registry, progress=False, say=lambda s: None)
+    model = WorldModel.from_pretrained(trainer.train_world_model(parent=None, phase="bootstrap").path)
+    assert model.goal_channels == 17
+    _, joints = model.imagine_joints(torch.rand(3, S, S), "pick", n=2, steps=2, pose=torch.zeros(16),
+                                     goal=torch.from_numpy(goals[pick]))
+    assert torch.isfinite(joints).all()
+
+    rec = EpisodeRecord(source="expert", task_family="pick", instruction="pick up the red cube",
+                        policy="scripted_expert", success=True, length=4, seed=1)
+    bad = store.record_episode(rec, {"frames": np.zeros((5, S, S, 3), np.uint8), "proprio": np.zeros((5, 32), np.float32),
+                                     "actions": np.zeros((4, 16), np.float32)}, initial_state={"qpos": np.arange(3.0)})
+    with pytest.raises(FlywheelError, match=f"episode {bad}"):
+        load_episodes(store, EpisodeFilter(limit=None), goals=True)
+    store.close()

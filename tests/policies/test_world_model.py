@@ -527,3 +527,45 @@ def test_text_numbers_read_number_words_as_values(tmp_path):
     assert loaded.cfg.text_numbers and torch.equal(loaded.text_encoder.numbers.weight, m.text_encoder.numbers.weight)
     with pytest.raises(ValueError, match="text_numbers"):
         WorldModelConfig(text_numbers=True, text_encoder="pretrained")
+
+
+def test_goal_joints_condition_the_imagined_joints_on_the_grasp_goal(tmp_path):
+    """`goal_joints`: the grasp goal enters as conditioning planes and a flag. Training needs the batch's goal
+    (NaN rows: none); a model trained on clips whose joints move to their goal imagines them moving towards the
+    goal it is given, on either side; the goal survives a checkpoint; a bad goal, or a goal for a model without
+    the channels, is refused; no goal (flag 0) still samples."""
+    with pytest.raises(ValueError, match="goal_joints needs imagine_joints"):
+        tiny_cfg(goal_joints=True)
+    torch.manual_seed(0)
+    m = WorldModel(tiny_cfg(num_layers=2, imagine_joints=True, goal_joints=True, goal_dropout=0.0,
+                            joint_loss_weight=1.0, prediction="sample", action_conditioning=False))
+    assert m.transformer.config.in_channels == 2 * (3 + 16) + 1 + 17
+    m.fit_joint_stats(torch.randn(64, 16) * 0.5)
+    start = torch.zeros(4, 16)
+    goal = torch.zeros(4, 16)
+    goal[:, 0] = torch.tensor([1.0, -1.0, 1.0, -1.0])  # the first joint goes up or down, as the goal says
+    poses = start[:, None] + torch.linspace(0, 1, 3)[None, :, None] * (goal - start)[:, None]
+    b = batch(b=4, actions=False, success=(float("nan"),) * 4) | {"poses": poses}
+    b["video"][:] = b["video"][:1, :1]  # the same frames: only the goal says where the joint goes
+    with pytest.raises(PolicyError, match="needs goal"):
+        m(b)
+    losses = logged_losses(m, b | {"goal": goal}, "loss_joints", m.parameters(), steps=60, lr=0.01)
+    assert losses[-1] < 0.3 * losses[0]
+    m.eval()
+    frame = b["video"][0, 0]
+    ends = [m.imagine_joints(frame, "pick the red cube", n=2, steps=4, seed=0, pose=start[0], goal=goal[k])[1][:, -1, 0]
+            for k in (0, 1)]
+    assert (ends[0] > 0.5).all() and (ends[1] < -0.5).all()
+    _, none = m.imagine_joints(frame, "pick the red cube", n=2, steps=4, seed=0, pose=start[0])
+    assert torch.isfinite(none).all()
+    for bad in (torch.full((16,), float("nan")), torch.zeros(15)):
+        with pytest.raises(PolicyError, match="goal must be 16 finite"):
+            m.imagine_joints(frame, "pick the red cube", n=2, steps=2, pose=start[0], goal=bad)
+    m.save_pretrained(tmp_path / "wm")
+    back = WorldModel.from_pretrained(tmp_path / "wm")
+    assert back.goal_channels == 17
+    assert torch.allclose(back.imagine_joints(frame, "pick the red cube", n=2, steps=4, seed=0, pose=start[0],
+                                              goal=goal[0])[1][:, -1, 0], ends[0])
+    plain = WorldModel(tiny_cfg(imagine_joints=True)).eval()
+    with pytest.raises(PolicyError, match="without goal_joints"):
+        plain.imagine_joints(frame, "pick the red cube", n=2, steps=2, pose=start[0], goal=goal[0])
