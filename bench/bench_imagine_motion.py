@@ -69,7 +69,7 @@ def main() -> None:
     from envs.backend import make_backend
     from envs.errors import EnvError
     from envs.expert import RecoveryExpert, ScriptedExpert
-    from envs.goals import grasp_goal
+    from envs.goals import task_goals
     from envs.splits import ci_subset
     from flywheel.compose import compose, to_object
     from flywheel.loop import BOOTSTRAP_EXPERT_SEED
@@ -102,7 +102,7 @@ def main() -> None:
             obs = backend.reset(task=item.task(), seed=item.seed)
             scene = backend.scene_description()
             caption = upsampler.upsample(backend.env.task.instruction, scene)
-            goal = grasp_goal(scene, cfg.env.control_hz)  # from the start, as the planner computes it at its reset
+            goal = task_goals(scene, cfg.env.control_hz)  # from the start, as the planner computes them at its reset
             expert = (RecoveryExpert if skip == "detour" else ScriptedExpert)(backend.env, seed=item.seed)
             expert.reset(backend.env.task)
             before = expert.takeover_step if skip == "detour" else HOVER_MAX if skip == "hover" else skip

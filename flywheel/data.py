@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset
 
+from envs.goals import GOALS
 from flywheel.errors import FlywheelError
 
 # mixture component name -> episode filters
@@ -74,16 +75,18 @@ class LoadedEpisode:
     source: str
     task_family: str
     first_step: int = 0  # clips start here: a recovery episode's takeover (its detour before is not the task's motion)
-    goal: np.ndarray | None = None  # (A,) the expert's grasp joints from the episode's start (`goals=True`), or None
+    goal: np.ndarray | None = None  # (GOALS, A) the expert's task goals from the episode's start (`goals=True`), or None
 
     def as_dict(self) -> dict[str, Any]:
         return {"frames": self.frames, "proprio": self.proprio, "actions": self.actions,
                 "success": self.success, "caption": self.caption, "id": self.id}
 
 
-def load_episodes(store: Any, flt: EpisodeFilter | None = None, goals: bool = False) -> list[LoadedEpisode]:
+def load_episodes(store: Any, flt: EpisodeFilter | None = None, goals: bool = False,
+                  goal_cache: dict[int, np.ndarray | None] | None = None) -> list[LoadedEpisode]:
     """Read episodes matching `flt` with their arrays. Episodes without arrays are skipped. `goals`: also each
-    episode's grasp goal (`episode_goal`), for a world model with `goal_joints`."""
+    episode's grasp goal (`episode_goal`), for a world model with `goal_joints`; `goal_cache` (by episode id)
+    keeps them between calls (an episode's recorded start does not change)."""
     flt = flt or EpisodeFilter()
     out = []
     goal_env = None
@@ -100,8 +103,12 @@ def load_episodes(store: Any, flt: EpisodeFilter | None = None, goals: bool = Fa
             source=row.source, task_family=row.task_family, first_step=first_step(row),
         ))
         if goals:
-            goal_env = goal_env or _goal_env()
-            out[-1].goal = episode_goal(store, row, goal_env)
+            if goal_cache is None or row.id not in goal_cache:
+                goal_env = goal_env or _goal_env()
+                goal = episode_goal(store, row, goal_env)
+                if goal_cache is not None:
+                    goal_cache[row.id] = goal
+            out[-1].goal = goal if goal_cache is None else goal_cache[row.id]
     return out
 
 
@@ -114,17 +121,17 @@ def _goal_env() -> Any:
 
 
 def episode_goal(store: Any, row: Any, env: Any) -> np.ndarray | None:
-    """The grasp goal (`envs.goals.grasp_goal`) of a stored episode: from the scene at its recorded start, restored
+    """The task goals (`envs.goals.task_goals`: the grasp, the carry) of a stored episode: from the scene at its recorded start, restored
     on the sim env `env`, as the planner computes it from the scene it is given. None for an episode without a
     recorded start, or a task family without a goal. A start that cannot be restored is an error naming the
     episode."""
-    from envs.goals import GOAL_FAMILIES, grasp_goal
+    from envs.goals import GOAL_FAMILIES, task_goals
 
     if row.initial_state_uri is None or row.task_family not in GOAL_FAMILIES:
         return None
     try:
         env.set_state(store.load_initial_state(row.id))
-        return grasp_goal(env.scene_description(), env.cfg.control_hz)
+        return task_goals(env.scene_description(), env.cfg.control_hz)
     except Exception as exc:
         raise FlywheelError(f"the grasp goal of episode {row.id} could not be computed: {exc}") from exc
 
@@ -209,9 +216,9 @@ class ClipDataset(Dataset):
             "start_pose": torch.from_numpy(np.ascontiguousarray(ep.proprio[s, : ep.actions.shape[1]], dtype=np.float32)),
             # every frame's joint positions (T, A): the joint channels of a world model with imagine_joints
             "poses": torch.from_numpy(np.ascontiguousarray(ep.proprio[s : s + t, : ep.actions.shape[1]], dtype=np.float32)),
-            # the episode's grasp goal (A,), NaN for none: the conditioning of a world model with goal_joints
+            # the episode's task goals (GOALS, A), NaN for none: the conditioning of a world model with goal_joints
             "goal": torch.from_numpy(np.asarray(ep.goal, dtype=np.float32)) if ep.goal is not None
-            else torch.full((ep.actions.shape[1],), math.nan),
+            else torch.full((GOALS, ep.actions.shape[1]), math.nan),
         }
 
 

@@ -132,7 +132,7 @@ class ImagineThenActPolicy(Policy):
                               f"policy.context_frames must be 1, got {self.context}")
         self.from_joints = self.pcfg.extract_from == "joints" or (self.pcfg.extract_from == "auto" and imagines_joints)
         self.imagines_joints = imagines_joints
-        # a world model conditioned on the grasp goal (world_model.goal_joints) gets it from the scene at reset
+        # a world model conditioned on the task goals (world_model.goal_joints) gets them from the scene at reset
         self.uses_goal = bool(getattr(wm_cfg, "goal_joints", False))
         self.control_hz = float(hz or 10.0)
         self.goal: np.ndarray | None = None
@@ -147,11 +147,11 @@ class ImagineThenActPolicy(Policy):
         self.caption = self.upsampler.upsample(instruction, scene)
         self.goal = None
         if self.uses_goal and scene is not None:
-            from envs.goals import grasp_goal
+            from envs.goals import task_goals
 
             try:
-                self.goal = grasp_goal(scene, self.control_hz)
-            except Exception as exc:  # a scene the goal cannot be computed from: one clear error before anything moves
+                self.goal = task_goals(scene, self.control_hz)
+            except Exception as exc:  # a scene the goals cannot be computed from: one clear error before anything moves
                 raise PolicyError(f"the grasp goal for {instruction!r} could not be computed from the scene: {exc}") from exc
         self.plan_step = 0
         self.last_target = None
@@ -373,4 +373,5 @@ class ImagineThenActPolicy(Policy):
 
     def logs(self) -> dict[str, Any]:
         return {"caption": self.caption, "plan_steps": self.plan_step,
-                **({"grasp_goal": [round(float(v), 4) for v in self.goal]} if self.goal is not None else {})}
+                **({"grasp_goal": [round(float(v), 4) for v in self.goal[0]],
+                    "carry_goal": [round(float(v), 4) for v in self.goal[1]]} if self.goal is not None else {})}

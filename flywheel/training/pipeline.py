@@ -42,6 +42,7 @@ class StoreTrainer:
         self.cfg, self.store, self.registry, self.progress, self.say = cfg, store, registry, progress, say
         self.work = Path(cfg.data_path) / "training"
         self._episodes: dict[str, list] = {}
+        self._goals: dict[int, Any] = {}  # episode id -> grasp goal (world_model.goal_joints), read once per trainer
 
     # -- data ------------------------------------------------------------------------------------
     def episodes(self, name: str) -> list:
@@ -52,7 +53,7 @@ class StoreTrainer:
             raise FlywheelError(f"unknown mixture component {name!r}; known: {', '.join(MIXTURE_SOURCES)}")
         if name not in self._episodes:
             eps = load_episodes(self.store, EpisodeFilter(limit=None, **MIXTURE_SOURCES[name]),
-                                goals=self.cfg.world_model.goal_joints)
+                                goals=self.cfg.world_model.goal_joints, goal_cache=self._goals)
             # held-out episodes stay out of training; an episode that never moved has nothing to learn
             self._episodes[name] = [e for e in eps if not is_held_out(e.id) and len(e.actions) > 0]
         return self._episodes[name]

@@ -88,6 +88,9 @@ class WorldModelConfig:
     # units); training clips need the batch's `goal` (B, A), NaN rows for none (session 31, docs/BENCHMARKS.md)
     goal_joints: bool = False
     goal_dropout: float = 0.1
+    # how many of `envs.goals.task_goals`' rows: 1, the grasp; 2, the grasp and where the expert carries the object
+    # (a place's release, a pick's lift). Each row is its own planes and flag
+    goal_count: int = 1
     success_head: bool = True
     success_hidden: int = 64
     success_loss_weight: float = 0.5
@@ -161,6 +164,8 @@ class WorldModelConfig:
             raise ValueError(f"world_model.action_layers must be >= 1, got {self.action_layers}")
         if self.goal_joints and not self.imagine_joints:
             raise ValueError("world_model.goal_joints needs imagine_joints (the goal is given in the joint channels' units)")
+        if self.goal_count not in (1, 2):
+            raise ValueError(f"world_model.goal_count must be 1 or 2, got {self.goal_count}")
         for name in ("action_dropout", "text_dropout", "goal_dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"world_model.{name} must be in [0, 1], got {getattr(self, name)}")

@@ -190,7 +190,8 @@ class WorldModel(nn.Module):
         self.joint_channels = cfg.action_dim if cfg.imagine_joints else 0
         c = self.video_channels + self.joint_channels  # the diffused latent: the video's channels, then the joints'
         self.action_channels = cfg.temporal_factor * cfg.action_dim + 1 if cfg.action_conditioning else 0
-        self.goal_channels = cfg.action_dim + 1 if cfg.goal_joints else 0  # the grasp goal's planes and its flag
+        # each goal's planes and its flag
+        self.goal_channels = cfg.goal_count * (cfg.action_dim + 1) if cfg.goal_joints else 0
         in_channels = 2 * c + 1 + self.goal_channels  # + action channels, embedded by PatchEmbedWithActions
         if cfg.action_conditioning and cfg.patch_size[0] != 1:
             raise PolicyError(f"action conditioning needs a temporal patch of 1, got {cfg.patch_size}")
@@ -269,25 +270,34 @@ class WorldModel(nn.Module):
         return q.permute(0, 2, 1)[..., None, None].expand(-1, -1, -1, h, w)
 
     def _check_goal(self, goal: torch.Tensor | np.ndarray | None) -> torch.Tensor | None:
-        """A sampling call's grasp goal `(A,)` (`goal_joints`): finite joint positions, or None for a task without
-        one. A model without goal channels refuses a goal rather than ignore it."""
+        """A sampling call's task goals (`goal_joints`): `(A,)` or `(K, A)` joint positions (`envs.goals.task_goals`;
+        the model reads its first `goal_count` rows), each finite or all NaN (that goal unknown), or None for a task
+        without goals. A model without goal channels refuses a goal rather than ignore it."""
         if goal is None:
             return None
         if not self.goal_channels:
             raise PolicyError("this world model was trained without goal_joints: it takes no goal")
         goal = torch.as_tensor(goal, dtype=torch.float32).to(self.device)
-        if goal.shape != (self.cfg.action_dim,) or not torch.isfinite(goal).all():
-            raise PolicyError(f"goal must be {self.cfg.action_dim} finite joint positions, got {tuple(goal.shape)}")
+        goal = goal[None] if goal.ndim == 1 else goal
+        a = self.cfg.action_dim
+        if goal.ndim != 2 or goal.shape[1] != a or not (torch.isfinite(goal).all(-1) | torch.isnan(goal).all(-1)).all():
+            raise PolicyError(f"goal must be {a} finite joint positions, or (K, {a}) rows of them (a row of NaN: "
+                              f"unknown), got {tuple(goal.shape)}")
         return goal
 
     def _goal_planes(self, goal: torch.Tensor | None, b: int, t: int, h: int, w: int) -> torch.Tensor:
-        """Grasp goals `(B, A)` (a row of NaN, or None for all: no goal) -> `(B, A + 1, t, h, w)`: the goal in the
-        joint channels' units (0 where there is none) and a flag plane, constant over the clip."""
-        g = torch.full((b, self.cfg.action_dim), float("nan"), device=self.device) if goal is None \
-            else goal.to(self.device, torch.float32)
-        known = torch.isfinite(g).all(1, keepdim=True)
+        """Task goals `(B, A)` or `(B, K, A)` (rows of NaN, or None for all: unknown) -> `(B, goal_count * (A + 1),
+        t, h, w)`: each of the first `goal_count` goals in the joint channels' units (0 where unknown) and its flag
+        plane, constant over the clip."""
+        k, a = self.cfg.goal_count, self.cfg.action_dim
+        g = torch.full((b, k, a), float("nan"), device=self.device)
+        if goal is not None:
+            goal = goal.to(self.device, torch.float32)
+            goal = goal[:, None] if goal.ndim == 2 else goal
+            g[:, : min(k, goal.shape[1])] = goal[:, :k]
+        known = torch.isfinite(g).all(-1, keepdim=True)  # (B, K, 1)
         q = torch.where(known, (torch.nan_to_num(g) - self.joint_mean) / self.joint_std, torch.zeros_like(g))
-        v = torch.cat([q, known.float()], 1)
+        v = torch.cat([q, known.float()], -1).reshape(b, k * (a + 1))
         return v[:, :, None, None, None].expand(-1, -1, t, h, w)
 
     def _frame_joint_noise(self, noise: torch.Tensor) -> torch.Tensor:
@@ -379,7 +389,7 @@ class WorldModel(nn.Module):
                        present: torch.Tensor | None,
                        goal: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`(B, C + 1, t, h, w)` start latent and mask channels (and with `goal_joints` the goal's planes, from
-        `goal (B, A)`), and the per-frame action vectors `(B, t, action_channels)` (actions, flag) that the patch
+        `goal (B, [K,] A)`), and the per-frame action vectors `(B, t, action_channels)` (actions, flag) that the patch
         embedding adds to every token of their frame (None without action conditioning). The actions are not
         broadcast over pixels."""
         b, _, t, h, w = cond.shape
@@ -462,8 +472,10 @@ class WorldModel(nn.Module):
                 raise PolicyError("a world model with goal_joints trains on each clip's grasp goal: the batch needs "
                                   f"goal (B, {cfg.action_dim}), NaN rows for clips without one")
             goal = torch.as_tensor(goal, dtype=torch.float32, device=dev).clone()
-            if goal.shape != (b, cfg.action_dim):
-                raise PolicyError(f"goal must be (B, {cfg.action_dim}), got {tuple(goal.shape)}")
+            goal = goal[:, None] if goal.ndim == 2 else goal
+            if goal.ndim != 3 or goal.shape[0] != b or goal.shape[2] != cfg.action_dim:
+                raise PolicyError(f"goal must be (B, {cfg.action_dim}) or (B, K, {cfg.action_dim}), got "
+                                  f"{tuple(goal.shape)}")
             goal[torch.rand(b, device=dev) < cfg.goal_dropout] = float("nan")
         chans, frame_actions = self._cond_channels(cond, n_cond, actions, present, goal)
 
@@ -547,7 +559,7 @@ class WorldModel(nn.Module):
         present = torch.ones(n, dtype=torch.bool, device=self.device) if actions is not None else None
         goal = self._check_goal(goal)
         chans, frame_actions = self._cond_channels(cond, n_cond, actions, present,
-                                                   None if goal is None else goal[None].expand(n, -1))
+                                                   None if goal is None else goal[None].expand(n, -1, -1))
         hidden, _ = self._text([caption])
         x = self._frame_joint_noise(torch.randn(cond.shape, generator=torch.Generator().manual_seed(int(seed))))
         x = x.to(self.device)

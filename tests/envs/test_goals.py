@@ -10,7 +10,7 @@ import pytest
 from envs.config import EnvConfig
 from envs.errors import EnvError
 from envs.expert import ScriptedExpert
-from envs.goals import GOAL_FAMILIES, grasp_goal
+from envs.goals import GOAL_FAMILIES, GOALS, grasp_goal, task_goals
 from envs.robot import GRIPPER_CLOSED, GRIPPER_INDEX, HOME_QPOS
 from envs.splits import ci_subset
 from envs.tabletop import HumanoidTabletopEnv
@@ -23,17 +23,27 @@ def env():
     e.close()
 
 
-def expert_grasp(env) -> np.ndarray:
-    """The expert's commanded joints the step before it first closes a gripper, running on the env."""
+def expert_goals(env) -> tuple[np.ndarray, np.ndarray]:
+    """The expert's commanded joints, running on the env: the step before it first closes a gripper, and the step
+    before it next opens one (or where its commands rest for 3 steps)."""
     expert = ScriptedExpert(env)
     expert.reset(env.task)
-    before = expert.q.copy()
+    before, grasp, still = expert.q.copy(), None, 0
+    grips = list(GRIPPER_INDEX.values())
     for _ in range(200):
         env.step(expert.act())
-        if any(expert.q[g] == GRIPPER_CLOSED and before[g] != GRIPPER_CLOSED for g in GRIPPER_INDEX.values()):
-            return before
-        before = expert.q.copy()
-    raise AssertionError("the expert never grasped")
+        q = expert.q
+        if grasp is None:
+            if any(q[g] == GRIPPER_CLOSED and before[g] != GRIPPER_CLOSED for g in grips):
+                grasp = before.copy()
+        elif any(q[g] != GRIPPER_CLOSED and before[g] == GRIPPER_CLOSED for g in grips):
+            return grasp, before
+        else:
+            still = still + 1 if np.array_equal(q, before) else 0
+            if still >= 3:
+                return grasp, before
+        before = q.copy()
+    raise AssertionError("the expert never grasped and carried")
 
 
 ITEMS = ci_subset("in_distribution", 4) + [it for it in ci_subset("new_tasks", 8) if it.family == "handover"][:1]
@@ -45,11 +55,14 @@ def test_the_goal_is_where_the_expert_grasps(env, item):
     scene = env.scene_description()
     goal = grasp_goal(scene, env.cfg.control_hz)
     assert goal is not None and goal.shape == (16,) and goal.dtype == np.float32
-    real = expert_grasp(env)
-    # the scene gives positions to 1 mm and yaws to 0.1 degree: the goal is the expert's grasp to well under 0.02 rad
-    assert np.abs(goal - real).max() < 0.02
+    goals = task_goals(scene, env.cfg.control_hz)
+    assert goals.shape == (GOALS, 16) and np.array_equal(goals[0], goal)
+    grasp, carry = expert_goals(env)
+    # the scene gives positions to 1 mm and yaws to 0.1 degree: the goals are the expert's to well under 0.02 rad
+    assert np.abs(goal - grasp).max() < 0.02
+    assert np.abs(goals[1] - carry).max() < 0.1  # the carry also rests on where the real grasp held the object
     assert np.abs(goal[:14] - HOME_QPOS[:14]).max() > 0.3  # far from the home pose the robot starts at
-    assert np.abs(goal[:14] - env.joint_qpos()[:14]).max() < 0.05  # and where the arm got to on the real env
+    assert np.abs(goals[1, :14] - goal[:14]).max() > 0.1  # the object is carried away from the grasp
     assert np.array_equal(grasp_goal(scene, env.cfg.control_hz), goal)  # deterministic
 
 

@@ -225,7 +225,7 @@ def test_goal_joints_train_on_each_episodes_grasp_goal_from_its_recorded_start(t
     (restored on a sim env), as the planner computes it at reset; an episode of a family without a goal gives NaN;
     a start that cannot be restored is one error naming the episode."""
     from envs.config import EnvConfig
-    from envs.goals import grasp_goal
+    from envs.goals import task_goals
     from envs.splits import ci_subset
     from envs.tabletop import HumanoidTabletopEnv
     from flywheel.data import ClipDataset, EpisodeFilter, load_episodes
@@ -247,7 +247,7 @@ def test_goal_joints_train_on_each_episodes_grasp_goal_from_its_recorded_start(t
                             policy="scripted_expert", success=True, length=t, seed=item.seed)
         eid = store.record_episode(rec, {"frames": np.zeros((t + 1, S, S, 3), np.uint8), "proprio": proprio,
                                          "actions": np.zeros((t, 16), np.float32)}, initial_state=env.get_state())
-        goals[eid] = grasp_goal(env.scene_description(), env.cfg.control_hz)
+        goals[eid] = task_goals(env.scene_description(), env.cfg.control_hz)
     env.close()
     eps = {e.id: e for e in load_episodes(store, EpisodeFilter(limit=None), goals=True)}
     (pick,) = [i for i, g in goals.items() if g is not None]
@@ -261,8 +261,9 @@ def test_goal_joints_train_on_each_episodes_grasp_goal_from_its_recorded_start(t
     trainer = StoreTrainer(cfg, store, registry, progress=False, say=lambda s: None)
     model = WorldModel.from_pretrained(trainer.train_world_model(parent=None, phase="bootstrap").path)
     assert model.goal_channels == 17
+    assert set(trainer._goals) == set(goals)  # each episode's goal read once, whichever components it is in
     _, joints = model.imagine_joints(torch.rand(3, S, S), "pick", n=2, steps=2, pose=torch.zeros(16),
-                                     goal=torch.from_numpy(goals[pick]))
+                                     goal=torch.from_numpy(goals[pick][0]))
     assert torch.isfinite(joints).all()
 
     rec = EpisodeRecord(source="expert", task_family="pick", instruction="pick up the red cube",

@@ -682,3 +682,41 @@ def test_a_bad_observation_holds_with_a_reason_and_imagines_nothing(cfg, models,
     assert rec_wm.starts == []  # nothing was imagined from it
     policy.act(obs)  # the next good observation is planned from
     assert len(rec_wm.starts) >= 1
+
+
+def test_a_goal_conditioned_world_model_gets_the_grasp_goal_of_the_scene(tmp_path, models, checker, sim):
+    """`world_model.goal_joints`: the planner computes the grasp goal from the scene at reset (`grasp_goal`) and
+    hands it to every imagination and to the consistency prediction; it is in the policy's logs. A task without a
+    goal imagines with none; a scene the goal cannot be computed from is one clear error at reset."""
+    from envs.goals import task_goals
+
+    cfg = tiny_config(tmp_path, "world_model.imagine_joints=true", "world_model.goal_joints=true",
+                      "policy.consistency=true")
+    torch.manual_seed(0)
+    wm = WorldModel(cfg.world_model).eval()
+    wm.fit_joint_stats(torch.as_tensor(robot.HOME_QPOS, dtype=torch.float32) + 0.1 * torch.randn(64, 16))
+    seen: dict[str, list] = {"imagine": [], "predict": []}
+    imagine, predict = wm.imagine_joints, wm.predict_many
+    wm.imagine_joints = lambda *a, **kw: (seen["imagine"].append(kw.get("goal")), imagine(*a, **kw))[1]
+    wm.predict_many = lambda *a, **kw: (seen["predict"].append(kw.get("goal")), predict(*a, **kw))[1]
+    _, idm = models
+    policy = make(cfg, wm, idm, checker, sim)
+    task = sample_task("pick", 3)
+    obs = sim.reset(task=task, seed=3)
+    scene = sim.scene_description()
+    policy.reset(task.to_dict(), task.instruction, scene)
+    out = policy.act(obs)
+    want = task_goals(scene, cfg.env.control_hz)
+    assert seen["imagine"] and all(torch.equal(g, torch.from_numpy(want)) for g in seen["imagine"])
+    assert seen["predict"] and all(torch.equal(g, torch.from_numpy(want)) for g in seen["predict"])
+    assert np.allclose(policy.logs()["grasp_goal"], want[0], atol=1e-4)
+    assert np.allclose(policy.logs()["carry_goal"], want[1], atol=1e-4) and np.isfinite(out.actions).all()
+    drawer = sample_task("drawer", 3)
+    obs = sim.reset(task=drawer, seed=3)
+    policy.reset(drawer.to_dict(), drawer.instruction, sim.scene_description())
+    seen["imagine"].clear()
+    policy.act(obs)
+    assert seen["imagine"] == [None] * len(seen["imagine"]) and "grasp_goal" not in policy.logs()
+    broken = dict(scene, objects=[{"name": "red cube"}])
+    with pytest.raises(PolicyError, match="grasp goal"):
+        policy.reset(task.to_dict(), task.instruction, broken)

@@ -558,7 +558,7 @@ def test_goal_joints_condition_the_imagined_joints_on_the_grasp_goal(tmp_path):
     assert (ends[0] > 0.5).all() and (ends[1] < -0.5).all()
     _, none = m.imagine_joints(frame, "pick the red cube", n=2, steps=4, seed=0, pose=start[0])
     assert torch.isfinite(none).all()
-    for bad in (torch.full((16,), float("nan")), torch.zeros(15)):
+    for bad in (torch.tensor([float("nan")] + [0.0] * 15), torch.zeros(15)):
         with pytest.raises(PolicyError, match="goal must be 16 finite"):
             m.imagine_joints(frame, "pick the red cube", n=2, steps=2, pose=start[0], goal=bad)
     m.save_pretrained(tmp_path / "wm")
@@ -569,3 +569,30 @@ def test_goal_joints_condition_the_imagined_joints_on_the_grasp_goal(tmp_path):
     plain = WorldModel(tiny_cfg(imagine_joints=True)).eval()
     with pytest.raises(PolicyError, match="without goal_joints"):
         plain.imagine_joints(frame, "pick the red cube", n=2, steps=2, pose=start[0], goal=goal[0])
+
+
+def test_two_goals_each_have_their_planes_and_flag():
+    """`goal_count=2` (the grasp and the carry): each goal gets its planes and flag; a goal of either shape, or a
+    row of NaN (that goal unknown), samples; a partly NaN row is refused; a model of one goal reads the first row."""
+    with pytest.raises(ValueError, match="goal_count"):
+        tiny_cfg(imagine_joints=True, goal_joints=True, goal_count=3)
+    torch.manual_seed(0)
+    m = WorldModel(tiny_cfg(imagine_joints=True, goal_joints=True, goal_count=2)).eval()
+    assert m.transformer.config.in_channels == 2 * (3 + 16) + 1 + 2 * 17
+    goals = torch.stack([torch.full((16,), 0.5), torch.full((16,), -0.5)])
+    planes = m._goal_planes(goals[None], 1, 2, 4, 4)
+    assert planes.shape == (1, 34, 2, 4, 4)
+    assert torch.equal(planes[0, [16, 33], 0, 0, 0], torch.ones(2))  # both flags
+    assert torch.allclose(planes[0, :16, 0, 0, 0], torch.full((16,), 0.5))  # unit stats: the goal itself
+    unknown = m._goal_planes(torch.stack([goals[0], torch.full((16,), float("nan"))])[None], 1, 2, 4, 4)
+    assert unknown[0, 16, 0, 0, 0] == 1 and unknown[0, 33, 0, 0, 0] == 0 and unknown[0, 17:33].abs().sum() == 0
+    frame, pose = torch.rand(3, S, S), torch.zeros(16)
+    for goal in (goals, goals[0], torch.stack([goals[0], torch.full((16,), float("nan"))])):
+        _, joints = m.imagine_joints(frame, "pick the red cube", n=2, steps=2, pose=pose, goal=goal)
+        assert torch.isfinite(joints).all()
+    partly = goals.clone()
+    partly[1, 3] = float("nan")
+    with pytest.raises(PolicyError, match="goal must be"):
+        m.imagine_joints(frame, "pick the red cube", n=2, steps=2, pose=pose, goal=partly)
+    one = WorldModel(tiny_cfg(imagine_joints=True, goal_joints=True)).eval()
+    assert torch.equal(one._goal_planes(goals[None], 1, 2, 4, 4), one._goal_planes(goals[:1], 1, 2, 4, 4))
