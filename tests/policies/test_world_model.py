@@ -286,9 +286,9 @@ def test_imagine_from_success_keeps_the_actions_of_failed_episodes(monkeypatch, 
     seen = []
     orig = m._cond_channels
 
-    def spy(cond, n_cond, actions, present):
+    def spy(cond, n_cond, actions, present, goal=None):
         seen.append(present.clone())
-        return orig(cond, n_cond, actions, present)
+        return orig(cond, n_cond, actions, present, goal)
 
     monkeypatch.setattr(m, "_cond_channels", spy)
     m(batch() | {"episode_success": torch.tensor([True, False])})
