@@ -45,18 +45,20 @@ class StoreTrainer:
         self._goals: dict[int, Any] = {}  # episode id -> grasp goal (world_model.goal_joints), read once per trainer
 
     # -- data ------------------------------------------------------------------------------------
-    def episodes(self, name: str) -> list:
-        """Episodes of a mixture component (cached per trainer: one read per phase)."""
+    def episodes(self, name: str, goals: bool = False) -> list:
+        """Episodes of a mixture component (cached per trainer: one read per phase); `goals`: with their task goals
+        (for a world model with `goal_joints`; a fine-tune follows its parent's config, not the run's)."""
         from flywheel.data import MIXTURE_SOURCES
 
         if name not in MIXTURE_SOURCES:
             raise FlywheelError(f"unknown mixture component {name!r}; known: {', '.join(MIXTURE_SOURCES)}")
-        if name not in self._episodes:
-            eps = load_episodes(self.store, EpisodeFilter(limit=None, **MIXTURE_SOURCES[name]),
-                                goals=self.cfg.world_model.goal_joints, goal_cache=self._goals)
+        key = f"{name}+goals" if goals else name
+        if key not in self._episodes:
+            eps = load_episodes(self.store, EpisodeFilter(limit=None, **MIXTURE_SOURCES[name]), goals=goals,
+                                goal_cache=self._goals)
             # held-out episodes stay out of training; an episode that never moved has nothing to learn
-            self._episodes[name] = [e for e in eps if not is_held_out(e.id) and len(e.actions) > 0]
-        return self._episodes[name]
+            self._episodes[key] = [e for e in eps if not is_held_out(e.id) and len(e.actions) > 0]
+        return self._episodes[key]
 
     def snapshot(self) -> dict[str, Any]:
         c = self.store.counts()
@@ -98,16 +100,17 @@ class StoreTrainer:
             if joints:
                 model.fit_joint_stats(with_mirrored(np.concatenate(joints), tcfg.wm_mirror))
         clip = lambda eps: ClipDataset(eps, num_frames=wcfg.num_frames, stride=2)
+        goals = model.cfg.goal_joints  # the model's own: a fine-tune keeps its parent's conditioning
         if parent is None:
             recipe = [(s.name, dict(s.mixture) or {"all": 1.0}, s.steps, s.lr) for s in tcfg.wm_stages]
         else:
             recipe = [("finetune", FINETUNE_MIXTURE, tcfg.finetune_steps, tcfg.wm_stages[-1].lr)]
         stages = []
         for name, mixture, steps, lr in recipe:
-            comps = {k: clip(self.episodes(k)) for k in mixture}
+            comps = {k: clip(self.episodes(k, goals)) for k in mixture}
             if tcfg.wm_start_clips > 0:  # each component's episode-start clips, as a share of its own weight
                 f = tcfg.wm_start_clips
-                comps |= {f"{k}@start": ClipDataset(self.episodes(k), wcfg.num_frames, starts_only=True)
+                comps |= {f"{k}@start": ClipDataset(self.episodes(k, goals), wcfg.num_frames, starts_only=True)
                           for k in mixture}
                 mixture = {k: w * (1 - f) for k, w in mixture.items()} | {f"{k}@start": w * f
                                                                            for k, w in mixture.items()}

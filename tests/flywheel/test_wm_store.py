@@ -259,12 +259,20 @@ def test_goal_joints_train_on_each_episodes_grasp_goal_from_its_recorded_start(t
 
     registry = ModelRegistry(store, tmp_path)
     trainer = StoreTrainer(cfg, store, registry, progress=False, say=lambda s: None)
-    model = WorldModel.from_pretrained(trainer.train_world_model(parent=None, phase="bootstrap").path)
+    root = trainer.train_world_model(parent=None, phase="bootstrap")
+    model = WorldModel.from_pretrained(root.path)
     assert model.goal_channels == 17
     assert set(trainer._goals) == set(goals)  # each episode's goal read once, whichever components it is in
     _, joints = model.imagine_joints(torch.rand(3, S, S), "pick", n=2, steps=2, pose=torch.zeros(16),
                                      goal=torch.from_numpy(goals[pick][0]))
     assert torch.isfinite(joints).all()
+    plain_cfg = _config(tmp_path)  # a run configured without goals fine-tunes the goal model with its goals
+    plain_cfg.world_model = WorldModelConfig(**{**plain_cfg.world_model.__dict__, "imagine_joints": True})
+    plain_cfg.train.wm_stages = cfg.train.wm_stages
+    plain_cfg.train.finetune_steps = 2
+    child = StoreTrainer(plain_cfg, store, registry, progress=False, say=lambda s: None).train_world_model(
+        parent=root, phase="iter1")
+    assert WorldModel.from_pretrained(child.path).goal_channels == 17
 
     rec = EpisodeRecord(source="expert", task_family="pick", instruction="pick up the red cube",
                         policy="scripted_expert", success=True, length=4, seed=1)
