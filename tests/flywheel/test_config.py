@@ -80,9 +80,10 @@ def test_the_joints_preset_is_a_coherent_recipe_for_a_planner_that_reads_imagine
 
     cfg = OmegaConf.to_object(compose(["preset=joints", f"data_dir={tmp_path}"]))
     assert cfg.preset_name == "joints" and cfg.world_model.imagine_joints
+    assert cfg.world_model.goal_joints and cfg.world_model.goal_count == 2  # session 31's grasp and carry goals
     assert cfg.world_model.num_frames == cfg.policy.imagine_frames == cfg.policy.horizon + 1
     assert cfg.train.wm_ema_decay == 0.999 and sum(s.steps for s in cfg.train.wm_stages) == 6000
     assert cfg.policy.guidance == 1.0 and cfg.policy.caption_upsampler == "task_pose"
     assert cfg.world_model.max_text_tokens == 96  # what the task_pose captions need (tests/policies/test_captions.py)
     policy = ImagineThenActPolicy(cfg, WorldModel(cfg.world_model).eval(), InverseDynamicsModel(cfg.idm).eval())
-    assert policy.from_joints and policy.context == 1
+    assert policy.from_joints and policy.context == 1 and policy.uses_goal

@@ -70,15 +70,22 @@ def test_flywheel_runs_end_to_end_on_the_embedded_broker(tmp_path, capsys):
 def test_flywheel_runs_with_a_world_model_that_imagines_the_joints(tmp_path):
     """`world_model.imagine_joints=true` through the whole loop: the bootstrap and the fine-tune train joint
     channels, the held-out evaluation and the evaluator run, and the planner's candidates are read off the
-    imagined joints (one reading each: an IDM spread of exactly 0)."""
+    imagined joints (one reading each: an IDM spread of exactly 0). With `goal_joints` (grasp and carry goals) the
+    trainer reads each episode's goals from its recorded start and every rollout's planner logs the goals it gave."""
+    from envs.goals import GOAL_FAMILIES
+
     data = tmp_path / "fw"
-    assert main(["run", "--quiet", "preset=smoke", f"data_dir={data}", "world_model.imagine_joints=true"]) == 0
+    assert main(["run", "--quiet", "preset=smoke", f"data_dir={data}", "world_model.imagine_joints=true",
+                 "world_model.goal_joints=true", "world_model.goal_count=2"]) == 0
     with _store(data) as store:
         _check_finished_run(data, store)
-        assert all(v.config["imagine_joints"] for v in store.list_models("world_model"))
+        assert all(v.config["imagine_joints"] and v.config["goal_joints"] for v in store.list_models("world_model"))
         rollouts = [e for e in store.episodes(limit=None) if e.source == "rollout"]
         spreads = [c.scores.get("idm_spread") for e in rollouts for c in store.candidates(e.id)]
         assert spreads and all(s == 0.0 for s in spreads)
+        with_goals = [e for e in rollouts if e.task_family in GOAL_FAMILIES]
+        assert with_goals and all(len(e.meta["policy_logs"]["grasp_goal"]) == 16 and
+                                  len(e.meta["policy_logs"]["carry_goal"]) == 16 for e in with_goals)
 
 
 @pytest.mark.postgres
