@@ -63,8 +63,8 @@ class _Data:
 
 class _SceneView:
     """What the scripted expert reads of an env, from a scene description: the task, the objects' positions and
-    yaws, the robot's IK, and a robot at its home pose. A carried object stays where the scene puts it: the
-    expert reads its offset from the hand at the grasp, which is what the real grasp gives."""
+    yaws, the robot's IK, and a robot at its home pose. Once grasped (`attach`) the task's object moves with the
+    hand, held where it was grasped: the expert reads its offset from the hand then, as on the real env."""
 
     def __init__(self, scene: dict[str, Any], control_hz: float) -> None:
         task = scene.get("task")

@@ -85,7 +85,7 @@ class LoadedEpisode:
 def load_episodes(store: Any, flt: EpisodeFilter | None = None, goals: bool = False,
                   goal_cache: dict[int, np.ndarray | None] | None = None) -> list[LoadedEpisode]:
     """Read episodes matching `flt` with their arrays. Episodes without arrays are skipped. `goals`: also each
-    episode's grasp goal (`episode_goal`), for a world model with `goal_joints`; `goal_cache` (by episode id)
+    episode's task goals (`episode_goal`), for a world model with `goal_joints`; `goal_cache` (by episode id)
     keeps them between calls (an episode's recorded start does not change)."""
     flt = flt or EpisodeFilter()
     out = []
@@ -121,10 +121,10 @@ def _goal_env() -> Any:
 
 
 def episode_goal(store: Any, row: Any, env: Any) -> np.ndarray | None:
-    """The task goals (`envs.goals.task_goals`: the grasp, the carry) of a stored episode: from the scene at its recorded start, restored
-    on the sim env `env`, as the planner computes it from the scene it is given. None for an episode without a
-    recorded start, or a task family without a goal. A start that cannot be restored is an error naming the
-    episode."""
+    """The task goals (`envs.goals.task_goals`: the grasp, the carry) of a stored episode, from the scene at its
+    recorded start restored on the sim env `env`, as the planner computes them from the scene it is given. None
+    for an episode without a recorded start, or a task family without goals. A start that cannot be restored is
+    an error naming the episode."""
     from envs.goals import GOAL_FAMILIES, task_goals
 
     if row.initial_state_uri is None or row.task_family not in GOAL_FAMILIES:
@@ -133,7 +133,7 @@ def episode_goal(store: Any, row: Any, env: Any) -> np.ndarray | None:
         env.set_state(store.load_initial_state(row.id))
         return task_goals(env.scene_description(), env.cfg.control_hz)
     except Exception as exc:
-        raise FlywheelError(f"the grasp goal of episode {row.id} could not be computed: {exc}") from exc
+        raise FlywheelError(f"the task goals of episode {row.id} could not be computed: {exc}") from exc
 
 
 def first_step(row: Any) -> int:
