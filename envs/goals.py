@@ -75,6 +75,7 @@ class _SceneView:
         self._robot = _kinematics(control_hz)
         self.model = self._robot.model
         self.data = _Data(self._robot)
+        self._held: tuple[str, str, np.ndarray] | None = None  # (object, hand, grasp site at the grasp): `attach`
         self._objects: dict[str, tuple[np.ndarray, float]] = {}
         for obj in scene.get("objects") or []:
             try:
@@ -100,9 +101,8 @@ class _SceneView:
 
     def object_pos(self, name: str) -> np.ndarray:
         pos = self._object(name)[0].copy()
-        held = getattr(self, "_held", None)
-        if held is not None and held[0] == name:
-            pos += self._site(held[1]) - held[2]
+        if self._held is not None and self._held[0] == name:
+            pos += self._site(self._held[1]) - self._held[2]
         return pos
 
     def object_yaw(self, name: str) -> float:

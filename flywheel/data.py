@@ -90,6 +90,7 @@ def load_episodes(store: Any, flt: EpisodeFilter | None = None, goals: bool = Fa
     flt = flt or EpisodeFilter()
     out = []
     goal_env = None
+    goal_cache = {} if goal_cache is None else goal_cache
     for row in store.episodes(**flt.query()):
         if row.artifact_uri is None or row.policy in flt.exclude_policies:
             continue
@@ -103,12 +104,10 @@ def load_episodes(store: Any, flt: EpisodeFilter | None = None, goals: bool = Fa
             source=row.source, task_family=row.task_family, first_step=first_step(row),
         ))
         if goals:
-            if goal_cache is None or row.id not in goal_cache:
+            if row.id not in goal_cache:
                 goal_env = goal_env or _goal_env()
-                goal = episode_goal(store, row, goal_env)
-                if goal_cache is not None:
-                    goal_cache[row.id] = goal
-            out[-1].goal = goal if goal_cache is None else goal_cache[row.id]
+                goal_cache[row.id] = episode_goal(store, row, goal_env)
+            out[-1].goal = goal_cache[row.id]
     return out
 
 

@@ -42,7 +42,7 @@ class StoreTrainer:
         self.cfg, self.store, self.registry, self.progress, self.say = cfg, store, registry, progress, say
         self.work = Path(cfg.data_path) / "training"
         self._episodes: dict[str, list] = {}
-        self._goals: dict[int, Any] = {}  # episode id -> grasp goal (world_model.goal_joints), read once per trainer
+        self._goals: dict[int, Any] = {}  # episode id -> task goals (world_model.goal_joints), read once per trainer
 
     # -- data ------------------------------------------------------------------------------------
     def episodes(self, name: str, goals: bool = False) -> list:
