@@ -19,6 +19,9 @@ class PolicyConfig:
     imagine_frames: int = 9  # frames imagined per candidate, including the start frame
     sampling_steps: int = 8
     guidance: float = 2.0
+    # classifier-free guidance on the task goals of a world model with world_model.goal_joints (1.0: none; the
+    # other branch imagines with the goals unknown, as its training's goal_dropout did): one extra batch branch
+    goal_guidance: float = 1.0
     # share of the noise drawn fresh at every world-model sampling step (WorldModel.imagine's churn): 0 is the
     # deterministic sampler, where the N candidates differ only by their starting noise
     sampling_churn: float = 0.0
@@ -71,8 +74,10 @@ class PolicyConfig:
                              f"got {self.imagine_frames}")
         if self.sampling_steps < 1:  # 0 would return the starting noise as the imagined future
             raise ValueError(f"policy.sampling_steps must be >= 1, got {self.sampling_steps}")
-        if not (math.isfinite(self.guidance) and self.guidance >= 0):
-            raise ValueError(f"policy.guidance must be a finite number >= 0, got {self.guidance}")
+        for name in ("guidance", "goal_guidance"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"policy.{name} must be a finite number >= 0, got {value}")
         for name in ("min_feasibility", "min_success_prob"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:  # (NaN fails too: it would switch the threshold off)

@@ -241,6 +241,8 @@ class ImagineThenActPolicy(Policy):
         kw = {"plan": True, "pose": pose} if p.imagine_plan else {"pose": pose} if self.imagines_joints else {}
         if self.goal is not None:
             kw["goal"] = torch.from_numpy(self.goal)
+            if p.goal_guidance != 1.0:
+                kw["goal_guidance"] = p.goal_guidance
         t0 = time.perf_counter()
         frames = start[0] if self.context == 1 else start
         joints = None

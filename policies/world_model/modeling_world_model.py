@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -571,7 +572,8 @@ class WorldModel(nn.Module):
     def _sample(self, start: torch.Tensor, caption: str, n: int, steps: int, guidance: float, seed: int,
                 num_frames: int, actions: torch.Tensor | None = None, action_guidance: float = 1.0,
                 pose: torch.Tensor | None = None, churn: float = 0.0,
-                goal: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                goal: torch.Tensor | None = None,
+                goal_guidance: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`n` futures: videos `(n, T, 3, H, W)` and, with joint channels, their joint positions `(n, t, A)`.
 
         `churn` in [0, 1]: how much of the noise left after each sampling step is drawn fresh (seeded by `seed`)
@@ -585,26 +587,28 @@ class WorldModel(nn.Module):
             pose = self._check_pose(pose, "sampling")
         cond, n_cond, chans, frame_actions, hidden, x, clean = self._start(start, caption, n, seed, num_frames, actions,
                                                                            pose, goal)
-        ehs = hidden.expand(n, -1, -1)
-        # classifier-free guidance: on the caption (against the empty one) and on the actions (against none,
-        # which training's action dropout teaches): one extra batch branch each
+        # classifier-free guidance: on the caption (against the empty one), on the actions (against none, which
+        # training's action dropout teaches) and on the goals (against unknown ones, which goal_dropout teaches):
+        # one extra batch branch each
+        if not (math.isfinite(goal_guidance) and goal_guidance >= 0):
+            raise PolicyError(f"goal_guidance must be a finite number >= 0, got {goal_guidance}")
         branches = ["cond"] + (["text"] if guidance != 1.0 else []) + \
-            (["actions"] if action_guidance != 1.0 and actions is not None else [])
-        if "text" in branches:
-            ehs = torch.cat([ehs, self._text([""])[0].expand(n, -1, -1)])
-        if "actions" in branches:
-            ehs = torch.cat([ehs, hidden.expand(n, -1, -1)])
+            (["actions"] if action_guidance != 1.0 and actions is not None else []) + \
+            (["goal"] if goal_guidance != 1.0 and goal is not None and self.goal_channels else [])
+        empty = self._text([""])[0] if "text" in branches else None
+        ehs = torch.cat([(empty if name == "text" else hidden).expand(n, -1, -1) for name in branches])
         sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=self.cfg.flow_shift)
         sched.set_timesteps(steps, device=dev)
         c = x.shape[1]
         reps = len(branches)
         inp = torch.cat([torch.zeros_like(x), chans], 1).repeat(reps, 1, 1, 1, 1)  # conditioning written once
-        if frame_actions is not None:
-            parts = [frame_actions] * (reps - ("actions" in branches))
-            if "actions" in branches:  # the same clip with no actions given (zeros, flag 0)
-                parts.append(torch.zeros_like(frame_actions))
-            frame_actions = torch.cat(parts)
-        scale = {"text": guidance, "actions": action_guidance}
+        if "goal" in branches:  # the same clip with its goals unknown: zero planes, flags off (_goal_planes)
+            k = branches.index("goal")
+            inp[k * n:(k + 1) * n, -self.goal_channels:] = 0.0
+        if frame_actions is not None:  # the "actions" branch: the same clip with no actions given (zeros, flag 0)
+            frame_actions = torch.cat([torch.zeros_like(frame_actions) if name == "actions" else frame_actions
+                                       for name in branches])
+        scale = {"text": guidance, "actions": action_guidance, "goal": goal_guidance}
         fresh = torch.Generator().manual_seed(int(seed) + 1_000_003)  # churn: apart from any starting noise
         for i, ts in enumerate(sched.timesteps):
             for k in range(reps):
@@ -628,21 +632,26 @@ class WorldModel(nn.Module):
 
     def imagine(self, frames: torch.Tensor, caption: str, n: int = 4, steps: int = 8, guidance: float = 2.0,
                 seed: int = 0, num_frames: int | None = None, plan: bool = False,
-                pose: torch.Tensor | None = None, churn: float = 0.0, goal: torch.Tensor | None = None) -> torch.Tensor:
+                pose: torch.Tensor | None = None, churn: float = 0.0, goal: torch.Tensor | None = None,
+                goal_guidance: float = 1.0) -> torch.Tensor:
         """Imagine `n` futures from start frame(s) `(3, H, W)` or `(T0, 3, H, W)` in one batch.
         Returns `(n, T, 3, H, W)` in [0, 1] on the CPU; the start frames come back unchanged.
 
         `plan` (needs the action head, `imagine_action_loss` > 0, and the measured joint positions `pose (A,)`):
         decide, then draw. One imagine-mode call on each candidate's starting noise reads where the joints go
         off the action head (`plan_actions`), and the future is drawn in evaluation mode under that plan.
-        `churn`: fresh noise at every sampling step (`_sample`); 0 is the deterministic sampler. `goal (A,)`: the
-        grasp goal of a `goal_joints` model (`envs.goals.grasp_goal`; None: the task has none)."""
-        return self.imagine_joints(frames, caption, n, steps, guidance, seed, num_frames, plan, pose, churn, goal)[0]
+        `churn`: fresh noise at every sampling step (`_sample`); 0 is the deterministic sampler. `goal (A,)` or
+        `(K, A)`: the task goals of a `goal_joints` model (`envs.goals.task_goals`; None: the task has none).
+        `goal_guidance`: classifier-free guidance on the goals, against the same start with them unknown (1.0: none;
+        above 1 pushes the future further toward what the goals change)."""
+        return self.imagine_joints(frames, caption, n, steps, guidance, seed, num_frames, plan, pose, churn, goal,
+                                   goal_guidance)[0]
 
     def imagine_joints(self, frames: torch.Tensor, caption: str, n: int = 4, steps: int = 8, guidance: float = 2.0,
                        seed: int = 0, num_frames: int | None = None, plan: bool = False,
                        pose: torch.Tensor | None = None, churn: float = 0.0,
-                       goal: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                       goal: torch.Tensor | None = None,
+                       goal_guidance: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`imagine`, and with `imagine_joints` the imagined joint positions `(n, T, A)` of every frame (the first
         is `pose`, the measured ones the model is given); None for a model without joint channels."""
         start = self._check_frames(frames)
@@ -653,7 +662,7 @@ class WorldModel(nn.Module):
                 raise PolicyError("imagine(plan=True) needs pose: the measured joint positions the plan starts from")
             actions = self._plan(start, caption, pose, n, seed, num_frames, goal)
         video, joints = self._sample(start, caption, n, steps, guidance, seed, num_frames, actions, pose=pose,
-                                     churn=churn, goal=goal)
+                                     churn=churn, goal=goal, goal_guidance=goal_guidance)
         return video.cpu(), None if joints is None else joints.cpu()
 
     @torch.no_grad()

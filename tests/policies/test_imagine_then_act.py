@@ -686,18 +686,20 @@ def test_a_bad_observation_holds_with_a_reason_and_imagines_nothing(cfg, models,
 
 def test_a_goal_conditioned_world_model_gets_the_grasp_goal_of_the_scene(tmp_path, models, checker, sim):
     """`world_model.goal_joints`: the planner computes the grasp goal from the scene at reset (`grasp_goal`) and
-    hands it to every imagination and to the consistency prediction; it is in the policy's logs. A task without a
-    goal imagines with none; a scene the goal cannot be computed from is one clear error at reset."""
+    hands it to every imagination (with `policy.goal_guidance`) and to the consistency prediction; it is in the
+    policy's logs. A task without a goal imagines with none; a scene the goal cannot be computed from is one clear
+    error at reset."""
     from envs.goals import task_goals
 
     cfg = tiny_config(tmp_path, "world_model.imagine_joints=true", "world_model.goal_joints=true",
-                      "policy.consistency=true")
+                      "policy.consistency=true", "policy.goal_guidance=2.0")
     torch.manual_seed(0)
     wm = WorldModel(cfg.world_model).eval()
     wm.fit_joint_stats(torch.as_tensor(robot.HOME_QPOS, dtype=torch.float32) + 0.1 * torch.randn(64, 16))
-    seen: dict[str, list] = {"imagine": [], "predict": []}
+    seen: dict[str, list] = {"imagine": [], "predict": [], "guidance": []}
     imagine, predict = wm.imagine_joints, wm.predict_many
-    wm.imagine_joints = lambda *a, **kw: (seen["imagine"].append(kw.get("goal")), imagine(*a, **kw))[1]
+    wm.imagine_joints = lambda *a, **kw: (seen["imagine"].append(kw.get("goal")),
+                                          seen["guidance"].append(kw.get("goal_guidance")), imagine(*a, **kw))[2]
     wm.predict_many = lambda *a, **kw: (seen["predict"].append(kw.get("goal")), predict(*a, **kw))[1]
     _, idm = models
     policy = make(cfg, wm, idm, checker, sim)
@@ -708,6 +710,7 @@ def test_a_goal_conditioned_world_model_gets_the_grasp_goal_of_the_scene(tmp_pat
     out = policy.act(obs)
     want = task_goals(scene, cfg.env.control_hz)
     assert seen["imagine"] and all(torch.equal(g, torch.from_numpy(want)) for g in seen["imagine"])
+    assert seen["guidance"] == [2.0] * len(seen["imagine"])
     assert seen["predict"] and all(torch.equal(g, torch.from_numpy(want)) for g in seen["predict"])
     assert np.allclose(policy.logs()["grasp_goal"], want[0], atol=1e-4)
     assert np.allclose(policy.logs()["carry_goal"], want[1], atol=1e-4) and np.isfinite(out.actions).all()
@@ -720,3 +723,5 @@ def test_a_goal_conditioned_world_model_gets_the_grasp_goal_of_the_scene(tmp_pat
     broken = dict(scene, objects=[{"name": "red cube"}])
     with pytest.raises(PolicyError, match="grasp goal"):
         policy.reset(task.to_dict(), task.instruction, broken)
+    with pytest.raises(Exception, match="goal_guidance must be a finite number"):
+        tiny_config(tmp_path, "policy.goal_guidance=-1")

@@ -596,3 +596,30 @@ def test_two_goals_each_have_their_planes_and_flag():
         m.imagine_joints(frame, "pick the red cube", n=2, steps=2, pose=pose, goal=partly)
     one = WorldModel(tiny_cfg(imagine_joints=True, goal_joints=True)).eval()
     assert torch.equal(one._goal_planes(goals[None], 1, 2, 4, 4), one._goal_planes(goals[:1], 1, 2, 4, 4))
+
+
+def test_goal_guidance_extrapolates_from_the_goal_free_branch():
+    """`goal_guidance` w: v = v_goal + (w - 1)(v_goal - v_unknown). Without text guidance, 0 gives the future imagined
+    with the goals unknown; 1 gives the plain one, with or without text guidance beside it (whose terms add: at 0 both
+    terms are the goal-free model's only without it); other values differ from both; a bad value is refused, and a
+    task without goals ignores it."""
+    torch.manual_seed(0)
+    m = WorldModel(tiny_cfg(imagine_joints=True, goal_joints=True, goal_count=2)).eval()
+    frame, pose = torch.rand(3, S, S), torch.zeros(16)
+    goals = torch.stack([torch.full((16,), 0.5), torch.full((16,), -0.5)])
+
+    def joints(text=1.0, **kw):
+        return m.imagine_joints(frame, "pick the red cube", n=2, steps=3, seed=1, pose=pose, guidance=text, **kw)[1]
+
+    for text in (1.0, 2.0):
+        unknown, plain = joints(text), joints(text, goal=goals)
+        if text == 1.0:
+            assert torch.allclose(joints(text, goal=goals, goal_guidance=0.0), unknown, atol=1e-5)
+        assert torch.equal(joints(text, goal=goals, goal_guidance=1.0), plain)
+        pushed = joints(text, goal=goals, goal_guidance=3.0)
+        assert torch.isfinite(pushed).all()
+        assert (pushed - plain).abs().max() > 1e-4 and (pushed - unknown).abs().max() > 1e-4
+    assert torch.equal(joints(goal_guidance=3.0), joints())  # no goals: nothing to guide
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(PolicyError, match="goal_guidance"):
+            joints(goal=goals, goal_guidance=bad)
