@@ -42,6 +42,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4, help="sampling steps")
     ap.add_argument("--guidance", type=float, default=2.0)
     ap.add_argument("--churn", type=float, default=0.0, help="fresh noise per sampling step (0: the ODE sampler)")
+    ap.add_argument("--goal-guidance", type=float, default=1.0,
+                    help="classifier-free guidance on the task goals of a goal_joints world model (1: none)")
     ap.add_argument("--horizon", type=int, default=4, help="extracted steps scored (the planner executes these)")
     ap.add_argument("--frames", type=int, default=None,
                     help="frames imagined, the start frame included (default: the world model's training clip length)")
@@ -134,7 +136,8 @@ def main() -> None:
             drawn = [m.imagine_joints(frame_to_tensor(start["rgb"]), caption, n=args.n, steps=args.steps,
                                       guidance=args.guidance, seed=idx, num_frames=frames, plan=args.plan,
                                       pose=proprio[:16] if args.plan or joint_model else None, churn=args.churn,
-                                      goal=goal if getattr(m.cfg, "goal_joints", False) else None)
+                                      goal=goal if getattr(m.cfg, "goal_joints", False) else None,
+                                      goal_guidance=args.goal_guidance)
                      for m in models]
             videos = torch.cat([v for v, _ in drawn])
             joints = None if drawn[0][1] is None else torch.cat([j for _, j in drawn])
@@ -175,7 +178,7 @@ def main() -> None:
     print(json.dumps({
         **motion_fit(motions, mean["hold"]),
         "states": len(rows), "items": args.items, "n": args.n, "models": len(models), "steps": args.steps, "guidance": args.guidance,
-        "churn": args.churn, "split": args.split, "frames": frames,
+        "churn": args.churn, "goal_guidance": args.goal_guidance, "split": args.split, "frames": frames,
         "horizon": h, "arm_error_rad": {k: round(v, 4) for k, v in mean.items()},
         "real_vs_hold": round(mean["real"] / mean["hold"], 3), "imag_vs_hold": round(mean["imag"] / mean["hold"], 3),
         "imag_best_vs_hold": round(mean["imag_best"] / mean["hold"], 3),
