@@ -68,7 +68,10 @@ def load_done(path: Path, models: dict[str, int], overrides: list[str] | None = 
 
 
 def summarize(rows: list[dict], ns: list[int]) -> dict:
-    """Per split and N: n, successes, rate, 95% Wilson CI; pooled over splits; N=max / N=1 ratios."""
+    """Per split and N: n, successes, rate, 95% Wilson CI, [successes, n] per family and, with a goal-conditioned
+    planner, the median closest approach to the grasp goal (rad); pooled over splits; N=max / N=1 ratios."""
+    import numpy as np
+
     from flywheel.evaluation.progress import summarize_progress
     from flywheel.evaluation.stats import wilson_interval
 
@@ -78,7 +81,11 @@ def summarize(rows: list[dict], ns: list[int]) -> dict:
         return {"n": n, "successes": k, "rate": round(k / n, 4) if n else None, "ci95": [round(lo, 4), round(hi, 4)],
                 "holds": sum(bool(r["hold"]) for r in sel),
                 "mean_plan_s": round(sum(r["plan_s"] for r in sel) / max(1, sum(r["plans"] for r in sel)), 3),
-                "progress": summarize_progress([r.get("progress") for r in sel])}
+                "progress": summarize_progress([r.get("progress") for r in sel]),
+                "by_family": {f: [sum(bool(r["success"]) for r in sel if r["family"] == f),
+                                  sum(r["family"] == f for r in sel)] for f in sorted({r["family"] for r in sel})},
+                **({"goal_gap_min_median": round(float(np.median(gaps)), 4)}
+                   if (gaps := [r["goal_gap_min"] for r in sel if "goal_gap_min" in r]) else {})}
 
     controls = sorted({key(r)[0] for r in rows} - {"imagine_then_act"})
     ctl = {c: {s: point([r for r in rows if key(r)[0] == c and r["split"] == s]) for s in SPLITS} for c in controls}
@@ -131,7 +138,8 @@ def run_episode(policy, backend, item, index: int, max_steps: int) -> dict:
             policy.set_reference(backend.command_reference())
         out = policy.act(obs)
         plan_s += getattr(policy, "timings", {}).get("plan_s", 0.0)
-        plans.append({"t": steps, "candidates": out.info.get("candidates", [])})
+        plans.append({"t": steps, "candidates": out.info.get("candidates", []),
+                      **goal_gaps(getattr(policy, "goal", None), obs["proprio"], out.actions)})
         if out.hold or len(out.actions) == 0:
             hold, reason = True, out.failure_reason
             break
@@ -147,8 +155,32 @@ def run_episode(policy, backend, item, index: int, max_steps: int) -> dict:
             obs = res.observations[-1]
         if res.done or success or not res.observations:
             break
+    gaps = [p["goal_gap"] for p in plans if "goal_gap" in p]
     return {"success": success, "length": steps, "hold": hold, "failure_reason": reason, "plans": len(plans),
-            "plan_s": round(plan_s, 3), "plan_steps": plans, "progress": progress.as_dict()}
+            "plan_s": round(plan_s, 3), "plan_steps": plans, "progress": progress.as_dict(),
+            **({"goal_gap_min": min(gaps)} if gaps else {})}
+
+
+def goal_gaps(goal, proprio, actions) -> dict:
+    """With a goal-conditioned planner (its `goal`, `envs.goals.task_goals`): how far the arms are from each task goal
+    before a plan (`goal_gap`, `carry_gap`: mean absolute arm-joint gap, rad) and how far the plan's last target is
+    (`target_gap`, `target_carry_gap`): whether the planner's targets head for the goals, and where they stop."""
+    import numpy as np
+
+    if goal is None:
+        return {}
+    goal = np.asarray(goal, np.float64)
+    q = np.asarray(proprio, np.float64)[:ARM_JOINTS]
+    out = {"goal_gap": round(float(np.abs(q - goal[0, :ARM_JOINTS]).mean()), 4),
+           "carry_gap": round(float(np.abs(q - goal[1, :ARM_JOINTS]).mean()), 4)}
+    if len(actions):
+        last = np.asarray(actions[-1], np.float64)[:ARM_JOINTS]
+        out["target_gap"] = round(float(np.abs(last - goal[0, :ARM_JOINTS]).mean()), 4)
+        out["target_carry_gap"] = round(float(np.abs(last - goal[1, :ARM_JOINTS]).mean()), 4)
+    return out
+
+
+ARM_JOINTS = 14  # the two arms' joints at the head of the action and proprio vectors (then the two grippers)
 
 
 NOISY_CONTROLS = {"noisy_joints": "independent", "biased_joints": "shared", "slow_joints": "undershoot",
