@@ -5,7 +5,7 @@ import math
 from dataclasses import dataclass, field
 
 # the per-candidate scores policy.score_weights may weight (policies.imagine_then_act)
-SCORE_NAMES = ("success", "feasibility", "idm_spread", "consistency", "consensus")
+SCORE_NAMES = ("success", "feasibility", "idm_spread", "consistency", "consensus", "goal_progress")
 CAPTION_UPSAMPLERS = ("scene", "task", "task_pose", "task_pose_fine", "openai")
 
 

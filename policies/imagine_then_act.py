@@ -31,6 +31,10 @@ DEFAULT_WEIGHTS = {"success": 1.0, "feasibility": 0.5, "idm_spread": -0.5, "cons
 # Consensus: exp(-d / CONSENSUS_SCALE), d the mean absolute distance (rad) between a candidate's first H
 # targets and the other candidates' of its batch: the candidate nearest the others (the medoid) scores highest.
 CONSENSUS_SCALE = 0.1
+# Goal progress (world models with goal_joints): exp(-d / GOAL_SCALE), d the mean absolute arm-joint distance (rad)
+# between a candidate's last executed target and the task goal it is working toward (the grasp until the goals'
+# gripper is commanded closed, then the carry).
+GOAL_SCALE = 0.1
 # Extracted targets beyond a joint limit by at most this much (rad, or m for grippers) are projected onto
 # the limit; further out, the candidate is rejected as a limit violation.
 LIMIT_PROJECTION = 0.05
@@ -217,6 +221,8 @@ class ImagineThenActPolicy(Policy):
         shown = (videos.nan_to_num(0.0).clamp(0, 1) * 255).round().to(torch.uint8)  # a NaN future logs as black
         info = {"caption": self.caption, "timings": dict(self.timings),
                 "videos": shown.permute(0, 1, 3, 4, 2).numpy()}  # (rounds * N, T, H, W, 3) uint8
+        if self.goal is not None:
+            info["goal_phase"] = ("grasp", "carry")[self.goal_phase(proprio)]
         if not ok:
             self.sent = 0
             info["candidates"] = [c.record() for c in cands]
@@ -272,10 +278,26 @@ class ImagineThenActPolicy(Policy):
             self._score_consistency(cands, start, videos, proprio, seed, first)
         for c, score in zip(cands, consensus([c.actions[: self.pcfg.horizon] for c in cands])):
             c.scores["consensus"] = score
+        if self.goal is not None:
+            row = self.goal[self.goal_phase(proprio)]
+            arms = len(row) - 2
+            for c in cands:
+                gap = float(np.abs(c.actions[: self.pcfg.horizon][-1, :arms] - row[:arms]).mean())
+                c.scores["goal_progress"] = float(np.exp(-gap / GOAL_SCALE))
         for c in cands:
             c.scores["combined"] = float(sum(w * c.scores.get(k, 0.0) for k, w in self.weights.items()
                                              if np.isfinite(c.scores.get(k, 0.0))))
         return cands
+
+    def goal_phase(self, proprio: np.ndarray) -> int:
+        """Which task goal the robot works toward: 0 (the grasp) until the gripper the goals close is commanded
+        nearer closed than open (the last target sent, else the measured joints), then 1 (the carry), if known."""
+        g = self.goal
+        arms = g.shape[1] - 2
+        side = arms + int(np.argmax(np.abs(g[1, arms:] - g[0, arms:])))  # the gripper that closes between the goals
+        ref = self.last_target if self.last_target is not None else np.asarray(proprio[: g.shape[1]], np.float64)
+        closing = abs(ref[side] - g[1, side]) < abs(ref[side] - g[0, side])
+        return 1 if closing and np.isfinite(g[1]).all() else 0
 
     def _bad_observation(self, obs: dict[str, np.ndarray], proprio: np.ndarray) -> str | None:
         """Why an observation cannot be planned from (None if it can): proprio must be finite positions and

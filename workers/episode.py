@@ -224,7 +224,8 @@ def run_episode(cfg: Any, payload: EpisodePayload, should_stop: Callable[[], boo
             raw = policy.act(obs)
             info = getattr(raw, "info", None) or {}
             if "candidates" in info:
-                plans.append({"t": len(actions), "candidates": info["candidates"], "videos": info.get("videos")})
+                plans.append({"t": len(actions), "candidates": info["candidates"], "videos": info.get("videos"),
+                              **({"goal_phase": info["goal_phase"]} if "goal_phase" in info else {})})
             out = _chunk_of(raw)
             if out.hold or out.actions.shape[0] == 0:
                 failure = out.failure_reason or "policy held still"

@@ -167,7 +167,8 @@ def _episode_body(cfg: Any, store: Any, run: Any, payload: Any, should_stop: Cal
         meta={"failure_reason": out.failure_reason, "tags": list(payload.tags), "attempt": run.attempts,
               "models": dict(payload.model or {}), "policy_logs": out.logs,
               "replayed_from_episode": payload.initial_state_episode,
-              "plan_steps": [{"t": p["t"]} for p in out.plans]},
+              "plan_steps": [{"t": p["t"], **({"goal_phase": p["goal_phase"]} if "goal_phase" in p else {})}
+                             for p in out.plans]},
     )
     arrays = {"frames": out.frames, "proprio": out.proprio, "actions": out.actions}
     episode_id = store.record_episode(record, arrays, initial_state=out.initial_state, candidates=candidates)

@@ -86,6 +86,8 @@ def test_flywheel_runs_with_a_world_model_that_imagines_the_joints(tmp_path):
         with_goals = [e for e in rollouts if e.task_family in GOAL_FAMILIES]
         assert with_goals and all(len(e.meta["policy_logs"]["grasp_goal"]) == 16 and
                                   len(e.meta["policy_logs"]["carry_goal"]) == 16 for e in with_goals)
+        phases = [p.get("goal_phase") for e in with_goals for p in e.meta["plan_steps"]]  # which goal each plan sought
+        assert phases and set(phases) <= {"grasp", "carry"}
 
 
 @pytest.mark.postgres

@@ -645,6 +645,43 @@ def test_with_a_consensus_weight_the_planner_executes_the_medoid(tmp_path, model
     assert chosen == {1.0: 1, -1.0: 0}  # the medoid; negated, the outlier
 
 
+def test_goal_progress_scores_the_candidate_nearest_the_goal_of_the_phase(tmp_path, models, checker, sim):
+    """With a goal-conditioned world model every candidate logs `goal_progress`, exp(-d / GOAL_SCALE) of its last
+    executed target's arm distance to the goal it works toward: the grasp until the goals' gripper is commanded
+    closed, then the carry (the grasp again while the carry is unknown). Weighted alone, it picks the candidate
+    heading for that goal."""
+    torch.manual_seed(0)
+    home = torch.as_tensor(robot.HOME_QPOS, dtype=torch.float32)
+    cfg = tiny_config(tmp_path, "world_model.imagine_joints=true", "world_model.goal_joints=true",
+                      "world_model.goal_count=2", "policy.n_candidates=3", "+policy.score_weights.goal_progress=1.0")
+    wm = WorldModel(cfg.world_model).eval()
+    wm.fit_joint_stats(home + 0.1 * torch.randn(64, 16))
+    task = sample_task("pick", 3)
+    obs = sim.reset(task=task, seed=3)
+    policy = make(cfg, FannedJointsWorldModel(wm, [-0.03, 0.01, 0.03]), models[1], checker, sim)
+    policy.reset(task.to_dict(), task.instruction, sim.scene_description())
+    q = obs["proprio"][:16].astype(np.float64)
+    goal = np.stack([q, q])
+    goal[0, 0] += 0.2  # the grasp: joint 0 up, gripper open
+    goal[1, 0] -= 0.2  # the carry: joint 0 down, the left gripper closed
+    goal[0, 14], goal[1, 14] = 0.045, 0.0
+    policy.goal = goal
+    chosen = {}
+    for phase, grip in ((0, 0.045), (1, 0.0)):
+        policy.last_target = np.r_[q[:14], grip, q[15]]
+        assert policy.goal_phase(obs["proprio"]) == phase
+        info = policy.act(obs).info
+        cands = info["candidates"]
+        assert info["goal_phase"] == ("grasp", "carry")[phase]
+        assert all(0.0 < c["scores"]["goal_progress"] <= 1.0 for c in cands)
+        assert (cands[2 - 2 * phase]["scores"]["goal_progress"] > cands[1]["scores"]["goal_progress"]
+                > cands[2 * phase]["scores"]["goal_progress"])
+        chosen[phase] = next(c["index"] for c in cands if c["chosen"])
+    assert chosen == {0: 2, 1: 0}  # up toward the grasp; once the gripper is commanded closed, down toward the carry
+    policy.goal = np.stack([goal[0], np.full(16, np.nan)])  # carry unknown: the grasp stays the goal
+    assert policy.goal_phase(obs["proprio"]) == 0
+
+
 # ------------------------------------------------------------------ bad config and bad observations
 @pytest.mark.parametrize("override, match", [
     ("policy.sampling_steps=0", "sampling_steps"),  # would return the starting noise as the future
