@@ -5,7 +5,7 @@ its episode then succeeded. Rejected and unchosen candidates were never executed
 and are left out. Samples come from the imagine-then-act rollout episodes of a data dir's store
 (`store.candidates(episode_id)`) and, with `--ttc-results`, from the JSONL of bench/bench_ttc.py.
 Scores: the world model's success head, kinematic feasibility, IDM spread (negated: low spread should
-mean success), the recorded combined score, and a few candidate weightings recomputed from the raw
+mean success), consensus, goal progress (a goal-conditioned planner's), the recorded combined score, and a few candidate weightings recomputed from the raw
 scores (to pick `DEFAULT_WEIGHTS` in policies/imagine_then_act.py). AUROC is the Mann-Whitney statistic
 (ties count half) with a 95% bootstrap interval resampled by episode (steps of one episode are not
 independent). Baseline: AUROC 0.5 (a score that knows nothing). Prints one JSON object.
@@ -34,6 +34,8 @@ WEIGHTINGS = {
     "feasibility_only": {"feasibility": 1.0},
     "spread_only": {"idm_spread": -1.0},
     "consensus_only": {"consensus": 1.0},
+    "goal_progress_only": {"goal_progress": 1.0},
+    "feasibility+goal_progress": {"feasibility": 0.5, "goal_progress": 1.0},
     "success+feasibility": {"success": 1.0, "feasibility": 0.5},
     "success-spread": {"success": 1.0, "idm_spread": -0.5},
     "success+feasibility-spread (previous default)": {"success": 1.0, "feasibility": 0.5, "idm_spread": -0.5},
@@ -111,7 +113,7 @@ def choice_analysis(steps: list[list[dict]]) -> dict:
     """Over planning steps with >= 2 acceptable candidates: how much each score varies between them
     (mean within-step std) and how often the executed choice is that score's own best."""
     keys = {"success_head": ("success", 1), "feasibility": ("feasibility", 1), "neg_idm_spread": ("idm_spread", -1),
-            "consensus": ("consensus", 1)}
+            "consensus": ("consensus", 1), "goal_progress": ("goal_progress", 1)}
     multi = [[c for c in st if c.get("rejected_reason") is None] for st in steps]
     multi = [st for st in multi if len(st) >= 2 and any(c["chosen"] for c in st)]
     out: dict = {"steps_with_a_choice": len(multi)}
@@ -152,7 +154,8 @@ def main() -> None:
         return np.array([np.nan if x is None else float(x) for x in v])
 
     columns = {"success": raw("success"), "feasibility": raw("feasibility"), "idm_spread": raw("idm_spread"),
-               "consensus": raw("consensus")}  # consensus: NaN in records from before it existed
+               "consensus": raw("consensus"),  # consensus: NaN in records from before it existed
+               "goal_progress": raw("goal_progress")}  # only with a goal-conditioned world model
     result: dict[str, dict] = {}
 
     def report(name: str, values: np.ndarray) -> None:
@@ -165,6 +168,7 @@ def main() -> None:
     report("feasibility", columns["feasibility"])
     report("neg_idm_spread", -columns["idm_spread"])
     report("consensus", columns["consensus"])
+    report("goal_progress", columns["goal_progress"])
     report("combined_as_recorded", raw("combined"))
     weighted = {}
     for name, w in WEIGHTINGS.items():
