@@ -20,7 +20,8 @@ class PolicyConfig:
     sampling_steps: int = 8
     guidance: float = 2.0
     # classifier-free guidance on the task goals of a world model with world_model.goal_joints (1.0: none; the
-    # other branch imagines with the goals unknown, as its training's goal_dropout did): one extra batch branch
+    # other branch imagines with the goals unknown, as its training's goal_dropout did): one extra batch branch. It
+    # guides the imagined futures only, not the consistency score's action-conditioned prediction
     goal_guidance: float = 1.0
     # share of the noise drawn fresh at every world-model sampling step (WorldModel.imagine's churn): 0 is the
     # deterministic sampler, where the N candidates differ only by their starting noise

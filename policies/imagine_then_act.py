@@ -283,8 +283,9 @@ class ImagineThenActPolicy(Policy):
         if self.goal is not None:
             row = self.goal[self.goal_phase(proprio)]
             arms = len(row) - 2
-            for c in cands:
-                gap = float(np.abs(c.actions[: self.pcfg.horizon][-1, :arms] - row[:arms]).mean())
+            for c in cands:  # the target the executed chunk ends at, after the rate limit
+                end = self._rate_limited(c.actions[: self.pcfg.horizon], proprio)[-1]
+                gap = float(np.abs(end[:arms] - row[:arms]).mean())
                 c.scores["goal_progress"] = float(np.exp(-gap / GOAL_SCALE))
         for c in cands:
             c.scores["combined"] = float(sum(w * c.scores.get(k, 0.0) for k, w in self.weights.items()
