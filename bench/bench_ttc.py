@@ -165,22 +165,14 @@ def goal_gaps(goal, proprio, actions) -> dict:
     """With a goal-conditioned planner (its `goal`, `envs.goals.task_goals`): how far the arms are from each task goal
     before a plan (`goal_gap`, `carry_gap`: mean absolute arm-joint gap, rad) and how far the plan's last target is
     (`target_gap`, `target_carry_gap`): whether the planner's targets head for the goals, and where they stop."""
-    import numpy as np
+    from policies.imagine_then_act import arm_gap
 
     if goal is None:
         return {}
-    goal = np.asarray(goal, np.float64)
-    q = np.asarray(proprio, np.float64)[:ARM_JOINTS]
-    out = {"goal_gap": round(float(np.abs(q - goal[0, :ARM_JOINTS]).mean()), 4),
-           "carry_gap": round(float(np.abs(q - goal[1, :ARM_JOINTS]).mean()), 4)}
+    out = {name: round(arm_gap(proprio, row), 4) for name, row in zip(("goal_gap", "carry_gap"), goal)}
     if len(actions):
-        last = np.asarray(actions[-1], np.float64)[:ARM_JOINTS]
-        out["target_gap"] = round(float(np.abs(last - goal[0, :ARM_JOINTS]).mean()), 4)
-        out["target_carry_gap"] = round(float(np.abs(last - goal[1, :ARM_JOINTS]).mean()), 4)
+        out |= {name: round(arm_gap(actions[-1], row), 4) for name, row in zip(("target_gap", "target_carry_gap"), goal)}
     return out
-
-
-ARM_JOINTS = 14  # the two arms' joints at the head of the action and proprio vectors (then the two grippers)
 
 
 NOISY_CONTROLS = {"noisy_joints": "independent", "biased_joints": "shared", "slow_joints": "undershoot",

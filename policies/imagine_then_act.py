@@ -78,6 +78,13 @@ def consensus(chunks: list[np.ndarray]) -> list[float]:
     return out
 
 
+def arm_gap(joints: np.ndarray, goal: np.ndarray) -> float:
+    """Mean absolute arm-joint distance (rad) from `joints` to a goal `(A,)` (`envs.goals.task_goals` row): the arms'
+    joints head both vectors, the two grippers end the goal and are left out (so `joints` may be a whole proprio)."""
+    arms = len(goal) - 2
+    return float(np.abs(np.asarray(joints, np.float64)[:arms] - np.asarray(goal, np.float64)[:arms]).mean())
+
+
 def frame_to_tensor(rgb: np.ndarray) -> torch.Tensor:
     """uint8 (H, W, 3) -> float (3, H, W) in [0, 1]."""
     return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
@@ -282,11 +289,9 @@ class ImagineThenActPolicy(Policy):
             c.scores["consensus"] = score
         if self.goal is not None:
             row = self.goal[self.goal_phase(proprio)]
-            arms = len(row) - 2
             for c in cands:  # the target the executed chunk ends at, after the rate limit
                 end = self._rate_limited(c.actions[: self.pcfg.horizon], proprio)[-1]
-                gap = float(np.abs(end[:arms] - row[:arms]).mean())
-                c.scores["goal_progress"] = float(np.exp(-gap / GOAL_SCALE))
+                c.scores["goal_progress"] = float(np.exp(-arm_gap(end, row) / GOAL_SCALE))
         for c in cands:
             c.scores["combined"] = float(sum(w * c.scores.get(k, 0.0) for k, w in self.weights.items()
                                              if np.isfinite(c.scores.get(k, 0.0))))
