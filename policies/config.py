@@ -23,6 +23,10 @@ class PolicyConfig:
     # other branch imagines with the goals unknown, as its training's goal_dropout did): one extra batch branch. It
     # guides the imagined futures only, not the consistency score's action-conditioned prediction
     goal_guidance: float = 1.0
+    # best-of-N across goal guidance: the N candidates' goal guidance is evenly spaced from goal_guidance to
+    # goal_guidance + goal_guidance_spread (candidate 0 keeps goal_guidance, so N=1 is unchanged). A source of
+    # diversity for a goal model, whose futures barely differ with the starting noise alone
+    goal_guidance_spread: float = 0.0
     # share of the noise drawn fresh at every world-model sampling step (WorldModel.imagine's churn): 0 is the
     # deterministic sampler, where the N candidates differ only by their starting noise
     sampling_churn: float = 0.0
@@ -75,7 +79,7 @@ class PolicyConfig:
                              f"got {self.imagine_frames}")
         if self.sampling_steps < 1:  # 0 would return the starting noise as the imagined future
             raise ValueError(f"policy.sampling_steps must be >= 1, got {self.sampling_steps}")
-        for name in ("guidance", "goal_guidance"):
+        for name in ("guidance", "goal_guidance", "goal_guidance_spread"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"policy.{name} must be a finite number >= 0, got {value}")

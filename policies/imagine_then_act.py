@@ -53,12 +53,15 @@ class Candidate:
     scores: dict[str, float]
     rejected_reason: str | None = None
     chosen: bool = False
+    goal_guidance: float | None = None  # the goal guidance it was imagined with (goal models only)
 
     def record(self) -> dict[str, Any]:
         """JSON-safe: a non-finite score (a NaN from a model) is logged as None."""
         scores = {k: (float(v) if np.isfinite(v) else None) for k, v in self.scores.items()}
-        return {"index": self.index, "scores": scores, "chosen": self.chosen,
-                "rejected_reason": self.rejected_reason}
+        rec = {"index": self.index, "scores": scores, "chosen": self.chosen, "rejected_reason": self.rejected_reason}
+        if self.goal_guidance is not None:
+            rec["goal_guidance"] = self.goal_guidance
+        return rec
 
 
 def consensus(chunks: list[np.ndarray]) -> list[float]:
@@ -256,8 +259,9 @@ class ImagineThenActPolicy(Policy):
         kw = {"plan": True, "pose": pose} if p.imagine_plan else {"pose": pose} if self.imagines_joints else {}
         if self.goal is not None:
             kw["goal"] = torch.from_numpy(self.goal)
-            if p.goal_guidance != 1.0:
-                kw["goal_guidance"] = p.goal_guidance
+            scales = self.goal_guidances()
+            if any(g != 1.0 for g in scales):
+                kw["goal_guidance"] = scales[0] if len(set(scales)) == 1 else scales
         t0 = time.perf_counter()
         frames = start[0] if self.context == 1 else start
         joints = None
@@ -289,13 +293,21 @@ class ImagineThenActPolicy(Policy):
             c.scores["consensus"] = score
         if self.goal is not None:
             row = self.goal[self.goal_phase(proprio)]
-            for c in cands:  # the target the executed chunk ends at, after the rate limit
+            for c, g in zip(cands, self.goal_guidances()):  # the target the executed chunk ends at, after the rate limit
+                c.goal_guidance = g
                 end = self._rate_limited(c.actions[: self.pcfg.horizon], proprio)[-1]
                 c.scores["goal_progress"] = float(np.exp(-arm_gap(end, row) / GOAL_SCALE))
         for c in cands:
             c.scores["combined"] = float(sum(w * c.scores.get(k, 0.0) for k, w in self.weights.items()
                                              if np.isfinite(c.scores.get(k, 0.0))))
         return cands
+
+    def goal_guidances(self) -> list[float]:
+        """Each candidate's goal guidance: evenly spaced from `goal_guidance` (candidate 0) to `goal_guidance +
+        goal_guidance_spread` (candidate N-1)."""
+        p = self.pcfg
+        n = p.n_candidates
+        return [p.goal_guidance + p.goal_guidance_spread * (k / (n - 1) if n > 1 else 0.0) for k in range(n)]
 
     def goal_phase(self, proprio: np.ndarray) -> int:
         """Which task goal the robot works toward: 0 (the grasp) until the gripper the goals close is commanded

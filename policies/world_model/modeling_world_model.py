@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -573,8 +574,10 @@ class WorldModel(nn.Module):
                 num_frames: int, actions: torch.Tensor | None = None, action_guidance: float = 1.0,
                 pose: torch.Tensor | None = None, churn: float = 0.0,
                 goal: torch.Tensor | None = None,
-                goal_guidance: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+                goal_guidance: float | Sequence[float] = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`n` futures: videos `(n, T, 3, H, W)` and, with joint channels, their joint positions `(n, t, A)`.
+
+        `goal_guidance`: one scale for all `n`, or one per future (a spread of guidance across the batch).
 
         `churn` in [0, 1]: how much of the noise left after each sampling step is drawn fresh (seeded by `seed`)
         instead of carried over from the step's own estimate. 0 is the deterministic Euler (ODE) sampler; 1
@@ -590,11 +593,12 @@ class WorldModel(nn.Module):
         # classifier-free guidance: on the caption (against the empty one), on the actions (against none, which
         # training's action dropout teaches) and on the goals (against unknown ones, which goal_dropout teaches):
         # one extra batch branch each
-        if not (math.isfinite(goal_guidance) and goal_guidance >= 0):
-            raise PolicyError(f"goal_guidance must be a finite number >= 0, got {goal_guidance}")
+        gg = [float(goal_guidance)] * n if isinstance(goal_guidance, (int, float)) else [float(g) for g in goal_guidance]
+        if len(gg) != n or not all(math.isfinite(g) and g >= 0 for g in gg):
+            raise PolicyError(f"goal_guidance must be a finite number >= 0 or {n} of them, got {goal_guidance}")
         branches = ["cond"] + (["text"] if guidance != 1.0 else []) + \
             (["actions"] if action_guidance != 1.0 and actions is not None else []) + \
-            (["goal"] if goal_guidance != 1.0 and goal is not None and self.goal_channels else [])
+            (["goal"] if any(g != 1.0 for g in gg) and goal is not None and self.goal_channels else [])
         empty = self._text([""])[0] if "text" in branches else None
         ehs = torch.cat([(empty if name == "text" else hidden).expand(n, -1, -1) for name in branches])
         sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=self.cfg.flow_shift)
@@ -608,7 +612,8 @@ class WorldModel(nn.Module):
         if frame_actions is not None:  # the "actions" branch: the same clip with no actions given (zeros, flag 0)
             frame_actions = torch.cat([torch.zeros_like(frame_actions) if name == "actions" else frame_actions
                                        for name in branches])
-        scale = {"text": guidance, "actions": action_guidance, "goal": goal_guidance}
+        scale = {"text": guidance, "actions": action_guidance,
+                 "goal": torch.tensor(gg, device=dev).view(n, *[1] * (x.ndim - 1))}  # per future
         fresh = torch.Generator().manual_seed(int(seed) + 1_000_003)  # churn: apart from any starting noise
         for i, ts in enumerate(sched.timesteps):
             for k in range(reps):
@@ -633,7 +638,7 @@ class WorldModel(nn.Module):
     def imagine(self, frames: torch.Tensor, caption: str, n: int = 4, steps: int = 8, guidance: float = 2.0,
                 seed: int = 0, num_frames: int | None = None, plan: bool = False,
                 pose: torch.Tensor | None = None, churn: float = 0.0, goal: torch.Tensor | None = None,
-                goal_guidance: float = 1.0) -> torch.Tensor:
+                goal_guidance: float | Sequence[float] = 1.0) -> torch.Tensor:
         """Imagine `n` futures from start frame(s) `(3, H, W)` or `(T0, 3, H, W)` in one batch.
         Returns `(n, T, 3, H, W)` in [0, 1] on the CPU; the start frames come back unchanged.
 
@@ -643,7 +648,7 @@ class WorldModel(nn.Module):
         `churn`: fresh noise at every sampling step (`_sample`); 0 is the deterministic sampler. `goal (A,)` or
         `(K, A)`: the task goals of a `goal_joints` model (`envs.goals.task_goals`; None: the task has none).
         `goal_guidance`: classifier-free guidance on the goals, against the same start with them unknown (1.0: none;
-        above 1 pushes the future further toward what the goals change)."""
+        above 1 pushes the future further toward what the goals change), one for all or one per future."""
         return self.imagine_joints(frames, caption, n, steps, guidance, seed, num_frames, plan, pose, churn, goal,
                                    goal_guidance)[0]
 
@@ -651,7 +656,7 @@ class WorldModel(nn.Module):
                        seed: int = 0, num_frames: int | None = None, plan: bool = False,
                        pose: torch.Tensor | None = None, churn: float = 0.0,
                        goal: torch.Tensor | None = None,
-                       goal_guidance: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+                       goal_guidance: float | Sequence[float] = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`imagine`, and with `imagine_joints` the imagined joint positions `(n, T, A)` of every frame (the first
         is `pose`, the measured ones the model is given); None for a model without joint channels."""
         start = self._check_frames(frames)

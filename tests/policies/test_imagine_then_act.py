@@ -762,3 +762,16 @@ def test_a_goal_conditioned_world_model_gets_the_grasp_goal_of_the_scene(tmp_pat
         policy.reset(task.to_dict(), task.instruction, broken)
     with pytest.raises(Exception, match="goal_guidance must be a finite number"):
         tiny_config(tmp_path, "policy.goal_guidance=-1")
+    with pytest.raises(Exception, match="goal_guidance_spread must be a finite number"):
+        tiny_config(tmp_path, "policy.goal_guidance_spread=-1")
+    # a spread: candidate k's goal guidance is evenly spaced from goal_guidance on, one per future, each logged
+    policy.pcfg.goal_guidance_spread = 1.0
+    policy.pcfg.n_candidates = 3
+    obs = sim.reset(task=task, seed=3)
+    policy.reset(task.to_dict(), task.instruction, scene)
+    seen["guidance"].clear()
+    out = policy.act(obs)
+    assert seen["guidance"] and all(list(g) == [2.0, 2.5, 3.0] for g in seen["guidance"])
+    assert [c["goal_guidance"] for c in out.info["candidates"][:3]] == [2.0, 2.5, 3.0]
+    policy.pcfg.n_candidates = 1
+    assert policy.goal_guidances() == [2.0]

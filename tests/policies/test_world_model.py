@@ -623,3 +623,24 @@ def test_goal_guidance_extrapolates_from_the_goal_free_branch():
     for bad in (-1.0, float("nan")):
         with pytest.raises(PolicyError, match="goal_guidance"):
             joints(goal=goals, goal_guidance=bad)
+
+
+def test_goal_guidance_per_future_matches_each_scale_alone():
+    """A list of goal guidances gives future k what a batch with that one scale gives it (its own starting noise); a
+    list of the wrong length or with a bad value is refused."""
+    torch.manual_seed(0)
+    m = WorldModel(tiny_cfg(imagine_joints=True, goal_joints=True, goal_count=2)).eval()
+    frame, pose = torch.rand(3, S, S), torch.zeros(16)
+    goals = torch.stack([torch.full((16,), 0.5), torch.full((16,), -0.5)])
+
+    def joints(g):
+        return m.imagine_joints(frame, "pick the red cube", n=3, steps=3, seed=1, pose=pose, goal=goals,
+                                goal_guidance=g)[1]
+
+    mixed = joints([1.0, 3.0, 0.0])
+    for k, g in enumerate((1.0, 3.0, 0.0)):
+        assert torch.allclose(mixed[k], joints(g)[k], atol=1e-5)
+    assert (mixed[1] - joints(1.0)[1]).abs().max() > 1e-4
+    for bad in ([1.0, 2.0], [1.0, float("inf"), 1.0], [1.0, -0.5, 1.0]):
+        with pytest.raises(PolicyError, match="goal_guidance"):
+            joints(bad)
