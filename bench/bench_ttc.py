@@ -100,7 +100,35 @@ def summarize(rows: list[dict], ns: list[int]) -> dict:
         return None if not lo_rate or hi_rate is None else round(hi_rate / lo_rate, 3)
 
     name = f"ratio_n{max(ns)}_vs_n{min(ns)}" if ns else "ratio"
-    return {"curve": curve, name: {s: ratio(s) for s in (*SPLITS, "pooled")}, "controls": ctl}
+    out = {"curve": curve, name: {s: ratio(s) for s in (*SPLITS, "pooled")}, "controls": ctl}
+    if len(ns) > 1:
+        out[name + "_paired"] = {s: paired_ratio(rows, min(ns), max(ns), None if s == "pooled" else s)
+                                 for s in (*SPLITS, "pooled")}
+    return out
+
+
+def paired_ratio(rows: list[dict], lo: int, hi: int, split: str | None = None, reps: int = 2000,
+                 seed: int = 0) -> dict | None:
+    """N=hi against N=lo on the items both ran (same split and index: the same task, scene and planning seed):
+    the success ratio and its 95% percentile-bootstrap interval over items (resampled in pairs), and the
+    discordant pairs (items only N=hi solved, items only N=lo solved). None without common items."""
+    import numpy as np
+
+    got = {}
+    for r in rows:
+        if r["n"] in (lo, hi) and (split is None or r["split"] == split):
+            got.setdefault((r["split"], r["index"]), {})[r["n"]] = bool(r["success"])
+    pairs = np.array([(v[lo], v[hi]) for v in got.values() if lo in v and hi in v], dtype=float)
+    if not len(pairs):
+        return None
+    a, b = pairs[:, 0], pairs[:, 1]
+    idx = np.random.default_rng(seed).integers(0, len(pairs), (reps, len(pairs)))
+    sa, sb = a[idx].sum(1), b[idx].sum(1)
+    boot = sb[sa > 0] / sa[sa > 0]
+    return {"items": len(pairs), "rate_lo": round(float(a.mean()), 4), "rate_hi": round(float(b.mean()), 4),
+            "ratio": round(float(b.sum() / a.sum()), 3) if a.sum() else None,
+            "ratio_ci95": [round(float(q), 3) for q in np.percentile(boot, [2.5, 97.5])] if len(boot) else None,
+            "only_hi": int(((b == 1) & (a == 0)).sum()), "only_lo": int(((a == 1) & (b == 0)).sum())}
 
 
 def champions(cfg, data_dir: Path, train: bool) -> tuple:

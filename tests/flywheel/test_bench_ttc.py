@@ -1,0 +1,32 @@
+"""bench/bench_ttc.py's summary: the paired N=max / N=1 ratio over the items both points ran."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+spec = importlib.util.spec_from_file_location("bench_ttc", Path(__file__).resolve().parents[2] / "bench" / "bench_ttc.py")
+bench_ttc = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench_ttc)
+
+
+def row(n: int, split: str, index: int, success: bool) -> dict:
+    return {"policy": "imagine_then_act", "n": n, "split": split, "index": index, "success": success,
+            "family": "pick", "hold": False, "plan_s": 1.0, "plans": 1}
+
+
+def test_paired_ratio_counts_only_the_items_both_points_ran():
+    rows = [row(1, "in_distribution", i, i < 4) for i in range(10)]
+    rows += [row(8, "in_distribution", i, i < 6 or i == 9) for i in range(10)]
+    rows.append(row(8, "in_distribution", 10, True))  # N=1 never ran item 10: not a pair
+    rows += [row(1, "new_tasks", 0, True), row(8, "new_tasks", 0, False)]
+    got = bench_ttc.paired_ratio(rows, 1, 8, "in_distribution")
+    assert got["items"] == 10 and got["rate_lo"] == 0.4 and got["rate_hi"] == 0.7
+    assert got["ratio"] == 1.75 and got["only_hi"] == 3 and got["only_lo"] == 0
+    lo, hi = got["ratio_ci95"]
+    assert 1.0 <= lo < 1.75 < hi
+    pooled = bench_ttc.paired_ratio(rows, 1, 8)
+    assert pooled["items"] == 11 and pooled["only_lo"] == 1 and pooled["ratio"] == 7 / 5
+    assert bench_ttc.paired_ratio(rows, 1, 8, "ood_objects") is None
+    summary = bench_ttc.summarize(rows, [1, 8])
+    assert summary["ratio_n8_vs_n1_paired"]["in_distribution"] == got
+    assert summary["ratio_n8_vs_n1"]["in_distribution"] == round(8 / 11 / 0.4, 3)  # unpaired: all 11 N=8 items
