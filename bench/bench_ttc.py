@@ -85,7 +85,9 @@ def summarize(rows: list[dict], ns: list[int]) -> dict:
                 "by_family": {f: [sum(bool(r["success"]) for r in sel if r["family"] == f),
                                   sum(r["family"] == f for r in sel)] for f in sorted({r["family"] for r in sel})},
                 **({"goal_gap_min_median": round(float(np.median(gaps)), 4)}
-                   if (gaps := [r["goal_gap_min"] for r in sel if "goal_gap_min" in r]) else {})}
+                   if (gaps := [r["goal_gap_min"] for r in sel if "goal_gap_min" in r]) else {}),
+                **({"chosen_goal_guidance": chosen_guidance(sel)} if any(
+                    "goal_guidance" in c for r in sel for p in r.get("plan_steps", []) for c in p["candidates"]) else {})}
 
     controls = sorted({key(r)[0] for r in rows} - {"imagine_then_act"})
     ctl = {c: {s: point([r for r in rows if key(r)[0] == c and r["split"] == s]) for s in SPLITS} for c in controls}
@@ -105,6 +107,18 @@ def summarize(rows: list[dict], ns: list[int]) -> dict:
         out[name + "_paired"] = {s: paired_ratio(rows, min(ns), max(ns), None if s == "pooled" else s)
                                  for s in (*SPLITS, "pooled")}
     return out
+
+
+def chosen_guidance(rows: list[dict]) -> dict:
+    """The goal guidance of the candidates the planner executed (`policy.goal_guidance_spread`): its mean and how
+    often each value was chosen, over every plan of these episodes."""
+    got = [c["goal_guidance"] for r in rows for p in r.get("plan_steps", []) for c in p["candidates"]
+           if c.get("chosen") and "goal_guidance" in c]
+    counts: dict[str, int] = {}
+    for g in got:
+        counts[f"{g:.3g}"] = counts.get(f"{g:.3g}", 0) + 1
+    return {"plans": len(got), "mean": round(sum(got) / len(got), 4) if got else None,
+            "counts": dict(sorted(counts.items(), key=lambda kv: float(kv[0])))}
 
 
 def paired_ratio(rows: list[dict], lo: int, hi: int, split: str | None = None, reps: int = 2000,

@@ -30,3 +30,13 @@ def test_paired_ratio_counts_only_the_items_both_points_ran():
     summary = bench_ttc.summarize(rows, [1, 8])
     assert summary["ratio_n8_vs_n1_paired"]["in_distribution"] == got
     assert summary["ratio_n8_vs_n1"]["in_distribution"] == round(8 / 11 / 0.4, 3)  # unpaired: all 11 N=8 items
+
+
+def test_the_summary_counts_the_chosen_candidates_goal_guidance():
+    rows = [row(4, "in_distribution", i, False) for i in range(2)]
+    rows[0]["plan_steps"] = [{"candidates": [{"goal_guidance": 1.0, "chosen": False}, {"goal_guidance": 2.0, "chosen": True}]},
+                        {"candidates": [{"goal_guidance": 1.0, "chosen": True}, {"goal_guidance": 2.0, "chosen": False}]}]
+    rows[1]["plan_steps"] = [{"candidates": [{"goal_guidance": 1.0, "chosen": False}, {"goal_guidance": 2.0, "chosen": True}]}]
+    got = bench_ttc.summarize(rows, [4])["curve"]["in_distribution"]["4"]["chosen_goal_guidance"]
+    assert got == {"plans": 3, "mean": round(5 / 3, 4), "counts": {"1": 1, "2": 2}}
+    assert "chosen_goal_guidance" not in bench_ttc.summarize([row(1, "new_tasks", 0, True)], [1])["curve"]["new_tasks"]["1"]
