@@ -5,7 +5,8 @@ Episodes run in this process (the real policy on the sim backend; no broker), on
 split (`envs.splits.ci_subset`, families balanced): 100 per point on in_distribution and 40 on new_tasks
 and ood_objects by default. Every finished episode is appended to a JSONL file keyed by (N, split, index)
 and the model versions, so a run can be stopped and resumed; work is interleaved (index, split, N) so a
-partial run gives a balanced curve. The planning seed is the item index for every N (common random
+partial run gives a balanced curve; `--shard K/M` splits the items between M processes (one results file each:
+concatenate them to summarize, duplicates count once). The planning seed is the item index for every N (common random
 numbers: candidate 0 of N=8 is the N=1 candidate). 95% Wilson intervals (flywheel/evaluation/stats.py).
 Reference policies on the same items (`--controls`, n=0 in the file): `random` (chance),
 `scripted_expert` (the items are solvable) and `oracle_wm` (imagine-then-act with one candidate whose
@@ -64,7 +65,26 @@ def load_done(path: Path, models: dict[str, int], overrides: list[str] | None = 
     if not path.exists():
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r.get("models") == models and r.get("overrides", []) == (overrides or [])]
+    kept, seen = [], set()
+    for r in rows:  # the first row of each (policy, N, split, index): merged shard files may overlap
+        if r.get("models") == models and r.get("overrides", []) == (overrides or []) and key(r) not in seen:
+            seen.add(key(r))
+            kept.append(r)
+    return kept
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """`K/M`: this process runs the item indices i with i % M == K (M processes split one curve between them,
+    each with its own results file; merge the files to summarize). None: every index."""
+    if text is None:
+        return 0, 1
+    try:
+        k, m = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise SystemExit(f"--shard must be K/M with integers, e.g. 0/2; got {text!r}") from None
+    if m < 1 or not 0 <= k < m:
+        raise SystemExit(f"--shard K/M needs M >= 1 and 0 <= K < M; got {text!r}")
+    return k, m
 
 
 def summarize(rows: list[dict], ns: list[int]) -> dict:
@@ -264,6 +284,7 @@ def main() -> None:
     ap.add_argument("--summary-only", action="store_true", help="summarize the results file, run nothing")
     ap.add_argument("--no-train", action="store_true", help="fail instead of training demo models when absent")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--shard", default=None, help="K/M: run only the item indices i with i %% M == K")
     ap.add_argument("--idm", default=None, help="an IDM checkpoint dir to use instead of DATA_DIR's champion")
     ap.add_argument("--world-model", default=None, help="a world-model checkpoint dir instead of the champion")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of the demo preset, e.g. policy.horizon=2")
@@ -289,6 +310,7 @@ def main() -> None:
 
     data_dir = Path(args.data_dir).resolve()
     ns = [] if args.ns == "none" else sorted(int(x) for x in args.ns.split(","))
+    shard_k, shard_m = parse_shard(args.shard)
     controls = [] if args.controls == "none" else args.controls.split(",")
     cfg = to_object(compose(["preset=demo", f"data_dir={data_dir}", *args.overrides]))
     if args.world_model and args.idm:  # both given: the data dir only holds the results
@@ -332,7 +354,7 @@ def main() -> None:
                                      if c.startswith("best_joints:") else None)
                           for c, (err, _) in noisy.items()}}
         with results.open("a") as f:
-            for index in range(max(counts.values())):
+            for index in range(shard_k, max(counts.values()), shard_m):
                 for split in SPLITS:
                     for name, n in [(c, 0) for c in controls] + [("imagine_then_act", n) for n in ns]:
                         if index >= len(items[split]) or (name, n, split, index) in done:

@@ -40,3 +40,29 @@ def test_the_summary_counts_the_chosen_candidates_goal_guidance():
     got = bench_ttc.summarize(rows, [4])["curve"]["in_distribution"]["4"]["chosen_goal_guidance"]
     assert got == {"plans": 3, "mean": round(5 / 3, 4), "counts": {"1": 1, "2": 2}}
     assert "chosen_goal_guidance" not in bench_ttc.summarize([row(1, "new_tasks", 0, True)], [1])["curve"]["new_tasks"]["1"]
+
+
+def test_shards_parse_and_bad_ones_say_what_was_wrong():
+    assert bench_ttc.parse_shard(None) == (0, 1)
+    assert bench_ttc.parse_shard("1/2") == (1, 2)
+    for bad in ("2/2", "1", "a/b", "0/0", "-1/2"):
+        try:
+            bench_ttc.parse_shard(bad)
+        except SystemExit as e:
+            assert "--shard" in str(e) and bad in str(e)
+        else:
+            raise AssertionError(f"{bad!r} was accepted")
+
+
+def test_merged_results_count_each_episode_once(tmp_path):
+    import json
+    models = {"world_model": "w", "idm": "i"}
+    rows = [row(1, "in_distribution", 0, True), row(1, "in_distribution", 0, False), row(1, "in_distribution", 1, False),
+            row(8, "in_distribution", 0, True)]
+    for r in rows:
+        r["models"] = models
+    other = dict(row(1, "in_distribution", 2, True), models={"world_model": "x", "idm": "i"})
+    path = tmp_path / "merged.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [*rows, other]))
+    kept = bench_ttc.load_done(path, models)
+    assert [(r["n"], r["index"], r["success"]) for r in kept] == [(1, 0, True), (1, 1, False), (8, 0, True)]
